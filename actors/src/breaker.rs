@@ -1,0 +1,377 @@
+//! `BreakerActor`: drives one [`policy::breaker::Breaker`](crate::policy::breaker::Breaker) for
+//! one model, and that model's [retry budget](crate::policy::retry_budget): both answer the same
+//! question per attempt ("may this attempt go to this model now?"), so one mailbox serves both.
+//!
+//! Its handlers never await anything: each message is one policy call and an answer, in
+//! microseconds. Time-driven transitions (open elapsed, half-open max wait) are scheduled with
+//! `send_after`, tagged with a timer epoch so a stale timer is ignored.
+//!
+//! When the model is probed (see [`crate::monitor::ProbeConfig`]), the half-open trials belong to
+//! the probes: a user `Acquire` in half-open is turned away as if every trial slot were taken, so
+//! no user request is spent to find out the model is still down. Should probes stop coming for
+//! longer than the probe's grace (the monitor restarting), users may take the trials again.
+//! Every transition is logged, published as an event, counted in metrics and cast to the monitor.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+
+use crate::clock;
+use crate::events::{Event, EventSender};
+use crate::monitor::MonitorMsg;
+use crate::policy::breaker::{Acquire, Breaker, BreakerConfig, Permit, StateKind};
+use crate::policy::classify::Class;
+use crate::policy::retry_budget::{RetryBudget, RetryBudgetConfig, RetryBudgetStats};
+use crate::policy::window::WindowStats;
+use crate::supervisor::Directory;
+use crate::timer::Timer;
+
+/// The answer to [`BreakerMsg::Acquire`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Go; report the result under this permit.
+    Permitted(Permit),
+    /// The breaker is open until then (`None`: half-open with every trial slot taken).
+    Open {
+        /// When the open state ends.
+        until: Option<Instant>,
+    },
+    /// A retry, and the model's retry budget is spent: move on instead.
+    RetryBudgetSpent,
+}
+
+/// The answer to [`BreakerMsg::Probe`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProbeAdmission {
+    /// Half-open: this probe is a trial call; its result decides like any trial's.
+    Trial(Permit),
+    /// Closed: a health check, recorded like any attempt.
+    Check(Permit),
+    /// Open until then (`None`: half-open with every trial slot taken, or closed when only a
+    /// trial was asked for).
+    Denied {
+        /// When the open state ends.
+        until: Option<Instant>,
+    },
+}
+
+/// Messages a breaker actor understands.
+pub enum BreakerMsg {
+    /// May an attempt go to this model now? `retry`: it is a re-attempt of the same call on
+    /// this model, which the retry budget must allow.
+    Acquire {
+        /// A re-attempt on the same model.
+        retry: bool,
+        /// Where the answer goes.
+        reply: RpcReplyPort<Admission>,
+    },
+    /// The result of a permitted call.
+    Record {
+        /// The permit the call was made under.
+        permit: Permit,
+        /// How the answer was classified.
+        class: Class,
+        /// How long the attempt took.
+        latency: Duration,
+    },
+    /// A permitted call was never made (no budget, deadline): give the permit back.
+    Release(Permit),
+    /// May a health probe go to this model now? `trial_only`: only as a half-open trial (a
+    /// probe run continuing after a successful trial).
+    Probe {
+        /// Only a half-open trial is wanted.
+        trial_only: bool,
+        /// Where the answer goes.
+        reply: RpcReplyPort<ProbeAdmission>,
+    },
+    /// Cast the current state to this monitor (a restarted monitor asks).
+    ReportTo(ActorRef<MonitorMsg>),
+    /// Current state, for status pages and tests.
+    Status(RpcReplyPort<BreakerStatus>),
+    /// A scheduled timer fired.
+    #[doc(hidden)]
+    Timer(u64),
+    /// Fault injection for supervision tests and chaos drills: the actor panics.
+    #[doc(hidden)]
+    InjectPanic,
+}
+
+/// A breaker's state as reported by [`BreakerMsg::Status`].
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BreakerStatus {
+    /// The model.
+    pub model: String,
+    /// Closed, open or half-open.
+    pub state: StateKind,
+    /// Time left in the open state.
+    pub open_for: Option<Duration>,
+    /// The current sliding window.
+    #[serde(skip)]
+    pub stats: WindowStats,
+    /// The model's retry budget.
+    pub retry_budget: RetryBudgetStats,
+}
+
+/// Start arguments: the model and its policy, plus where to publish transitions.
+pub struct BreakerArgs {
+    /// The model's id.
+    pub id: usize,
+    /// The model this breaker guards.
+    pub model: String,
+    /// Its policy.
+    pub config: BreakerConfig,
+    /// Its retry budget.
+    pub retry_budget: RetryBudgetConfig,
+    /// Where transitions are published.
+    pub events: EventSender,
+    /// Where the monitor is found (transitions are cast to it).
+    pub directory: Arc<Directory>,
+    /// `Some(grace)` when the model is probed: half-open trials are the probes' for `grace`.
+    pub probe_grace: Option<Duration>,
+}
+
+/// The actor. Stateless itself; its state is [`BreakerState`].
+pub struct BreakerActor;
+
+/// The actor's state: the policy plus the timer bookkeeping.
+pub struct BreakerState {
+    id: usize,
+    model: String,
+    breaker: Breaker,
+    budget: RetryBudget,
+    events: EventSender,
+    directory: Arc<Directory>,
+    probe_grace: Option<Duration>,
+    /// When the breaker last went half-open.
+    half_open_since: Option<Instant>,
+    timer: Timer,
+}
+
+/// The `seawall_breaker_state` gauge's value for a state.
+fn state_value(state: StateKind) -> f64 {
+    match state {
+        StateKind::Closed => 0.0,
+        StateKind::HalfOpen => 1.0,
+        StateKind::Open => 2.0,
+    }
+}
+
+fn state_name(state: StateKind) -> &'static str {
+    match state {
+        StateKind::Closed => "closed",
+        StateKind::HalfOpen => "half_open",
+        StateKind::Open => "open",
+    }
+}
+
+impl BreakerState {
+    /// True when a user call must leave the half-open trials to the probes now.
+    fn trials_reserved(&self, now: Instant) -> bool {
+        match (self.probe_grace, self.half_open_since) {
+            (Some(grace), Some(since)) => {
+                self.breaker.state() == StateKind::HalfOpen
+                    && now.saturating_duration_since(since) < grace
+            }
+            _ => false,
+        }
+    }
+
+    /// Cast the current state to a monitor.
+    fn report_to(&self, monitor: &ActorRef<MonitorMsg>) {
+        let _ = monitor.cast(MonitorMsg::Breaker {
+            model: self.id,
+            state: self.breaker.state(),
+            open_until: self.breaker.open_until(),
+        });
+    }
+
+    /// Publish queued transitions: log, event, metrics, monitor.
+    fn publish(&mut self) {
+        while let Some(t) = self.breaker.poll_transition() {
+            if t.to == StateKind::HalfOpen {
+                self.half_open_since = Some(t.at);
+            }
+            metrics::counter!(
+                "seawall_breaker_transitions_total",
+                "model" => self.model.clone(),
+                "from" => state_name(t.from),
+                "to" => state_name(t.to)
+            )
+            .increment(1);
+            metrics::gauge!("seawall_breaker_state", "model" => self.model.clone())
+                .set(state_value(t.to));
+            if let Some(m) = self.directory.monitor() {
+                let _ = m.cast(MonitorMsg::Breaker {
+                    model: self.id,
+                    state: t.to,
+                    open_until: (t.to == StateKind::Open)
+                        .then(|| self.breaker.open_until())
+                        .flatten(),
+                });
+            }
+            let open_for = (t.to == StateKind::Open)
+                .then(|| {
+                    self.breaker
+                        .open_until()
+                        .map(|u| u.saturating_duration_since(t.at))
+                })
+                .flatten();
+            tracing::info!(
+                model = %self.model,
+                from = ?t.from,
+                to = ?t.to,
+                reason = t.reason,
+                calls = t.stats.calls,
+                failures = t.stats.failures,
+                slow = t.stats.slow,
+                open_for_ms = open_for.map(|d| d.as_millis() as u64),
+                "breaker transition"
+            );
+            // No subscriber is fine: the send error only says nobody listens.
+            let _ = self.events.send(Event::Breaker {
+                model: self.model.clone(),
+                from: t.from,
+                to: t.to,
+                reason: t.reason,
+                open_for,
+            });
+        }
+    }
+
+    /// Publish queued transitions and (re)arm the timer if the policy's next deadline moved.
+    fn after(&mut self, myself: &ActorRef<BreakerMsg>, now: Instant) {
+        self.publish();
+        let next = self.breaker.poll_timeout();
+        self.timer.rearm(myself, next, now, BreakerMsg::Timer);
+    }
+}
+
+impl Actor for BreakerActor {
+    type Msg = BreakerMsg;
+    type State = BreakerState;
+    type Arguments = BreakerArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: BreakerArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let now = clock::now();
+        metrics::gauge!("seawall_breaker_state", "model" => args.model.clone())
+            .set(state_value(StateKind::Closed));
+        Ok(BreakerState {
+            id: args.id,
+            model: args.model,
+            breaker: Breaker::new(args.config, now),
+            budget: RetryBudget::new(args.retry_budget, now),
+            events: args.events,
+            directory: args.directory,
+            probe_grace: args.probe_grace,
+            half_open_since: None,
+            timer: Timer::default(),
+        })
+    }
+
+    async fn post_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        // A restarted breaker starts closed: tell the monitor, which may think it open.
+        if let Some(m) = state.directory.monitor() {
+            state.report_to(&m);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = clock::now();
+        match msg {
+            BreakerMsg::Acquire { retry, reply } => {
+                // Time transitions first, so a just-elapsed open state is seen as half-open.
+                state.breaker.handle_timeout(now);
+                state.publish();
+                let answer = if state.trials_reserved(now) {
+                    Admission::Open { until: None }
+                } else {
+                    match state.breaker.try_acquire(now) {
+                        Acquire::Rejected { until } => Admission::Open { until },
+                        Acquire::Permitted(p) if retry => {
+                            if state.budget.try_retry(now) {
+                                Admission::Permitted(p)
+                            } else {
+                                state.breaker.release(p, now);
+                                Admission::RetryBudgetSpent
+                            }
+                        }
+                        Acquire::Permitted(p) => {
+                            state.budget.record_first(now);
+                            Admission::Permitted(p)
+                        }
+                    }
+                };
+                // A caller that gave up has dropped its port; a permit it never receives is
+                // given back so a half-open slot is not lost.
+                if let Err(ractor::MessagingErr::SendErr(Admission::Permitted(p))) =
+                    reply.send(answer)
+                {
+                    state.breaker.release(p, now);
+                }
+            }
+            BreakerMsg::Record {
+                permit,
+                class,
+                latency,
+            } => state.breaker.record(permit, class, latency, now),
+            BreakerMsg::Release(permit) => state.breaker.release(permit, now),
+            BreakerMsg::Probe { trial_only, reply } => {
+                let answer = match state.breaker.try_acquire(now) {
+                    Acquire::Rejected { until } => ProbeAdmission::Denied { until },
+                    Acquire::Permitted(p) => match state.breaker.state() {
+                        StateKind::HalfOpen => ProbeAdmission::Trial(p),
+                        _ if trial_only => {
+                            state.breaker.release(p, now);
+                            ProbeAdmission::Denied { until: None }
+                        }
+                        _ => ProbeAdmission::Check(p),
+                    },
+                };
+                if let Err(ractor::MessagingErr::SendErr(
+                    ProbeAdmission::Trial(p) | ProbeAdmission::Check(p),
+                )) = reply.send(answer)
+                {
+                    state.breaker.release(p, now);
+                }
+            }
+            BreakerMsg::ReportTo(monitor) => state.report_to(&monitor),
+            BreakerMsg::Status(reply) => {
+                let status = BreakerStatus {
+                    model: state.model.clone(),
+                    state: state.breaker.state(),
+                    open_for: state
+                        .breaker
+                        .open_until()
+                        .map(|u| u.saturating_duration_since(now)),
+                    stats: state.breaker.stats(now),
+                    retry_budget: state.budget.stats(now),
+                };
+                let _ = reply.send(status);
+            }
+            BreakerMsg::Timer(epoch) => {
+                if !state.timer.fired(epoch) {
+                    return Ok(()); // a stale timer: the deadline it was armed for moved
+                }
+                state.breaker.handle_timeout(now);
+            }
+            BreakerMsg::InjectPanic => panic!("injected panic in breaker {}", state.model),
+        }
+        state.after(&myself, now);
+        Ok(())
+    }
+}

@@ -1,0 +1,11 @@
+//! Pure policies: no tokio, no ractor, no reqwest. Time (`now: Instant`) and randomness are
+//! arguments, so every rule is unit-tested with hand-set times (the quinn-proto way).
+
+pub mod alert;
+pub mod backoff;
+pub mod breaker;
+pub mod bucket;
+pub mod classify;
+pub mod retry_budget;
+pub mod sla;
+pub mod window;

@@ -1,0 +1,1664 @@
+//! `seawall.toml`: the whole runtime and the gateway in one file.
+//!
+//! [`Config::from_toml`] / [`Config::from_file`] parse and validate; [`Config::spawn`] reads the
+//! API keys from the environment, builds the transports and starts the runtime. Every error names
+//! the key that is wrong and what is wrong with it, e.g.
+//! `models[1].fallbacks[0]: model "x" is not declared: ...`, and never contains a secret: a
+//! missing key variable is reported by its name, a bad client token by its position.
+//!
+//! Unknown keys are errors, so a typo never silently becomes a default. Durations are humantime
+//! strings (`"250ms"`, `"30s"`, `"1m 30s"`). `examples/seawall.toml` documents every key.
+//!
+//! ```toml
+//! listen = "127.0.0.1:8700"
+//!
+//! [[upstreams]]
+//! name = "anthropic"
+//! kind = "anthropic"
+//! api_key_env = "ANTHROPIC_API_KEY"
+//!
+//! [[models]]
+//! name = "claude-sonnet-4-5"
+//! upstream = "anthropic"
+//! fallbacks = ["claude-haiku-4-5"]
+//!
+//! [[models]]
+//! name = "claude-haiku-4-5"
+//! upstream = "anthropic"
+//!
+//! [limits.anthropic]
+//! rpm = 50
+//! input_tpm = 40000
+//! output_tpm = 8000
+//!
+//! [breaker]
+//! failure_rate = 50
+//! window = 20          # the last 20 calls; window = "60s" is a time window
+//! open_for = "30s"
+//!
+//! [gateway]
+//! tokens = ["a-long-random-client-token"]
+//! ```
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use seawall_actors::upstream::Upstream;
+use seawall_actors::{
+    Backoff, BreakerConfig, Bulkhead, Error as CoreError, Estimate, Jitter, Limits, OpenBackoff,
+    RestartIntensity, RetryBudgetConfig, RetryPolicy, Seawall, Trip, WindowKind,
+};
+
+use crate::anthropic::{AnthropicOptions, AnthropicUpstream, AuthStyle, TransportSetupError};
+use crate::openai::{OpenAiOptions, OpenAiUpstream};
+use crate::secret::{ApiKey, KeyError};
+
+/// Where the gateway listens when `listen` is not set.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8700";
+/// The largest request body the gateway reads when `[gateway] max_body_bytes` is not set: 32 MiB,
+/// the Messages API's own limit.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
+/// How long a shutdown waits for calls in flight when `[gateway] shutdown_grace` is not set.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// The shortest client token accepted: a token is a password for the gateway.
+pub const MIN_TOKEN_CHARS: usize = 16;
+
+// ---------------------------------------------------------------------------------------------
+// The file's shape
+
+/// A whole `seawall.toml`. Build it with [`Config::from_toml`] or [`Config::from_file`], which
+/// validate it; the fields are public for inspection.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Where the gateway listens (`IP:PORT`). Default [`DEFAULT_LISTEN`].
+    #[serde(default = "default_listen", deserialize_with = "de_socket_addr")]
+    pub listen: SocketAddr,
+    /// The upstream APIs, in order; the first is the default for models that name none.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+    /// The models served. A request for a model walks it, then its fallbacks.
+    #[serde(default)]
+    pub models: Vec<ModelConfig>,
+    /// Rate limits per upstream name (`[limits.<upstream>]`).
+    #[serde(default)]
+    pub limits: BTreeMap<String, LimitsConfig>,
+    /// Breaker defaults for every model (each model may override keys in `[models.breaker]`).
+    #[serde(default)]
+    pub breaker: BreakerSection,
+    /// Retry and deadline defaults for every chain (each model may override keys in
+    /// `[models.retry]`).
+    #[serde(default)]
+    pub retry: RetrySection,
+    /// Every model's retry budget: same-model retries bounded by a share of recent calls.
+    #[serde(default)]
+    pub retry_budget: RetryBudgetSection,
+    /// The gateway: client tokens, body limit, shutdown grace.
+    #[serde(default)]
+    pub gateway: GatewaySection,
+    /// Feature bulkheads (`[[bulkheads]]`); requests name their feature with the
+    /// `seawall-feature` header.
+    #[serde(default)]
+    pub bulkheads: Vec<BulkheadConfig>,
+    /// Governor settings beyond the limits.
+    #[serde(default)]
+    pub governor: GovernorSection,
+    /// How many actor restarts the supervisor tolerates.
+    #[serde(default)]
+    pub supervisor: SupervisorSection,
+}
+
+/// Which API an upstream speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamKind {
+    /// The Anthropic Messages API.
+    #[default]
+    Anthropic,
+    /// An OpenAI-compatible chat completions API (requests are translated).
+    Openai,
+}
+
+/// How an Anthropic upstream sends its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum AuthHeader {
+    /// `x-api-key: KEY` (the default).
+    #[serde(rename = "x-api-key")]
+    XApiKey,
+    /// `Authorization: Bearer KEY`.
+    #[serde(rename = "bearer")]
+    Bearer,
+}
+
+/// One `[[upstreams]]` entry.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// The name models and limits refer to.
+    pub name: String,
+    /// `"anthropic"` (default) or `"openai"`.
+    #[serde(default)]
+    pub kind: UpstreamKind,
+    /// Scheme, host and optional path prefix. Default: the provider's public API.
+    pub base_url: Option<String>,
+    /// The environment variable holding the API key.
+    pub api_key_env: Option<String>,
+    /// The environment variables of a key pool (instead of `api_key_env`).
+    #[serde(default)]
+    pub api_key_envs: Vec<String>,
+    /// `anthropic-version` sent upstream (anthropic only). Default `2023-06-01`.
+    pub version: Option<String>,
+    /// `anthropic-beta` sent upstream (anthropic only), a comma-separated list.
+    pub beta: Option<String>,
+    /// How the key is sent (anthropic only): `"x-api-key"` (default) or `"bearer"`.
+    pub auth: Option<AuthHeader>,
+    /// `OpenAI-Organization` sent upstream (openai only).
+    pub organization: Option<String>,
+    /// Time allowed to connect. Default 5 s.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub connect_timeout: Option<Duration>,
+    /// How long an idle pooled connection is kept. Default 90 s.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub pool_idle_timeout: Option<Duration>,
+    /// The organization of each key, one label per key: keys of one organization share
+    /// buckets. Default: all keys are one organization.
+    pub key_organizations: Option<Vec<String>>,
+}
+
+/// One `[[models]]` entry: a model, and the chain a request for it walks.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// The model name, as requests and the upstream spell it.
+    pub name: String,
+    /// The upstream serving it. Default: the first `[[upstreams]]` entry.
+    pub upstream: Option<String>,
+    /// Models tried after this one, in order; each must be declared. An entry is a model name,
+    /// or a hop that patches the request: `{ model = "...", patch = { max_tokens = 512 },
+    /// remove = ["thinking"] }` (TOML has no null: `remove` lists the fields to drop).
+    #[serde(default)]
+    pub fallbacks: Vec<FallbackEntry>,
+    /// The model class (a key of `[limits.<upstream>.classes]`): its own buckets.
+    pub class: Option<String>,
+    /// Breaker keys overriding `[breaker]` for this model.
+    pub breaker: Option<BreakerSection>,
+    /// Retry keys overriding `[retry]` for requests for this model (its whole chain).
+    pub retry: Option<RetrySection>,
+}
+
+/// One `fallbacks` entry: a model name (the shorthand), or a patched hop.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(untagged)]
+pub enum FallbackEntry {
+    /// `"claude-haiku-4-5"`: the request as is.
+    Model(String),
+    /// `{ model = "...", patch = {...}, remove = [...] }`.
+    Hop(HopConfig),
+}
+
+/// A fallback hop that patches the original request (hops never compound).
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HopConfig {
+    /// The model of this hop.
+    pub model: String,
+    /// Fields to set (override) in the request.
+    #[serde(default)]
+    pub patch: serde_json::Map<String, serde_json::Value>,
+    /// Fields to remove from the request.
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+impl FallbackEntry {
+    /// The model of this entry.
+    pub fn model(&self) -> &str {
+        match self {
+            FallbackEntry::Model(m) => m,
+            FallbackEntry::Hop(h) => &h.model,
+        }
+    }
+
+    /// The hop for the runtime: the model, and the patch with removals as `null`.
+    pub fn hop(&self) -> seawall_actors::HopSpec {
+        match self {
+            FallbackEntry::Model(m) => seawall_actors::HopSpec::model(m),
+            FallbackEntry::Hop(h) if h.patch.is_empty() && h.remove.is_empty() => {
+                seawall_actors::HopSpec::model(&h.model)
+            }
+            FallbackEntry::Hop(h) => {
+                let mut patch = h.patch.clone();
+                for field in &h.remove {
+                    patch.insert(field.clone(), serde_json::Value::Null);
+                }
+                seawall_actors::HopSpec::model(&h.model).patch(serde_json::Value::Object(patch))
+            }
+        }
+    }
+
+    fn patched(&self) -> bool {
+        matches!(self, FallbackEntry::Hop(h) if !h.patch.is_empty() || !h.remove.is_empty())
+    }
+}
+
+/// Per-minute limits: `rpm`, `input_tpm`, `output_tpm`; a key left out is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimits {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Input tokens per minute (cache reads excluded, as the API counts them).
+    pub input_tpm: Option<u64>,
+    /// Output tokens per minute.
+    pub output_tpm: Option<u64>,
+}
+
+impl RateLimits {
+    /// The runtime's limits type.
+    pub fn to_limits(self) -> Limits {
+        Limits {
+            requests_per_minute: self.rpm,
+            input_tokens_per_minute: self.input_tpm,
+            output_tokens_per_minute: self.output_tpm,
+        }
+    }
+}
+
+/// `[limits.<upstream>]`: the organization's limits, and those of model classes.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per minute.
+    pub rpm: Option<u64>,
+    /// Input tokens per minute.
+    pub input_tpm: Option<u64>,
+    /// Output tokens per minute.
+    pub output_tpm: Option<u64>,
+    /// Limits of model classes (`[limits.<upstream>.classes.<class>]`), separate buckets for
+    /// the models whose `class` names them.
+    #[serde(default)]
+    pub classes: BTreeMap<String, RateLimits>,
+}
+
+impl LimitsConfig {
+    /// The organization-wide limits.
+    pub fn to_limits(&self) -> Limits {
+        RateLimits {
+            rpm: self.rpm,
+            input_tpm: self.input_tpm,
+            output_tpm: self.output_tpm,
+        }
+        .to_limits()
+    }
+}
+
+/// `[breaker]` (and `[models.breaker]`): every key optional; what is left out keeps the
+/// default (or, for a model, the `[breaker]` value).
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerSection {
+    /// `window = 20`: the last 20 calls; `window = "60s"`: the calls of the last 60 s.
+    #[serde(default, deserialize_with = "de_window")]
+    pub window: Option<WindowKind>,
+    /// Percent of failed calls in the window that opens the breaker (0, 100].
+    pub failure_rate: Option<f64>,
+    /// Percent of slow calls in the window that opens the breaker (0, 100].
+    pub slow_call_rate: Option<f64>,
+    /// A call longer than this is slow.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub slow_call_duration: Option<Duration>,
+    /// No rate decision before the window holds this many calls.
+    pub min_calls: Option<u32>,
+    /// How long the breaker stays open.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub open_for: Option<Duration>,
+    /// Trial calls let through when half-open.
+    pub half_open_calls: Option<u32>,
+    /// Half-open longer than this without a decision opens again.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub max_wait_in_half_open: Option<Duration>,
+    /// Growth of `open_for` on consecutive re-opens.
+    pub open_backoff: Option<OpenBackoffConfig>,
+    /// Trip on this many failures in a row instead of on rates.
+    pub consecutive_failures: Option<u32>,
+    /// Whether a 429 counts as a health failure (default false: it is a budget signal).
+    pub rate_limit_is_failure: Option<bool>,
+}
+
+/// `open_backoff = { multiplier = 2.0, max = "5m" }`.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenBackoffConfig {
+    /// Factor per consecutive re-open (at least 1).
+    pub multiplier: f64,
+    /// The open duration never exceeds this.
+    #[serde(deserialize_with = "de_duration")]
+    pub max: Duration,
+}
+
+/// `[retry]` (and `[models.retry]`): deadlines and retries of a call. Every key optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySection {
+    /// Total time of a call across every attempt and hop (a client's `x-stainless-timeout`
+    /// overrides it).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub deadline: Option<Duration>,
+    /// Longest single attempt.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub attempt_timeout: Option<Duration>,
+    /// Streaming: longest wait from an attempt's start to its first content event (until then
+    /// the call may still fall back).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub first_token_timeout: Option<Duration>,
+    /// Move to the next model when one answers `stop_reason: "refusal"`.
+    pub refusal_fallback: Option<bool>,
+    /// No attempt starts with less than this left before the deadline.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub min_attempt: Option<Duration>,
+    /// Upstream attempts per call, across all hops.
+    pub max_attempts: Option<u32>,
+    /// `"heuristic"` (default) or `"count_tokens"` (ask the provider once per call).
+    pub estimate: Option<EstimateKind>,
+    /// Delays between attempts on one model.
+    pub backoff: Option<BackoffSection>,
+}
+
+/// `[retry_budget]`: same-model retries at most `ratio` x first attempts in `window`, plus
+/// `min_per_sec` x window seconds, so an outage cannot multiply the load. Every key optional.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryBudgetSection {
+    /// Retries allowed per first attempt (0.2: one retry per five calls). Default 0.2.
+    pub ratio: Option<f64>,
+    /// The sliding window, at least 1 s. Default 10 s.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub window: Option<Duration>,
+    /// Retries always allowed per second of window. Default 1.
+    pub min_per_sec: Option<f64>,
+}
+
+impl RetryBudgetSection {
+    /// These keys over the runtime's defaults.
+    pub fn to_config(&self) -> RetryBudgetConfig {
+        let d = RetryBudgetConfig::default();
+        RetryBudgetConfig {
+            ratio: self.ratio.unwrap_or(d.ratio),
+            window: self.window.unwrap_or(d.window),
+            min_per_sec: self.min_per_sec.unwrap_or(d.min_per_sec),
+        }
+    }
+}
+
+/// How input tokens are estimated before budget is reserved.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EstimateKind {
+    /// About four bytes of JSON per token.
+    Heuristic,
+    /// The provider's `count_tokens`, once per call.
+    CountTokens,
+}
+
+/// How a backoff delay is randomised.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JitterKind {
+    /// Uniform in `[0, d]`.
+    Full,
+    /// `d x (1 - 0.25 x r)`, the official SDK's.
+    Sdk,
+    /// Exactly `d`.
+    None,
+}
+
+/// `[retry.backoff]`.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackoffSection {
+    /// Delay before the first retry.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub base: Option<Duration>,
+    /// Largest computed delay (a server's `retry-after` is not capped).
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub cap: Option<Duration>,
+    /// Attempts per model, including the first.
+    pub attempts: Option<u32>,
+    /// `"full"` (default), `"sdk"` or `"none"`.
+    pub jitter: Option<JitterKind>,
+}
+
+/// `[gateway]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewaySection {
+    /// Client tokens, accepted as `x-api-key` or `Authorization: Bearer` (never forwarded).
+    #[serde(default)]
+    pub tokens: Vec<ClientToken>,
+    /// Environment variables holding more client tokens (keeps them out of the file).
+    #[serde(default)]
+    pub token_envs: Vec<String>,
+    /// Largest request body read; larger ones get 413. Default [`DEFAULT_MAX_BODY_BYTES`].
+    pub max_body_bytes: Option<u64>,
+    /// How long a shutdown waits for calls in flight. Default [`DEFAULT_SHUTDOWN_GRACE`].
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub shutdown_grace: Option<Duration>,
+    /// Deduplicate requests by their `idempotency-key` header: identical requests in flight
+    /// share one upstream call, and a finished one is replayed for this long. Unset: off.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub idempotency_ttl: Option<Duration>,
+}
+
+impl GatewaySection {
+    /// The body limit in force.
+    pub fn max_body_bytes(&self) -> u64 {
+        self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES)
+    }
+
+    /// The shutdown grace in force.
+    pub fn shutdown_grace(&self) -> Duration {
+        self.shutdown_grace.unwrap_or(DEFAULT_SHUTDOWN_GRACE)
+    }
+
+    /// True when some client token is configured (in the file or by variable).
+    pub fn has_tokens(&self) -> bool {
+        !self.tokens.is_empty() || !self.token_envs.is_empty()
+    }
+}
+
+/// `[[bulkheads]]`: a feature's share of the runtime.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BulkheadConfig {
+    /// The feature, as requests name it in the `seawall-feature` header.
+    pub name: String,
+    /// At most this many of its calls in flight.
+    pub max_concurrent: Option<u32>,
+    /// At most this share (0, 1] of every bucket.
+    pub budget_share: Option<f64>,
+}
+
+/// `[governor]`.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GovernorSection {
+    /// Share [0, 1) of every bucket that background calls (`seawall-lane: background`) may not
+    /// use. Default 0.
+    pub interactive_reserve: Option<f64>,
+}
+
+/// `[supervisor]`.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SupervisorSection {
+    /// Restarts tolerated within `within` before the runtime gives up. Default 10.
+    pub max_restarts: Option<u32>,
+    /// The restart window. Default 10 s.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub within: Option<Duration>,
+}
+
+/// A client token of the gateway. `Debug` never shows it.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct ClientToken(String);
+
+impl ClientToken {
+    /// Wrap a token (checked by [`Config`] validation, not here).
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The secret, for comparison with what a client presents.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    fn problem(&self) -> Option<String> {
+        let t = &self.0;
+        if t.chars().any(|c| !c.is_ascii_graphic()) {
+            return Some(
+                "a client token must be visible ASCII without whitespace (it is sent in an \
+                 HTTP header)"
+                    .into(),
+            );
+        }
+        if t.chars().count() < MIN_TOKEN_CHARS {
+            return Some(format!(
+                "a client token must have at least {MIN_TOKEN_CHARS} characters (it is the \
+                 gateway's password): generate one, e.g. `openssl rand -hex 24`"
+            ));
+        }
+        None
+    }
+}
+
+impl fmt::Debug for ClientToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientToken(<redacted>)")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Errors
+
+/// Why a configuration cannot be used. Every variant names the key; none contains a secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {message}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The operating system's reason.
+        message: String,
+    },
+    /// Not valid TOML, a value of the wrong type, or an unknown key.
+    #[error("{}", parse_message(key, line, message))]
+    Parse {
+        /// The key path where it went wrong (`"."` for the document itself).
+        key: String,
+        /// 1-based line and column, when known.
+        line: Option<(usize, usize)>,
+        /// What the parser said.
+        message: String,
+    },
+    /// A value that parsed but cannot be used.
+    #[error("{key}: {problem}")]
+    Invalid {
+        /// The key path, e.g. `models[1].fallbacks[0]`.
+        key: String,
+        /// What is wrong and how to fix it.
+        problem: String,
+    },
+    /// The gateway would listen beyond loopback without client tokens: anyone who reaches it
+    /// would spend the upstream keys.
+    #[error(
+        "listen: {listen} is not a loopback address and [gateway] has no tokens: anyone who can \
+         reach it would spend your API keys. Add tokens = [\"...\"] (or token_envs = [\"VAR\"]) \
+         under [gateway], or listen on 127.0.0.1"
+    )]
+    Unauthenticated {
+        /// The configured address.
+        listen: SocketAddr,
+    },
+    /// The runtime refused the configuration (a check this module does not repeat).
+    #[error("the runtime refused the configuration: {0}")]
+    Runtime(String),
+}
+
+impl ConfigError {
+    /// The key path the error is about, if it is about one.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            ConfigError::Parse { key, .. } | ConfigError::Invalid { key, .. } => Some(key),
+            ConfigError::Unauthenticated { .. } => Some("listen"),
+            ConfigError::Read { .. } | ConfigError::Runtime(_) => None,
+        }
+    }
+}
+
+fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem: problem.into(),
+    }
+}
+
+fn parse_message(key: &str, line: &Option<(usize, usize)>, message: &str) -> String {
+    let mut out = String::from("config TOML");
+    if let Some((l, c)) = line {
+        out.push_str(&format!(" (line {l}, column {c})"));
+    }
+    out.push_str(": ");
+    if key != "." && !key.is_empty() {
+        out.push_str(key);
+        out.push_str(": ");
+    }
+    out.push_str(message);
+    out
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parsing and validation
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8700))
+}
+
+impl Config {
+    /// Parse and validate a TOML configuration. Key variables are not read here: see
+    /// [`Config::spawn`].
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Parse`] for bad TOML, wrong types and unknown keys;
+    /// [`ConfigError::Invalid`] for unusable values; [`ConfigError::Unauthenticated`] for a
+    /// non-loopback `listen` without client tokens.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let config: Config = crate::toml_keyed::parse(text).map_err(|p| {
+            // Name the unknown key itself, not only the table it is in.
+            let key = match unknown_field(&p.message) {
+                Some(field) if p.key == "." || p.key.is_empty() => field.to_owned(),
+                Some(field) if p.key != field && !p.key.ends_with(&format!(".{field}")) => {
+                    format!("{}.{field}", p.key)
+                }
+                _ => p.key,
+            };
+            ConfigError::Parse {
+                key,
+                line: p.line,
+                message: p.message,
+            }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Read, parse and validate a TOML file.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Read`] when the file cannot be read, else as [`Config::from_toml`].
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+            path: path.to_owned(),
+            message: e.to_string(),
+        })?;
+        Self::from_toml(&text)
+    }
+
+    /// Check everything that can be checked without the environment.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_upstreams()?;
+        self.validate_limits()?;
+        check_breaker(&self.breaker, "breaker")?;
+        self.breaker_defaults()
+            .validate()
+            .map_err(|e| invalid(attribute("breaker", &e, |_| true), e))?;
+        check_retry(&self.retry, "retry")?;
+        self.retry_defaults()
+            .validate()
+            .map_err(|e| invalid(attribute("retry", &e, |_| true), e))?;
+        self.validate_models()?;
+        let budget = &self.retry_budget;
+        for (key, v) in [("ratio", budget.ratio), ("min_per_sec", budget.min_per_sec)] {
+            if v.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
+                return Err(invalid(
+                    format!("retry_budget.{key}"),
+                    format!("must be a number >= 0, got {}", v.unwrap_or_default()),
+                ));
+            }
+        }
+        if budget.window.is_some_and(|w| w < Duration::from_secs(1)) {
+            return Err(invalid("retry_budget.window", "must be at least 1s"));
+        }
+        self.validate_rest()?;
+        if !self.gateway.has_tokens() && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Unauthenticated {
+                listen: self.listen,
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_upstreams(&self) -> Result<(), ConfigError> {
+        if self.upstreams.is_empty() {
+            return Err(invalid(
+                "upstreams",
+                "no upstream is declared: add an [[upstreams]] entry with name, kind and \
+                 api_key_env",
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let at = |k: &str| format!("upstreams[{i}].{k}");
+            if u.name.is_empty() {
+                return Err(invalid(at("name"), "must not be empty"));
+            }
+            if !names.insert(u.name.as_str()) {
+                return Err(invalid(
+                    at("name"),
+                    format!("upstream {:?} is declared twice", u.name),
+                ));
+            }
+            match (&u.api_key_env, u.api_key_envs.is_empty()) {
+                (Some(_), false) => {
+                    return Err(invalid(
+                        at("api_key_envs"),
+                        "set either api_key_env (one key) or api_key_envs (a pool), not both",
+                    ))
+                }
+                (None, true) => {
+                    return Err(invalid(
+                        at("api_key_env"),
+                        "missing: name the environment variable holding the API key \
+                         (api_key_env = \"ANTHROPIC_API_KEY\"), or a pool with \
+                         api_key_envs = [...]",
+                    ))
+                }
+                _ => {}
+            }
+            for (key, var) in self.key_vars(i) {
+                if let Some(problem) = env_name_problem(var) {
+                    return Err(invalid(key, problem));
+                }
+            }
+            if let Some(orgs) = &u.key_organizations {
+                let keys = self.key_vars(i).len();
+                if orgs.len() != keys {
+                    return Err(invalid(
+                        at("key_organizations"),
+                        format!(
+                            "{} labels for {keys} key(s): give one label per key",
+                            orgs.len()
+                        ),
+                    ));
+                }
+            }
+            let only = |set: bool, key: &str, kind: &str| {
+                if set {
+                    Err(invalid(
+                        at(key),
+                        format!("only applies to upstreams of kind = \"{kind}\""),
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            match u.kind {
+                UpstreamKind::Anthropic => {
+                    only(u.organization.is_some(), "organization", "openai")?
+                }
+                UpstreamKind::Openai => {
+                    only(u.version.is_some(), "version", "anthropic")?;
+                    only(u.beta.is_some(), "beta", "anthropic")?;
+                    only(u.auth.is_some(), "auth", "anthropic")?;
+                }
+            }
+            for (key, d) in [
+                ("connect_timeout", u.connect_timeout),
+                ("pool_idle_timeout", u.pool_idle_timeout),
+            ] {
+                if d.is_some_and(|d| d.is_zero()) {
+                    return Err(invalid(at(key), "must be longer than zero"));
+                }
+            }
+            if let Some(url) = &u.base_url {
+                if let Some(problem) = base_url_problem(url) {
+                    return Err(invalid(at("base_url"), problem));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        for (name, l) in &self.limits {
+            let at = |k: &str| format!("limits.{name}.{k}");
+            if !self.upstreams.iter().any(|u| &u.name == name) {
+                return Err(invalid(
+                    format!("limits.{name}"),
+                    format!("upstream {name:?} is not declared in [[upstreams]]"),
+                ));
+            }
+            let check = |prefix: &dyn Fn(&str) -> String, r: RateLimits| {
+                for (k, v) in [
+                    ("rpm", r.rpm),
+                    ("input_tpm", r.input_tpm),
+                    ("output_tpm", r.output_tpm),
+                ] {
+                    if v == Some(0) {
+                        return Err(invalid(
+                            prefix(k),
+                            "must be at least 1 (leave the key out for no limit)",
+                        ));
+                    }
+                }
+                Ok(())
+            };
+            check(
+                &at,
+                RateLimits {
+                    rpm: l.rpm,
+                    input_tpm: l.input_tpm,
+                    output_tpm: l.output_tpm,
+                },
+            )?;
+            for (class, r) in &l.classes {
+                check(&|k: &str| format!("limits.{name}.classes.{class}.{k}"), *r)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_models(&self) -> Result<(), ConfigError> {
+        if self.models.is_empty() {
+            return Err(invalid(
+                "models",
+                "no model is declared: add a [[models]] entry with name and upstream",
+            ));
+        }
+        let declared: HashSet<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+        let mut seen = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let at = |k: &str| format!("models[{i}].{k}");
+            if m.name.is_empty() {
+                return Err(invalid(at("name"), "must not be empty"));
+            }
+            if !seen.insert(m.name.as_str()) {
+                return Err(invalid(
+                    at("name"),
+                    format!("model {:?} is declared twice", m.name),
+                ));
+            }
+            if let Some(u) = &m.upstream {
+                if !self.upstreams.iter().any(|x| &x.name == u) {
+                    return Err(invalid(
+                        at("upstream"),
+                        format!("upstream {u:?} is not declared in [[upstreams]]"),
+                    ));
+                }
+            }
+            let mut hops = HashSet::from([m.name.as_str()]);
+            for (j, entry) in m.fallbacks.iter().enumerate() {
+                let key = format!("models[{i}].fallbacks[{j}]");
+                let f = entry.model();
+                if let FallbackEntry::Hop(h) = entry {
+                    if h.patch.contains_key("model") {
+                        return Err(invalid(
+                            format!("{key}.patch.model"),
+                            "a hop's patch may not set `model`: set the hop's `model` instead",
+                        ));
+                    }
+                }
+                if !declared.contains(f) {
+                    return Err(invalid(
+                        key,
+                        format!("model {f:?} is not declared: add a [[models]] entry named {f:?}"),
+                    ));
+                }
+                // The same model twice only makes sense with a patched request.
+                if !hops.insert(f) && !entry.patched() {
+                    return Err(invalid(
+                        key,
+                        format!("model {f:?} appears twice in the chain of {:?}", m.name),
+                    ));
+                }
+            }
+            if let Some(class) = &m.class {
+                let upstream = self.upstream_of(m);
+                let known = self
+                    .limits
+                    .get(upstream)
+                    .is_some_and(|l| l.classes.contains_key(class));
+                if !known {
+                    return Err(invalid(
+                        at("class"),
+                        format!(
+                            "class {class:?} is not declared: add [limits.{upstream}.classes.{class}]"
+                        ),
+                    ));
+                }
+            }
+            if let Some(b) = &m.breaker {
+                let prefix = format!("models[{i}].breaker");
+                check_breaker(b, &prefix)?;
+                self.breaker_for(m).validate().map_err(|e| {
+                    // A key the model sets is named; a clash with an inherited one names the
+                    // model's section.
+                    invalid(attribute(&prefix, &e, |f| b.sets(f)), e)
+                })?;
+            }
+            if let Some(r) = &m.retry {
+                let prefix = format!("models[{i}].retry");
+                check_retry(r, &prefix)?;
+                self.retry_for(m).validate().map_err(|e| {
+                    // A key the model sets is named; a clash with an inherited one names the
+                    // model's section.
+                    invalid(attribute(&prefix, &e, |f| r.sets(f)), e)
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_rest(&self) -> Result<(), ConfigError> {
+        let mut features = HashSet::new();
+        for (i, b) in self.bulkheads.iter().enumerate() {
+            let at = |k: &str| format!("bulkheads[{i}].{k}");
+            if b.name.is_empty() {
+                return Err(invalid(at("name"), "must not be empty"));
+            }
+            if !features.insert(b.name.as_str()) {
+                return Err(invalid(
+                    at("name"),
+                    format!("bulkhead {:?} is declared twice", b.name),
+                ));
+            }
+            if b.max_concurrent == Some(0) {
+                return Err(invalid(at("max_concurrent"), "must be at least 1"));
+            }
+            if let Some(s) = b.budget_share {
+                if !(s > 0.0 && s <= 1.0) {
+                    return Err(invalid(
+                        at("budget_share"),
+                        format!("must be in (0, 1], got {s}"),
+                    ));
+                }
+            }
+        }
+        if let Some(r) = self.governor.interactive_reserve {
+            if !(0.0..1.0).contains(&r) {
+                return Err(invalid(
+                    "governor.interactive_reserve",
+                    format!("must be in [0, 1), got {r}"),
+                ));
+            }
+        }
+        if self.supervisor.within.is_some_and(|d| d.is_zero()) {
+            return Err(invalid("supervisor.within", "must be longer than zero"));
+        }
+        for (i, t) in self.gateway.tokens.iter().enumerate() {
+            if let Some(problem) = t.problem() {
+                return Err(invalid(format!("gateway.tokens[{i}]"), problem));
+            }
+        }
+        for (i, var) in self.gateway.token_envs.iter().enumerate() {
+            if let Some(problem) = env_name_problem(var) {
+                return Err(invalid(format!("gateway.token_envs[{i}]"), problem));
+            }
+        }
+        if self.gateway.max_body_bytes == Some(0) {
+            return Err(invalid("gateway.max_body_bytes", "must be at least 1"));
+        }
+        Ok(())
+    }
+
+    /// The upstream a model is on: its `upstream`, or the first one declared.
+    pub fn upstream_of<'a>(&'a self, model: &'a ModelConfig) -> &'a str {
+        model
+            .upstream
+            .as_deref()
+            .or_else(|| self.upstreams.first().map(|u| u.name.as_str()))
+            .unwrap_or("")
+    }
+
+    /// The chain a request for `model` walks: the model, then its fallbacks. `None` for a model
+    /// that is not declared.
+    pub fn chain_of(&self, model: &str) -> Option<Vec<&str>> {
+        let m = self.models.iter().find(|m| m.name == model)?;
+        let mut hops = vec![m.name.as_str()];
+        hops.extend(m.fallbacks.iter().map(FallbackEntry::model));
+        Some(hops)
+    }
+
+    /// The `[breaker]` section over the runtime's defaults.
+    pub fn breaker_defaults(&self) -> BreakerConfig {
+        self.breaker.apply(BreakerConfig::default())
+    }
+
+    /// The breaker of one model: its `[models.breaker]` over [`Config::breaker_defaults`].
+    pub fn breaker_for(&self, model: &ModelConfig) -> BreakerConfig {
+        let base = self.breaker_defaults();
+        match &model.breaker {
+            Some(b) => b.apply(base),
+            None => base,
+        }
+    }
+
+    /// The `[retry]` section over the runtime's defaults.
+    pub fn retry_defaults(&self) -> RetryPolicy {
+        self.retry.apply(RetryPolicy::default())
+    }
+
+    /// The retry policy of a model's chain: its `[models.retry]` over [`Config::retry_defaults`].
+    pub fn retry_for(&self, model: &ModelConfig) -> RetryPolicy {
+        let base = self.retry_defaults();
+        match &model.retry {
+            Some(r) => r.apply(base),
+            None => base,
+        }
+    }
+
+    /// (key path, variable) of every key variable of upstream `i`, in key-slot order.
+    fn key_vars(&self, i: usize) -> Vec<(String, &str)> {
+        let Some(u) = self.upstreams.get(i) else {
+            return Vec::new();
+        };
+        match &u.api_key_env {
+            Some(var) => vec![(format!("upstreams[{i}].api_key_env"), var.as_str())],
+            None => u
+                .api_key_envs
+                .iter()
+                .enumerate()
+                .map(|(j, v)| (format!("upstreams[{i}].api_key_envs[{j}]"), v.as_str()))
+                .collect(),
+        }
+    }
+}
+
+/// Checks on one breaker section's own values, with exact key paths.
+fn check_breaker(b: &BreakerSection, prefix: &str) -> Result<(), ConfigError> {
+    let at = |k: &str| format!("{prefix}.{k}");
+    if let Some(WindowKind::Time(d)) = b.window {
+        if d < Duration::from_secs(1) {
+            return Err(invalid(
+                at("window"),
+                format!(
+                    "a time window must be at least 1s, got {}",
+                    humantime::format_duration(d)
+                ),
+            ));
+        }
+    }
+    for (k, v) in [
+        ("failure_rate", b.failure_rate),
+        ("slow_call_rate", b.slow_call_rate),
+    ] {
+        if let Some(v) = v {
+            // Written so that NaN fails too.
+            if !(v > 0.0 && v <= 100.0) {
+                return Err(invalid(
+                    at(k),
+                    format!("must be a percentage in (0, 100], got {v}"),
+                ));
+            }
+        }
+    }
+    for (k, d) in [
+        ("slow_call_duration", b.slow_call_duration),
+        ("open_for", b.open_for),
+        ("max_wait_in_half_open", b.max_wait_in_half_open),
+    ] {
+        if d.is_some_and(|d| d.is_zero()) {
+            return Err(invalid(at(k), "must be longer than zero"));
+        }
+    }
+    for (k, n) in [
+        ("min_calls", b.min_calls),
+        ("half_open_calls", b.half_open_calls),
+        ("consecutive_failures", b.consecutive_failures),
+    ] {
+        if n == Some(0) {
+            return Err(invalid(at(k), "must be at least 1"));
+        }
+    }
+    if let Some(o) = b.open_backoff {
+        if !(o.multiplier >= 1.0 && o.multiplier.is_finite()) {
+            return Err(invalid(
+                at("open_backoff.multiplier"),
+                format!("must be a finite number >= 1.0, got {}", o.multiplier),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks on one retry section's own values, with exact key paths.
+fn check_retry(r: &RetrySection, prefix: &str) -> Result<(), ConfigError> {
+    let at = |k: &str| format!("{prefix}.{k}");
+    let backoff = r.backoff.unwrap_or_default();
+    for (k, d) in [
+        ("deadline", r.deadline),
+        ("attempt_timeout", r.attempt_timeout),
+        ("first_token_timeout", r.first_token_timeout),
+        ("backoff.base", backoff.base),
+    ] {
+        if d.is_some_and(|d| d.is_zero()) {
+            return Err(invalid(at(k), "must be longer than zero"));
+        }
+    }
+    for (k, n) in [
+        ("max_attempts", r.max_attempts),
+        ("backoff.attempts", backoff.attempts),
+    ] {
+        if n == Some(0) {
+            return Err(invalid(at(k), "must be at least 1"));
+        }
+    }
+    Ok(())
+}
+
+/// The key a core `validate()` message is about: the message starts with the field's name.
+/// Fields the section does not set (per `sets`) are attributed to the section alone.
+fn attribute(prefix: &str, message: &str, sets: impl Fn(&str) -> bool) -> String {
+    let first = message
+        .split([' ', ':', '('])
+        .next()
+        .unwrap_or_default()
+        .trim();
+    let field = match first {
+        "trip" => "consecutive_failures",
+        "backoff.max_attempts" => "backoff.attempts",
+        other => other,
+    };
+    const FIELDS: [&str; 17] = [
+        "window",
+        "failure_rate",
+        "slow_call_rate",
+        "slow_call_duration",
+        "min_calls",
+        "half_open_calls",
+        "open_for",
+        "open_backoff.multiplier",
+        "open_backoff.max",
+        "max_wait_in_half_open",
+        "consecutive_failures",
+        "deadline",
+        "attempt_timeout",
+        "first_token_timeout",
+        "min_attempt",
+        "max_attempts",
+        "backoff.cap",
+    ];
+    let known = FIELDS.contains(&field) || field == "backoff.base" || field == "backoff.attempts";
+    if known && sets(field) {
+        format!("{prefix}.{field}")
+    } else {
+        prefix.to_owned()
+    }
+}
+
+impl BreakerSection {
+    /// These keys over `base`.
+    pub fn apply(&self, base: BreakerConfig) -> BreakerConfig {
+        let mut c = base;
+        if let Some(w) = self.window {
+            c.window = w;
+        }
+        if let Some(v) = self.failure_rate {
+            c.failure_rate = v;
+        }
+        if let Some(v) = self.slow_call_rate {
+            c.slow_call_rate = v;
+        }
+        if let Some(v) = self.slow_call_duration {
+            c.slow_call_duration = v;
+        }
+        if let Some(v) = self.min_calls {
+            c.min_calls = v;
+        }
+        if let Some(v) = self.open_for {
+            c.open_for = v;
+        }
+        if let Some(v) = self.half_open_calls {
+            c.half_open_calls = v;
+        }
+        if let Some(v) = self.max_wait_in_half_open {
+            c.max_wait_in_half_open = Some(v);
+        }
+        if let Some(o) = self.open_backoff {
+            c.open_backoff = Some(OpenBackoff {
+                multiplier: o.multiplier,
+                max: o.max,
+            });
+        }
+        if let Some(n) = self.consecutive_failures {
+            c.trip = Trip::ConsecutiveFailures(n);
+        }
+        if let Some(v) = self.rate_limit_is_failure {
+            c.rate_limit_is_failure = v;
+        }
+        c
+    }
+
+    fn sets(&self, field: &str) -> bool {
+        match field {
+            "window" => self.window.is_some(),
+            "failure_rate" => self.failure_rate.is_some(),
+            "slow_call_rate" => self.slow_call_rate.is_some(),
+            "slow_call_duration" => self.slow_call_duration.is_some(),
+            "min_calls" => self.min_calls.is_some(),
+            "half_open_calls" => self.half_open_calls.is_some(),
+            "open_for" => self.open_for.is_some(),
+            "open_backoff.multiplier" | "open_backoff.max" => self.open_backoff.is_some(),
+            "max_wait_in_half_open" => self.max_wait_in_half_open.is_some(),
+            "consecutive_failures" => self.consecutive_failures.is_some(),
+            _ => false,
+        }
+    }
+}
+
+impl RetrySection {
+    /// These keys over `base`.
+    pub fn apply(&self, base: RetryPolicy) -> RetryPolicy {
+        let mut p = base;
+        if let Some(d) = self.deadline {
+            p.deadline = d;
+        }
+        if let Some(d) = self.attempt_timeout {
+            p.attempt_timeout = d;
+        }
+        if let Some(d) = self.first_token_timeout {
+            p.first_token_timeout = d;
+        }
+        if let Some(b) = self.refusal_fallback {
+            p.refusal_fallback = b;
+        }
+        if let Some(d) = self.min_attempt {
+            p.min_attempt = d;
+        }
+        if let Some(n) = self.max_attempts {
+            p.max_attempts = n;
+        }
+        if let Some(e) = self.estimate {
+            p.estimate = match e {
+                EstimateKind::Heuristic => Estimate::Heuristic,
+                EstimateKind::CountTokens => Estimate::CountTokens,
+            };
+        }
+        if let Some(b) = self.backoff {
+            p.backoff = b.apply(p.backoff);
+        }
+        p
+    }
+
+    fn sets(&self, field: &str) -> bool {
+        let b = self.backoff.unwrap_or_default();
+        match field {
+            "deadline" => self.deadline.is_some(),
+            "attempt_timeout" => self.attempt_timeout.is_some(),
+            "first_token_timeout" => self.first_token_timeout.is_some(),
+            "min_attempt" => self.min_attempt.is_some(),
+            "max_attempts" => self.max_attempts.is_some(),
+            "backoff.base" => b.base.is_some(),
+            "backoff.cap" => b.cap.is_some(),
+            "backoff.attempts" => b.attempts.is_some(),
+            _ => false,
+        }
+    }
+}
+
+impl BackoffSection {
+    /// These keys over `base`.
+    pub fn apply(&self, base: Backoff) -> Backoff {
+        Backoff {
+            base: self.base.unwrap_or(base.base),
+            cap: self.cap.unwrap_or(base.cap),
+            max_attempts: self.attempts.unwrap_or(base.max_attempts),
+            jitter: match self.jitter {
+                Some(JitterKind::Full) => Jitter::Full,
+                Some(JitterKind::Sdk) => Jitter::Sdk,
+                Some(JitterKind::None) => Jitter::None,
+                None => base.jitter,
+            },
+        }
+    }
+}
+
+fn env_name_problem(var: &str) -> Option<String> {
+    if var.is_empty() {
+        Some("the variable name is empty".into())
+    } else if var.contains(['=', '\0']) || var.chars().any(char::is_whitespace) {
+        Some(format!("{var:?} is not a usable environment variable name"))
+    } else {
+        None
+    }
+}
+
+fn base_url_problem(url: &str) -> Option<String> {
+    match reqwest::Url::parse(url) {
+        Err(e) => Some(format!(
+            "{url:?} is not a URL ({e}): write it like \"https://api.anthropic.com\""
+        )),
+        Ok(u) if u.scheme() != "http" && u.scheme() != "https" => Some(format!(
+            "{url:?} must use http or https, not {:?}",
+            u.scheme()
+        )),
+        Ok(_) => None,
+    }
+}
+
+fn unknown_field(message: &str) -> Option<&str> {
+    let rest = message.strip_prefix("unknown field `")?;
+    rest.split('`').next()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Spawning
+
+/// Transports by config name, in config order.
+pub type Upstreams = Vec<(String, Arc<dyn Upstream>)>;
+
+/// A runtime built from a [`Config`]: the running [`Seawall`], the upstreams it sends to (by
+/// config name, in config order) and the resolved client tokens.
+pub struct Runtime {
+    /// The running runtime.
+    pub seawall: Seawall,
+    /// Each `[[upstreams]]` entry's transport, in config order.
+    pub upstreams: Upstreams,
+    /// Client tokens: `[gateway] tokens` plus the values of `token_envs`.
+    pub tokens: Vec<ClientToken>,
+}
+
+impl fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Runtime")
+            .field(
+                "upstreams",
+                &self.upstreams.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .field("tokens", &self.tokens.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// Read the key variables from the process environment, build the transports and start the
+    /// runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming the key whose variable is missing or unusable (by the
+    /// variable's name, never its value), or whose transport cannot be built;
+    /// [`ConfigError::Runtime`] when the runtime refuses to start.
+    pub async fn spawn(&self) -> Result<Runtime, ConfigError> {
+        self.spawn_with_env(|var| std::env::var_os(var).map(|v| v.to_string_lossy().into_owned()))
+            .await
+    }
+
+    /// Like [`Config::spawn`], with variables looked up in `env` (tests, secret managers).
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::spawn`].
+    pub async fn spawn_with_env(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Runtime, ConfigError> {
+        let upstreams = self.build_upstreams(&env)?;
+        let tokens = self.resolve_tokens(&env)?;
+        let seawall = self
+            .builder(&upstreams)
+            .spawn()
+            .await
+            .map_err(|e| match e {
+                CoreError::Config(m) => ConfigError::Runtime(m),
+                other => ConfigError::Runtime(other.to_string()),
+            })?;
+        Ok(Runtime {
+            seawall,
+            upstreams,
+            tokens,
+        })
+    }
+
+    /// The transports of every `[[upstreams]]` entry, keys read through `env`.
+    ///
+    /// # Errors
+    ///
+    /// As [`Config::spawn`].
+    pub fn build_upstreams(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Upstreams, ConfigError> {
+        let mut out: Upstreams = Vec::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let mut keys = Vec::new();
+            for (key, var) in self.key_vars(i) {
+                keys.push(read_key(env, var).map_err(|e| invalid(key, e.to_string()))?);
+            }
+            let at = |k: &str| format!("upstreams[{i}].{k}");
+            let setup = |e: TransportSetupError| match e {
+                TransportSetupError::BaseUrl(m) => invalid(at("base_url"), m),
+                TransportSetupError::HeaderValue { field } => invalid(at(field), e.to_string()),
+                other => invalid(format!("upstreams[{i}]"), other.to_string()),
+            };
+            let upstream: Arc<dyn Upstream> = match u.kind {
+                UpstreamKind::Anthropic => {
+                    let d = AnthropicOptions::default();
+                    let options = AnthropicOptions {
+                        base_url: u.base_url.clone().unwrap_or(d.base_url),
+                        version: u.version.clone().unwrap_or(d.version),
+                        beta: u.beta.clone(),
+                        connect_timeout: u.connect_timeout.unwrap_or(d.connect_timeout),
+                        auth: match u.auth {
+                            Some(AuthHeader::Bearer) => AuthStyle::Bearer,
+                            Some(AuthHeader::XApiKey) | None => AuthStyle::XApiKey,
+                        },
+                        pool_idle_timeout: u.pool_idle_timeout.unwrap_or(d.pool_idle_timeout),
+                    };
+                    Arc::new(AnthropicUpstream::new(keys, options).map_err(setup)?)
+                }
+                UpstreamKind::Openai => {
+                    let d = OpenAiOptions::default();
+                    let options = OpenAiOptions {
+                        base_url: u.base_url.clone().unwrap_or(d.base_url),
+                        connect_timeout: u.connect_timeout.unwrap_or(d.connect_timeout),
+                        pool_idle_timeout: u.pool_idle_timeout.unwrap_or(d.pool_idle_timeout),
+                        organization: u.organization.clone(),
+                    };
+                    Arc::new(OpenAiUpstream::new(keys, options).map_err(setup)?)
+                }
+            };
+            out.push((u.name.clone(), upstream));
+        }
+        Ok(out)
+    }
+
+    /// `[gateway] tokens` plus the values of `token_envs`, read through `env`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming `gateway.token_envs[i]` when a variable is missing or
+    /// holds an unusable token (never the value).
+    pub fn resolve_tokens(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Vec<ClientToken>, ConfigError> {
+        let mut tokens = self.gateway.tokens.clone();
+        for (i, var) in self.gateway.token_envs.iter().enumerate() {
+            let key = format!("gateway.token_envs[{i}]");
+            let value = env(var).ok_or_else(|| {
+                invalid(
+                    key.clone(),
+                    format!("environment variable {var} is not set: export it with a client token"),
+                )
+            })?;
+            let token = ClientToken::new(value);
+            if let Some(problem) = token.problem() {
+                return Err(invalid(
+                    key,
+                    format!("environment variable {var} does not hold a usable token: {problem}"),
+                ));
+            }
+            tokens.push(token);
+        }
+        Ok(tokens)
+    }
+
+    /// A runtime builder with everything in this file, over the given transports (in config
+    /// order, as [`Config::build_upstreams`] returns them).
+    pub fn builder(&self, upstreams: &[(String, Arc<dyn Upstream>)]) -> seawall_actors::Builder {
+        let d = RestartIntensity::default();
+        let mut b = Seawall::builder()
+            .breaker_defaults(self.breaker_defaults())
+            .retry_policy(self.retry_defaults())
+            .interactive_reserve(self.governor.interactive_reserve.unwrap_or(0.0))
+            .retry_budget(self.retry_budget.to_config())
+            .restart_intensity(RestartIntensity {
+                max_restarts: self.supervisor.max_restarts.unwrap_or(d.max_restarts),
+                within: self.supervisor.within.unwrap_or(d.within),
+            });
+        if let Some(ttl) = self.gateway.idempotency_ttl {
+            b = b.idempotency(ttl);
+        }
+        for (name, upstream) in upstreams {
+            b = b.upstream_arc(name, Arc::clone(upstream));
+        }
+        for m in &self.models {
+            b = b.model_on(&m.name, self.upstream_of(m), Some(self.breaker_for(m)));
+        }
+        for m in &self.models {
+            let hops = std::iter::once(seawall_actors::HopSpec::model(&m.name))
+                .chain(m.fallbacks.iter().map(FallbackEntry::hop));
+            b = b.chain_hops(&m.name, hops, Some(self.retry_for(m)));
+        }
+        for (upstream, l) in &self.limits {
+            b = b.limits(upstream, l.to_limits());
+            for (class, r) in &l.classes {
+                let members: Vec<&str> = self
+                    .models
+                    .iter()
+                    .filter(|m| {
+                        self.upstream_of(m) == upstream && m.class.as_deref() == Some(class)
+                    })
+                    .map(|m| m.name.as_str())
+                    .collect();
+                b = b.class_limits(upstream, class, members, r.to_limits());
+            }
+        }
+        for u in &self.upstreams {
+            if let Some(orgs) = &u.key_organizations {
+                b = b.key_organizations(&u.name, orgs.iter().map(String::as_str));
+            }
+        }
+        for bh in &self.bulkheads {
+            b = b.bulkhead(
+                &bh.name,
+                Bulkhead {
+                    max_concurrent: bh.max_concurrent,
+                    budget_share: bh.budget_share,
+                },
+            );
+        }
+        b
+    }
+}
+
+/// A key from `env`, with [`ApiKey::from_env`]'s errors (the variable's name, never the value).
+fn read_key(env: &dyn Fn(&str) -> Option<String>, var: &str) -> Result<ApiKey, KeyError> {
+    match env(var) {
+        None => Err(KeyError::EnvMissing {
+            var: var.to_owned(),
+        }),
+        Some(value) => ApiKey::new(value).map_err(|e| match e {
+            KeyError::Invalid(problem) => KeyError::EnvInvalid {
+                var: var.to_owned(),
+                problem,
+            },
+            other => other,
+        }),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Value deserializers
+
+struct DurationVisitor;
+
+impl Visitor<'_> for DurationVisitor {
+    type Value = Duration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration string such as \"250ms\", \"30s\" or \"1m 30s\"")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Duration, E> {
+        humantime::parse_duration(v).map_err(|e| {
+            E::custom(format!(
+                "{v:?} is not a duration ({e}): write it like \"250ms\", \"30s\" or \"1m 30s\""
+            ))
+        })
+    }
+}
+
+fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    d.deserialize_str(DurationVisitor)
+}
+
+fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    de_duration(d).map(Some)
+}
+
+struct WindowVisitor;
+
+impl Visitor<'_> for WindowVisitor {
+    type Value = WindowKind;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a call count (window = 20) or a duration (window = \"60s\")")
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<WindowKind, E> {
+        match u32::try_from(v) {
+            Ok(n) if n >= 1 => Ok(WindowKind::Count(n)),
+            _ => Err(E::custom(format!(
+                "a count window must hold 1 to {} calls, got {v}",
+                u32::MAX
+            ))),
+        }
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<WindowKind, E> {
+        self.visit_i64(i64::try_from(v).unwrap_or(i64::MAX))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<WindowKind, E> {
+        DurationVisitor.visit_str(v).map(WindowKind::Time)
+    }
+}
+
+fn de_window<'de, D: Deserializer<'de>>(d: D) -> Result<Option<WindowKind>, D::Error> {
+    d.deserialize_any(WindowVisitor).map(Some)
+}
+
+struct SocketAddrVisitor;
+
+impl Visitor<'_> for SocketAddrVisitor {
+    type Value = SocketAddr;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an address such as \"127.0.0.1:8700\"")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<SocketAddr, E> {
+        v.parse().map_err(|_| {
+            E::custom(format!(
+                "{v:?} is not an IP:PORT address: write it like \"127.0.0.1:8700\" or \"[::1]:8700\""
+            ))
+        })
+    }
+}
+
+fn de_socket_addr<'de, D: Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    d.deserialize_str(SocketAddrVisitor)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attribute_maps_core_messages_to_keys() {
+        assert_eq!(
+            attribute(
+                "breaker",
+                "min_calls (30) exceeds the window's Count(20)",
+                |_| true
+            ),
+            "breaker.min_calls"
+        );
+        assert_eq!(
+            attribute("retry", "backoff.cap (1s) must be at least", |_| true),
+            "retry.backoff.cap"
+        );
+        assert_eq!(
+            attribute("models[0].retry", "deadline must be", |_| false),
+            "models[0].retry"
+        );
+    }
+}

@@ -1,0 +1,196 @@
+//! The gateway's Prometheus metrics: request and response counters kept here, calls in flight
+//! read from the runtime when scraped, and everything the runtime records through the `metrics`
+//! facade (calls, failures, fallbacks, retries, tokens, cost, latency, breaker states and
+//! transitions, governor waits and bucket levels: README "Observability") rendered by the
+//! Prometheus exporter this module installs as the process's recorder. If the embedding app
+//! installed its own recorder first, the runtime's metrics go there and `/metrics` falls back to
+//! reading breaker states at scrape time.
+//!
+//! | metric | type | labels |
+//! |---|---|---|
+//! | `seawall_breaker_state` | gauge | `model`; 0 closed, 1 half-open, 2 open |
+//! | `seawall_calls_in_flight` | gauge | |
+//! | `seawall_gateway_requests_total` | counter | `route` |
+//! | `seawall_gateway_responses_total` | counter | `route`, `status` |
+//!
+//! `route` is one of the gateway's own paths, or `other`, so a scanner cannot grow the label set.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::{Mutex, OnceLock};
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The process-wide Prometheus recorder, installed on first use; `None` when another recorder
+/// was installed before.
+pub fn prometheus() -> Option<&'static PrometheusHandle> {
+    PROMETHEUS
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok().map(|()| handle)
+        })
+        .as_ref()
+}
+
+use seawall_actors::StateKind;
+
+/// The routes counted under their own name.
+const ROUTES: [&str; 6] = [
+    "/v1/messages",
+    "/v1/messages/count_tokens",
+    "/healthz",
+    "/readyz",
+    "/metrics",
+    "/status",
+];
+
+/// The `route` label of a request path.
+pub fn route_label(path: &str) -> &'static str {
+    ROUTES
+        .iter()
+        .find(|r| **r == path)
+        .copied()
+        .unwrap_or("other")
+}
+
+/// Counters of requests and responses.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    requests: Mutex<BTreeMap<&'static str, u64>>,
+    responses: Mutex<BTreeMap<(&'static str, u16), u64>>,
+}
+
+impl Metrics {
+    /// Count a request on `route` (a [`route_label`]).
+    pub fn request(&self, route: &'static str) {
+        let mut m = self.requests.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry(route).or_default() += 1;
+    }
+
+    /// Count a response on `route` with `status`.
+    pub fn response(&self, route: &'static str, status: u16) {
+        let mut m = self.responses.lock().unwrap_or_else(|e| e.into_inner());
+        *m.entry((route, status)).or_default() += 1;
+    }
+
+    /// The exposition text: the runtime's own metrics when the exporter holds them (`runtime`),
+    /// else breaker states read at scrape time; then calls in flight and the gateway counters.
+    pub fn render(
+        &self,
+        breakers: &[(String, StateKind)],
+        in_flight: usize,
+        runtime: Option<&str>,
+    ) -> String {
+        let mut out = String::new();
+        if let Some(text) = runtime {
+            out.push_str(text);
+            if !text.is_empty() && !text.ends_with('\n') {
+                out.push('\n');
+            }
+            self.render_own(&mut out, in_flight);
+            return out;
+        }
+        out.push_str(
+            "# HELP seawall_breaker_state Breaker state per model: 0 closed, 1 half-open, 2 open.\n\
+             # TYPE seawall_breaker_state gauge\n",
+        );
+        for (model, state) in breakers {
+            let v = match state {
+                StateKind::Closed => 0,
+                StateKind::HalfOpen => 1,
+                StateKind::Open => 2,
+            };
+            let _ = writeln!(
+                out,
+                "seawall_breaker_state{{model=\"{}\"}} {v}",
+                escape(model)
+            );
+        }
+        self.render_own(&mut out, in_flight);
+        out
+    }
+
+    fn render_own(&self, out: &mut String, in_flight: usize) {
+        let _ = write!(
+            out,
+            "# HELP seawall_calls_in_flight Calls inside the runtime now.\n\
+             # TYPE seawall_calls_in_flight gauge\n\
+             seawall_calls_in_flight {in_flight}\n"
+        );
+        out.push_str(
+            "# HELP seawall_gateway_requests_total Requests received by the gateway.\n\
+             # TYPE seawall_gateway_requests_total counter\n",
+        );
+        for (route, n) in self
+            .requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "seawall_gateway_requests_total{{route=\"{route}\"}} {n}"
+            );
+        }
+        out.push_str(
+            "# HELP seawall_gateway_responses_total Responses sent by the gateway.\n\
+             # TYPE seawall_gateway_responses_total counter\n",
+        );
+        for ((route, status), n) in self
+            .responses
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = writeln!(
+                out,
+                "seawall_gateway_responses_total{{route=\"{route}\",status=\"{status}\"}} {n}"
+            );
+        }
+    }
+}
+
+/// A label value with `\`, `"` and newlines escaped, as the text format requires.
+fn escape(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_gauges() {
+        let m = Metrics::default();
+        m.request(route_label("/v1/messages"));
+        m.response(route_label("/v1/messages"), 200);
+        m.request(route_label("/wp-admin"));
+        let text = m.render(
+            &[
+                ("a\"b".into(), StateKind::Open),
+                ("c".into(), StateKind::Closed),
+            ],
+            3,
+            None,
+        );
+        assert!(
+            text.contains("seawall_breaker_state{model=\"a\\\"b\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("seawall_breaker_state{model=\"c\"} 0\n"),
+            "{text}"
+        );
+        assert!(text.contains("seawall_calls_in_flight 3\n"), "{text}");
+        assert!(text.contains("seawall_gateway_requests_total{route=\"other\"} 1\n"));
+        assert!(text.contains(
+            "seawall_gateway_responses_total{route=\"/v1/messages\",status=\"200\"} 1\n"
+        ));
+    }
+}

@@ -1,0 +1,223 @@
+//! Operations endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`), the fallbacks, and the
+//! outer middleware that counts every request and gives every response a `request-id`.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State as Extract};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::Response;
+use seawall_actors::StateKind;
+use serde_json::{json, Value};
+
+use super::metrics::route_label;
+use super::reply::{api_error, REQUEST_ID};
+use super::State;
+
+fn json_response(status: StatusCode, body: &Value) -> Response {
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// Counts the request and its response, and gives a response without one a `request-id`.
+pub(crate) async fn observe(
+    Extract(state): Extract<Arc<State>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    let route = route_label(request.uri().path());
+    state.metrics.request(route);
+    let mut response = next.run(request).await;
+    if !response.headers().contains_key(REQUEST_ID) {
+        if let Ok(v) = HeaderValue::from_str(&state.ids.next()) {
+            response.headers_mut().insert(REQUEST_ID, v);
+        }
+    }
+    state.metrics.response(route, response.status().as_u16());
+    response
+}
+
+/// `GET /healthz`: the process serves.
+pub(crate) async fn healthz() -> Response {
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+/// `GET /readyz`: 200 when every chain has a model whose breaker is not open.
+pub(crate) async fn readyz(Extract(state): Extract<Arc<State>>) -> Response {
+    if state.draining.load(Ordering::Acquire) {
+        return json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({"status": "unavailable", "reason": "the gateway is shutting down"}),
+        );
+    }
+    let mut open = std::collections::HashMap::new();
+    let mut down = Vec::new();
+    for name in &state.order {
+        let Some(entry) = state.models.get(name) else {
+            continue;
+        };
+        let mut any = false;
+        for hop in &entry.chain {
+            let is_open = match open.get(hop) {
+                Some(o) => *o,
+                None => {
+                    // A breaker that does not answer counts as open: it cannot serve either.
+                    let o = state
+                        .seawall
+                        .breaker_status(hop)
+                        .await
+                        .map_or(true, |s| s.state == StateKind::Open);
+                    open.insert(hop.clone(), o);
+                    o
+                }
+            };
+            any |= !is_open;
+        }
+        if !any {
+            down.push(name.clone());
+        }
+    }
+    if down.is_empty() {
+        json_response(StatusCode::OK, &json!({"status": "ready"}))
+    } else {
+        json_response(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &json!({
+                "status": "unavailable",
+                "reason": format!(
+                    "every model of these chains has an open breaker: {}",
+                    down.join(", ")
+                ),
+                "chains": down,
+            }),
+        )
+    }
+}
+
+/// Each model's breaker state, in config order (models whose breaker did not answer are left
+/// out).
+async fn breaker_states(state: &State) -> Vec<(String, StateKind)> {
+    let mut out = Vec::new();
+    for name in &state.order {
+        if let Ok(s) = state.seawall.breaker_status(name).await {
+            out.push((name.clone(), s.state));
+        }
+    }
+    out
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub(crate) async fn metrics(Extract(state): Extract<Arc<State>>) -> Response {
+    let runtime = super::metrics::prometheus().map(|h| h.render());
+    let breakers = if runtime.is_some() {
+        Vec::new()
+    } else {
+        breaker_states(&state).await
+    };
+    let text = state
+        .metrics
+        .render(&breakers, state.seawall.in_flight(), runtime.as_deref());
+    let mut response = Response::new(Body::from(text));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+    );
+    response
+}
+
+/// `GET /status`: breakers, governor, calls in flight, chains. Keys appear only as the
+/// transports' short labels (`…` and the last four characters), never whole.
+pub(crate) async fn status(Extract(state): Extract<Arc<State>>) -> Response {
+    let mut breakers = Vec::new();
+    for name in &state.order {
+        match state.seawall.breaker_status(name).await {
+            Ok(s) => breakers.push(json!({
+                "model": s.model,
+                "state": s.state,
+                "open_for_ms": s.open_for.map(|d| d.as_millis() as u64),
+                "window": {
+                    "calls": s.stats.calls,
+                    "failures": s.stats.failures,
+                    "slow": s.stats.slow,
+                },
+                "retry_budget": s.retry_budget,
+            })),
+            Err(e) => breakers.push(json!({"model": name, "error": e.to_string()})),
+        }
+    }
+    let governor = match state.seawall.governor_status().await {
+        Ok(upstreams) => Value::Array(
+            upstreams
+                .into_iter()
+                .map(|u| {
+                    json!({
+                        "upstream": u.upstream,
+                        "buckets": serde_json::to_value(&u.buckets).unwrap_or(Value::Null),
+                        "quarantined_keys": u.quarantined_keys,
+                        "paused_keys": u.paused_keys.iter().map(|(label, left)| json!({
+                            "key": label,
+                            "for_ms": left.as_millis() as u64,
+                        })).collect::<Vec<_>>(),
+                        "in_flight_per_key": u.in_flight,
+                        "waiting": {"interactive": u.waiting.0, "background": u.waiting.1},
+                    })
+                })
+                .collect(),
+        ),
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    let chains: serde_json::Map<String, Value> = state
+        .order
+        .iter()
+        .filter_map(|n| state.models.get(n).map(|m| (n.clone(), json!(m.chain))))
+        .collect();
+    let sla = match state.seawall.sla_report().await {
+        Ok(report) => serde_json::to_value(&report).unwrap_or(Value::Null),
+        Err(e) => json!({"error": e.to_string()}),
+    };
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "in_flight": state.seawall.in_flight(),
+            "draining": state.draining.load(Ordering::Acquire),
+            "breakers": breakers,
+            "governor": governor,
+            "sla": sla,
+            "chains": chains,
+        }),
+    )
+}
+
+/// Any other path: 404 in the API's shape.
+pub(crate) async fn not_found(Extract(state): Extract<Arc<State>>, request: Request) -> Response {
+    api_error(
+        StatusCode::NOT_FOUND,
+        "not_found_error",
+        &format!("no route {} {}", request.method(), request.uri().path()),
+        &state.ids.next(),
+    )
+}
+
+/// A known path with the wrong method: 405 in the API's shape.
+pub(crate) async fn method_not_allowed(
+    Extract(state): Extract<Arc<State>>,
+    request: Request,
+) -> Response {
+    api_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        &format!(
+            "method {} is not allowed on {}",
+            request.method(),
+            request.uri().path()
+        ),
+        &state.ids.next(),
+    )
+}

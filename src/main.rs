@@ -1,0 +1,269 @@
+//! The `seawall` command line.
+//!
+//! ```text
+//! seawall serve --config seawall.toml
+//! seawall demo [--duration SECS | --quick] [--out PATH] [--seed N]
+//! seawall sim --scenario FILE [--listen 127.0.0.1:0]
+//! ```
+//!
+//! `serve` runs the Anthropic-compatible gateway (see `examples/seawall.toml`) until Ctrl-C or
+//! SIGTERM, then drains calls in flight for `[gateway] shutdown_grace` and exits 0. Its first
+//! line on stdout is `seawall serve listening on http://ADDR`. Exit codes: 2 for a bad config
+//! (the message names the key), 1 when the address cannot be bound or the listener fails.
+//!
+//! `demo` replays a scripted incident (an outage, a stalling fallback, a long-context burst over
+//! the rate limit, connection resets) against the in-process simulator, with agents calling
+//! through the runtime; it prints a report table on stdout and writes an SVG timeline. No key,
+//! no network beyond loopback. Exit codes: 0 on success, 2 for bad arguments, 1 when the run or
+//! the SVG file fails.
+//!
+//! `sim` runs the fault-injecting API simulator until Ctrl-C or SIGTERM. Its first (and only)
+//! line on stdout is `seawall sim listening on http://ADDR`, so a parent process can read the
+//! port. Exit codes: 0 after a signal, 2 for a bad scenario or arguments, 1 when the address
+//! cannot be bound.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+use seawall::config::Config;
+use seawall::demo::{self, DemoOptions};
+use seawall::gateway::Gateway;
+use seawall::sim::{Scenario, Sim, SimError};
+
+/// LLM API calls that survive rate limits, overloads, outages and bad networks.
+#[derive(Debug, Parser)]
+#[command(name = "seawall", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the Anthropic-compatible gateway: every request goes through breakers, budgets and
+    /// fallback chains.
+    Serve(ServeArgs),
+    /// Replay a scripted incident against the in-process simulator and report what seawall did.
+    Demo(DemoArgs),
+    /// Run the fault-injecting simulator of the Anthropic Messages API on loopback.
+    Sim(SimArgs),
+}
+
+#[derive(Debug, Args)]
+struct ServeArgs {
+    /// The configuration file (TOML); see examples/seawall.toml.
+    #[arg(long, value_name = "FILE")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Args)]
+struct SimArgs {
+    /// The scenario file (TOML, or JSON when it ends in .json); see examples/sim_scenario.toml.
+    #[arg(long, value_name = "FILE")]
+    scenario: PathBuf,
+    /// Where to listen: a loopback address; port 0 picks a free port.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// Length of the incident in seconds (3 to 600); every window scales with it.
+    #[arg(long, value_name = "SECS", default_value = "30", value_parser = parse_duration, conflicts_with = "quick")]
+    duration: Duration,
+    /// A 6-second time-lapse of the same incident (for CI and quick looks).
+    #[arg(long)]
+    quick: bool,
+    /// Where to write the SVG timeline.
+    #[arg(long, value_name = "PATH", default_value = "seawall-demo.svg")]
+    out: PathBuf,
+    /// Seed of the simulator's draws and of the agents' tasks.
+    #[arg(long, value_name = "N", default_value_t = 7)]
+    seed: u64,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number of seconds"))?;
+    let (min, max) = (demo::MIN_DURATION, demo::MAX_DURATION);
+    if !(min.as_secs_f64()..=max.as_secs_f64()).contains(&secs) {
+        return Err(format!(
+            "must be between {} and {} seconds",
+            min.as_secs(),
+            max.as_secs()
+        ));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve(args) => serve(args).await,
+        Command::Demo(args) => run_demo(args).await,
+        Command::Sim(args) => sim(args).await,
+    }
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    // Logs go to stderr; RUST_LOG overrides the default (info for seawall, warn elsewhere).
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("warn,seawall=info,seawall_actors=info")
+    });
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+    let config = match Config::from_file(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("seawall serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let gateway = match Gateway::start(&config).await {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("seawall serve: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let listener = match tokio::net::TcpListener::bind(config.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("seawall serve: cannot listen on {}: {e}", config.listen);
+            return ExitCode::from(1);
+        }
+    };
+    let addr = listener.local_addr().unwrap_or(config.listen);
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "seawall serve listening on http://{addr}")
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        return ExitCode::from(1);
+    }
+    drop(out);
+    match gateway.serve(listener, wait_for_signal()).await {
+        Ok(report) => {
+            if report.abandoned > 0 {
+                eprintln!(
+                    "seawall serve: stopped with {} call(s) still in flight after the grace period",
+                    report.abandoned
+                );
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("seawall serve: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+async fn run_demo(args: DemoArgs) -> ExitCode {
+    let options = DemoOptions {
+        duration: if args.quick {
+            demo::QUICK_DURATION
+        } else {
+            args.duration
+        },
+        seed: args.seed,
+        ..DemoOptions::default()
+    };
+    // Said before the run, so nobody wonders what the next half minute is for.
+    println!(
+        "seawall demo: {} agents calling {} (falling back to {}) through seawall for {:.0} s, \
+         against a simulated Anthropic API on loopback: no key, nothing leaves this machine.",
+        options.agents,
+        demo::PRIMARY,
+        demo::FALLBACK,
+        options.duration.as_secs_f64()
+    );
+    let _ = std::io::stdout().flush();
+    let report = match demo::run(options).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("seawall demo: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let svg = demo::render_svg(&report);
+    if let Err(e) = std::fs::write(&args.out, svg) {
+        eprintln!(
+            "seawall demo: cannot write the timeline to {}: {e}",
+            args.out.display()
+        );
+        return ExitCode::from(1);
+    }
+    let mut out = std::io::stdout().lock();
+    let printed = write!(out, "\n{}", demo::render_table(&report))
+        .and_then(|()| writeln!(out, "\ntimeline: {}", args.out.display()))
+        .and_then(|()| out.flush());
+    if printed.is_err() {
+        return ExitCode::from(1);
+    }
+    ExitCode::SUCCESS
+}
+
+async fn sim(args: SimArgs) -> ExitCode {
+    let scenario = match Scenario::from_file(&args.scenario) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("seawall sim: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let handle = match Sim::start(scenario, args.listen).await {
+        Ok(h) => h,
+        Err(e) => {
+            eprintln!("seawall sim: {e}");
+            let code = match e {
+                SimError::Bind { .. } => 1,
+                _ => 2,
+            };
+            return ExitCode::from(code);
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    // A parent reading the port needs this line now, not when a buffer fills.
+    if writeln!(out, "seawall sim listening on {}", handle.base_url())
+        .and_then(|()| out.flush())
+        .is_err()
+    {
+        return ExitCode::from(1);
+    }
+    drop(out);
+    wait_for_signal().await;
+    handle.shutdown().await;
+    ExitCode::SUCCESS
+}
+
+/// Ctrl-C, or SIGTERM on Unix (what `kill` and process supervisors send).
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,298 @@
+//! API keys that cannot leak by accident.
+//!
+//! An [`ApiKey`] prints as `ApiKey(…abcd)` under both `Debug` and `Display`, is not `Serialize`,
+//! and hands out the secret only through [`ApiKey::expose`], so a key reaches a log line, an error
+//! message, `/status` or a panic only if someone writes `expose()` on purpose. Errors about a key
+//! ([`KeyError`]) say what is wrong with it and how to fix it, never what it is.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Keys shorter than this show no characters at all in their tail: four characters of a short
+/// key are too large a share of it.
+const MIN_LEN_FOR_TAIL: usize = 12;
+
+/// How many trailing characters [`ApiKey::tail`] shows.
+const TAIL_CHARS: usize = 4;
+
+/// An API key.
+///
+/// Construct it with [`ApiKey::new`], [`ApiKey::from_env`] or [`str::parse`]; all three reject
+/// empty keys and keys with whitespace or characters outside visible ASCII (such a key can never
+/// be sent in an HTTP header, and is almost always a copy-paste accident).
+#[derive(Clone)]
+pub struct ApiKey(String);
+
+impl ApiKey {
+    /// Validate and wrap a key.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::Invalid`] when the key is empty, contains whitespace, or contains a character
+    /// that is not visible ASCII. The error never contains the key.
+    pub fn new(key: impl Into<String>) -> Result<Self, KeyError> {
+        let key = key.into();
+        match check(&key) {
+            Ok(()) => Ok(Self(key)),
+            Err(problem) => Err(KeyError::Invalid(problem)),
+        }
+    }
+
+    /// Read and validate a key from the environment variable `var`.
+    ///
+    /// # Errors
+    ///
+    /// [`KeyError::EnvMissing`] when the variable is not set, [`KeyError::EnvInvalid`] when it is
+    /// set but does not hold a valid key (including set but empty, and not valid Unicode). Both
+    /// name the variable; neither contains its value.
+    pub fn from_env(var: &str) -> Result<Self, KeyError> {
+        match std::env::var(var) {
+            Ok(value) => match check(&value) {
+                Ok(()) => Ok(Self(value)),
+                Err(problem) => Err(KeyError::EnvInvalid {
+                    var: var.to_owned(),
+                    problem,
+                }),
+            },
+            Err(std::env::VarError::NotPresent) => Err(KeyError::EnvMissing {
+                var: var.to_owned(),
+            }),
+            Err(std::env::VarError::NotUnicode(_)) => Err(KeyError::EnvInvalid {
+                var: var.to_owned(),
+                problem: KeyProblem::NotVisibleAscii,
+            }),
+        }
+    }
+
+    /// The secret itself. The only way to get it: call this where the key goes on the wire, and
+    /// nowhere else.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// A short, non-secret label: `"…"` followed by the key's last four characters, or `"…"`
+    /// alone for keys shorter than 12 characters.
+    pub fn tail(&self) -> String {
+        let len = self.0.chars().count();
+        let mut out = String::from("…");
+        if len >= MIN_LEN_FOR_TAIL {
+            out.extend(self.0.chars().skip(len - TAIL_CHARS));
+        }
+        out
+    }
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({})", self.tail())
+    }
+}
+
+impl fmt::Display for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "ApiKey({})", self.tail())
+    }
+}
+
+impl FromStr for ApiKey {
+    type Err = KeyError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::new(s)
+    }
+}
+
+/// What is wrong with a key, without saying what the key is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum KeyProblem {
+    /// The key is the empty string.
+    Empty,
+    /// The key contains a space, tab, newline or other whitespace.
+    Whitespace,
+    /// The key contains a control character or a character outside ASCII.
+    NotVisibleAscii,
+}
+
+impl fmt::Display for KeyProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Empty => "the key is empty: set it to an API key from the Anthropic console",
+            Self::Whitespace => {
+                "the key contains whitespace: remove spaces, tabs and newlines \
+                 (a trailing newline from a file or a heredoc is the usual cause)"
+            }
+            Self::NotVisibleAscii => {
+                "the key contains a character that is not visible ASCII: copy the key again \
+                 as plain text (smart quotes, non-breaking spaces and control characters are \
+                 the usual cause)"
+            }
+        })
+    }
+}
+
+/// Why a key was rejected. Messages name the problem (and the variable, for environment
+/// lookups) but never contain the key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// A key passed in directly is not usable.
+    #[error("invalid API key: {0}")]
+    Invalid(KeyProblem),
+    /// The environment variable is not set.
+    #[error("environment variable {var} is not set: export it with your API key")]
+    EnvMissing {
+        /// The variable's name.
+        var: String,
+    },
+    /// The environment variable is set but does not hold a usable key.
+    #[error("environment variable {var} does not hold a valid API key: {problem}")]
+    EnvInvalid {
+        /// The variable's name.
+        var: String,
+        /// What is wrong with its value.
+        problem: KeyProblem,
+    },
+}
+
+impl KeyError {
+    /// What is wrong with the key, if a key was found at all.
+    pub fn problem(&self) -> Option<KeyProblem> {
+        match self {
+            Self::Invalid(p) | Self::EnvInvalid { problem: p, .. } => Some(*p),
+            Self::EnvMissing { .. } => None,
+        }
+    }
+}
+
+fn check(key: &str) -> Result<(), KeyProblem> {
+    if key.is_empty() {
+        return Err(KeyProblem::Empty);
+    }
+    // Whitespace first: a stray newline is the common mistake and deserves the precise message.
+    if key.chars().any(char::is_whitespace) {
+        return Err(KeyProblem::Whitespace);
+    }
+    if !key.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(KeyProblem::NotVisibleAscii);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const KEY: &str = "sk-ant-api03-SECRETSECRETSECRET-wxyz";
+
+    #[test]
+    fn accepts_a_plain_key_and_exposes_it() {
+        let k = ApiKey::new(KEY).unwrap();
+        assert_eq!(k.expose(), KEY);
+        let parsed: ApiKey = KEY.parse().unwrap();
+        assert_eq!(parsed.expose(), KEY);
+    }
+
+    #[test]
+    fn debug_and_display_show_only_the_tail() {
+        let k = ApiKey::new(KEY).unwrap();
+        assert_eq!(format!("{k:?}"), "ApiKey(…wxyz)");
+        assert_eq!(format!("{k}"), "ApiKey(…wxyz)");
+        assert_eq!(format!("{k:#?}"), "ApiKey(…wxyz)");
+        for shown in [
+            format!("{k:?}"),
+            format!("{k}"),
+            format!("{:?}", vec![k.clone()]),
+        ] {
+            assert!(!shown.contains(KEY), "{shown}");
+            assert!(!shown.contains("SECRET"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn tail_hides_short_keys_entirely() {
+        assert_eq!(ApiKey::new(KEY).unwrap().tail(), "…wxyz");
+        assert_eq!(ApiKey::new("abcdefghijkl").unwrap().tail(), "…ijkl"); // 12 chars
+        assert_eq!(ApiKey::new("abcdefghijk").unwrap().tail(), "…"); // 11 chars
+        assert_eq!(ApiKey::new("k").unwrap().tail(), "…");
+        assert_eq!(format!("{:?}", ApiKey::new("short").unwrap()), "ApiKey(…)");
+    }
+
+    #[test]
+    fn rejects_bad_keys_without_echoing_them() {
+        let cases = [
+            ("", KeyProblem::Empty),
+            ("sk-ant-SECRETSECRET\n", KeyProblem::Whitespace),
+            (" sk-ant-SECRETSECRET", KeyProblem::Whitespace),
+            ("sk-ant-SECRET SECRET", KeyProblem::Whitespace),
+            ("sk-ant-SECRET\tSECRET", KeyProblem::Whitespace),
+            ("sk-ant-SECRET\u{a0}SECRET", KeyProblem::Whitespace),
+            ("sk-ant-SECRET\u{201c}SECRET", KeyProblem::NotVisibleAscii),
+            ("sk-ant-SECRET\u{7f}SECRET", KeyProblem::NotVisibleAscii),
+            ("sk-ant-SECRET\u{0}SECRET", KeyProblem::NotVisibleAscii),
+        ];
+        for (input, problem) in cases {
+            let err = ApiKey::new(input).unwrap_err();
+            assert_eq!(err, KeyError::Invalid(problem), "{input:?}");
+            assert_eq!(err.problem(), Some(problem));
+            for shown in [err.to_string(), format!("{err:?}")] {
+                assert!(!shown.contains("SECRET"), "{shown}");
+            }
+            assert!(err.to_string().starts_with("invalid API key: "), "{err}");
+        }
+        assert!(ApiKey::new("").unwrap_err().to_string().contains("empty"));
+        assert!(ApiKey::new("a b")
+            .unwrap_err()
+            .to_string()
+            .contains("whitespace"));
+    }
+
+    // One test touches the environment, with variable names no other test uses, so parallel
+    // tests cannot race on them.
+    #[test]
+    fn from_env_names_the_variable_never_the_value() {
+        let good = "SEAWALL_SECRET_TEST_GOOD";
+        let bad = "SEAWALL_SECRET_TEST_BAD";
+        let empty = "SEAWALL_SECRET_TEST_EMPTY";
+        let missing = "SEAWALL_SECRET_TEST_MISSING";
+        // Only std touches the environment in these tests, and std serialises its own access.
+        std::env::set_var(good, KEY);
+        std::env::set_var(bad, "sk-ant-SECRETSECRET\n");
+        std::env::set_var(empty, "");
+        std::env::remove_var(missing);
+
+        assert_eq!(ApiKey::from_env(good).unwrap().expose(), KEY);
+
+        let err = ApiKey::from_env(bad).unwrap_err();
+        assert_eq!(
+            err,
+            KeyError::EnvInvalid {
+                var: bad.into(),
+                problem: KeyProblem::Whitespace
+            }
+        );
+        for shown in [err.to_string(), format!("{err:?}")] {
+            assert!(shown.contains(bad), "{shown}");
+            assert!(!shown.contains("SECRET\n") && !shown.contains("SECRETSECRET"));
+        }
+
+        let err = ApiKey::from_env(empty).unwrap_err();
+        assert_eq!(err.problem(), Some(KeyProblem::Empty));
+        assert!(err.to_string().contains(empty));
+
+        let err = ApiKey::from_env(missing).unwrap_err();
+        assert_eq!(
+            err,
+            KeyError::EnvMissing {
+                var: missing.into()
+            }
+        );
+        assert_eq!(err.problem(), None);
+        assert!(err.to_string().contains(missing));
+        assert!(err.to_string().contains("not set"));
+
+        std::env::remove_var(good);
+        std::env::remove_var(bad);
+        std::env::remove_var(empty);
+    }
+}

@@ -1,0 +1,269 @@
+//! A fault-injecting simulator of the Anthropic Messages API (and an OpenAI-compatible
+//! chat completions face), over real HTTP on loopback.
+//!
+//! Point any client at it (seawall, the official SDKs, curl) to see how an agent behaves
+//! through rate limits, 529 overloads, resets, hangs, cut-off bodies and streams that break
+//! half-way, deterministically under a seed. seawall's own integration tests, demo and
+//! benchmarks run against it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use seawall::sim::{Scenario, Sim};
+//!
+//! let scenario = Scenario::from_toml(r#"
+//!     [[models]]
+//!     name = "claude-sonnet-4-5"
+//!     latency = "40ms"
+//!     [[models.faults]]
+//!     kind = "status"
+//!     status = 529
+//!     until = "2s"
+//! "#)?;
+//! let sim = Sim::start(scenario, "127.0.0.1:0".parse()?).await?;
+//! println!("point ANTHROPIC_BASE_URL at {}", sim.base_url());
+//! // ... run the agent ...
+//! for entry in sim.log() {
+//!     println!("{} {} {:?}", entry.seq, entry.outcome, entry.status);
+//! }
+//! sim.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! # Endpoints
+//!
+//! | endpoint | |
+//! |---|---|
+//! | `POST /v1/messages` | JSON, or SSE with `"stream": true` |
+//! | `POST /v1/messages/count_tokens` | `{"input_tokens": N}`; never faulted, rate-limited or delayed |
+//! | `POST /v1/chat/completions` | OpenAI shape, non-streaming only (`stream: true` gets a 400 saying so) |
+//! | `POST /_sim/reset` | clock, sequence numbers, log, counts and buckets back to zero |
+//! | `PUT /_sim/scenario` | replace the scenario live (TOML if the content-type mentions `toml`, else JSON); keeps the clock |
+//! | `GET /_sim/log` | the log, a JSON array of [`LogEntry`] |
+//!
+//! `/_sim/` calls need no key and are not logged. Keys are accepted as `x-api-key` or
+//! `Authorization: Bearer` (the chat completions face reads Bearer only). `anthropic-version`
+//! is not required (the real API requires it).
+//!
+//! # Order of checks
+//!
+//! Authentication (401), body validation (400), model (404), then the model's faults in order,
+//! then the rate limits (429), then the answer. `status`, `reset` and `hang` faults answer
+//! before the limits are consulted and take nothing from them; `slow_first_byte`, `truncated`
+//! and `mid_stream_error` change how the admitted answer (or the 429) is delivered.
+//!
+//! # Tokens and limits
+//!
+//! Input tokens are counted with the runtime's own rule ([`estimate_input_tokens`]), so a client
+//! configured with the simulator's limits predicts its buckets exactly. An answer has
+//! `min(max_tokens, output_tokens)` words, one token each. Limits are continuous-refill token
+//! buckets ([`seawall_actors::policy::bucket::Buckets`]), one set per model (the API limits each
+//! model class apart) shared by every key (one organization). A request is admitted only if
+//! requests, input tokens and output tokens all fit; a refused one takes nothing and gets a
+//! `retry-after` of the whole seconds, rounded up, until it would fit.
+//!
+//! # Clock and randomness
+//!
+//! Sim time is the wall-clock time since start or the last reset; fault windows are on it.
+//! Each request has a sequence number (0, 1, ... since start or reset) and its draws (one per
+//! candidate fault, then the latency jitter) come from `SplitMix64(seed ^ seq)`, so the same
+//! seed and the same request sequence give the same outcomes.
+
+mod engine;
+mod scenario;
+mod server;
+mod wire;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub use scenario::{
+    Fault, FaultKind, ModelSpec, RateLimits, Scenario, ScenarioError, MAX_OUTPUT_TOKENS,
+};
+pub use server::{MAX_BODY, MAX_HEAD};
+
+/// How many log entries the simulator keeps (the most recent); [`SimHandle::count`] stays
+/// exact beyond it.
+pub const LOG_CAPACITY: usize = engine::LOG_CAPACITY;
+
+/// One request the simulator saw (control calls under `/_sim/` are not logged).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogEntry {
+    /// Sequence number since start or reset: 0, 1, 2, ...; seeds the request's random draws.
+    pub seq: u64,
+    /// Sim time at arrival, in milliseconds since start or reset.
+    pub at_ms: u64,
+    /// The request path, without query string.
+    pub path: String,
+    /// The model named in the body, if it could be read.
+    pub model: Option<String>,
+    /// The last four characters of the key (empty for keys shorter than 12 characters, the rule
+    /// of [`crate::ApiKey::tail`]); `None` when no key was sent. Never the key.
+    pub key_tail: Option<String>,
+    /// `x-stainless-retry-count`, if sent and numeric.
+    pub retry_count: Option<u32>,
+    /// `idempotency-key`, if sent.
+    pub idempotency_key: Option<String>,
+    /// Whether the body asked for a stream.
+    pub stream: bool,
+    /// The HTTP status sent; `None` when no complete answer was (reset, hang, truncated).
+    pub status: Option<u16>,
+    /// What happened: `ok`, `status`, `reset`, `hang`, `truncated`, `slow_first_byte`,
+    /// `mid_stream_error`, `rate_limited`, `unauthenticated`, `invalid_request`,
+    /// `unknown_model`, `unknown_path`, `method_not_allowed`, `request_too_large`,
+    /// `length_required`.
+    pub outcome: String,
+    /// The `request-id` the answer carries (also on a truncated answer's head); a reset or a
+    /// hang sends none, but the id is still recorded here.
+    pub request_id: Option<String>,
+}
+
+/// Why the simulator could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// The address is not a loopback address: the simulator accepts any key and must never be
+    /// reachable from another machine.
+    #[error("the simulator only listens on loopback (127.0.0.0/8 or ::1), not on {0}")]
+    NotLoopback(SocketAddr),
+    /// Binding the listener failed (port in use, permissions).
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The operating system's reason.
+        source: std::io::Error,
+    },
+    /// The scenario is not valid.
+    #[error("invalid scenario: {0}")]
+    Scenario(#[from] ScenarioError),
+}
+
+/// Starts simulators.
+#[derive(Debug)]
+pub struct Sim;
+
+impl Sim {
+    /// Validate `scenario`, listen on `addr` (loopback only; port 0 picks a free port) and
+    /// serve in the background on the current tokio runtime. Ready when this returns.
+    ///
+    /// # Errors
+    ///
+    /// [`SimError::NotLoopback`], [`SimError::Bind`] or [`SimError::Scenario`].
+    pub async fn start(scenario: Scenario, addr: SocketAddr) -> Result<SimHandle, SimError> {
+        if !addr.ip().is_loopback() {
+            return Err(SimError::NotLoopback(addr));
+        }
+        scenario.validate()?;
+        let bind_error = |source| SimError::Bind { addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+        let local = listener.local_addr().map_err(bind_error)?;
+        let engine = Arc::new(engine::Engine::new(scenario));
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let (done_tx, done_rx) = watch::channel(false);
+        tokio::spawn(server::accept_loop(
+            listener,
+            Arc::clone(&engine),
+            stop_rx,
+            done_tx,
+        ));
+        Ok(SimHandle {
+            inner: Arc::new(Inner {
+                addr: local,
+                engine,
+                stop: stop_tx,
+                done: done_rx,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    addr: SocketAddr,
+    engine: Arc<engine::Engine>,
+    stop: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+}
+
+/// A running simulator. Clones share it.
+///
+/// The simulator runs until [`SimHandle::shutdown`], or until the last handle is dropped (then
+/// it stops on its own, closing every connection), or until its tokio runtime ends.
+#[derive(Clone)]
+pub struct SimHandle {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SimHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SimHandle")
+            .field("addr", &self.inner.addr)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SimHandle {
+    /// The address it listens on (with the real port when started on port 0).
+    pub fn addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// `http://ADDR`, the base URL for clients (`/v1/messages` is appended by them).
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.inner.addr)
+    }
+
+    /// Every logged request since start or reset (the most recent [`LOG_CAPACITY`]), oldest
+    /// first.
+    pub fn log(&self) -> Vec<LogEntry> {
+        self.inner.engine.log()
+    }
+
+    /// Requests logged for `model` since start or reset (exact even past [`LOG_CAPACITY`]).
+    pub fn count(&self, model: &str) -> usize {
+        self.inner.engine.count(model)
+    }
+
+    /// Back to time zero: clock, sequence numbers, log, counts and buckets (full again).
+    pub fn reset(&self) {
+        self.inner.engine.reset();
+    }
+
+    /// The scenario in force.
+    pub fn scenario(&self) -> Scenario {
+        self.inner.engine.scenario()
+    }
+
+    /// Replace the scenario live. The clock, sequence numbers and log go on; models whose limits
+    /// are unchanged keep their bucket levels, others start full. Requests already decided
+    /// finish as decided.
+    ///
+    /// # Errors
+    ///
+    /// The [`ScenarioError`] of an invalid scenario (the old one stays in force).
+    pub fn set_scenario(&self, scenario: Scenario) -> Result<(), ScenarioError> {
+        self.inner.engine.set_scenario(scenario)
+    }
+
+    /// Stop accepting, close every connection (hanging ones included) and wait until they are
+    /// closed.
+    pub async fn shutdown(self) {
+        self.inner.stop.send_replace(true);
+        let mut done = self.inner.done.clone();
+        // An error means the server task is already gone (its runtime ended): nothing to wait for.
+        let _ = done.wait_for(|d| *d).await;
+    }
+}
+
+/// Input tokens of a Messages API body, by the runtime's own rule
+/// ([`seawall_actors::Call::estimate_input_tokens`]: the JSON text of `system`, `messages` and
+/// `tools`, one token per four bytes, rounded up, at least 1). The simulator counts with this
+/// very function, for `usage.input_tokens`, `count_tokens` and the input-token bucket.
+///
+/// `None` unless `messages` is a non-empty array (the runtime refuses such a body).
+pub fn estimate_input_tokens(body: &serde_json::Value) -> Option<u64> {
+    engine::estimate(body)
+}
