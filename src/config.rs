@@ -492,6 +492,10 @@ pub struct GovernorSection {
     /// Share [0, 1) of every bucket that background calls (`seawall-lane: background`) may not
     /// use. Default 0.
     pub interactive_reserve: Option<f64>,
+    /// How far behind ours the upstream's refill may run (transit time of a call); default
+    /// 250ms. See `Builder::transit_allowance`.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub transit_allowance: Option<Duration>,
 }
 
 /// `[supervisor]`.
@@ -1488,6 +1492,11 @@ impl Config {
             .breaker_defaults(self.breaker_defaults())
             .retry_policy(self.retry_defaults())
             .interactive_reserve(self.governor.interactive_reserve.unwrap_or(0.0))
+            .transit_allowance(
+                self.governor
+                    .transit_allowance
+                    .unwrap_or(seawall_actors::runtime::DEFAULT_TRANSIT_ALLOWANCE),
+            )
             .retry_budget(self.retry_budget.to_config())
             .restart_intensity(RestartIntensity {
                 max_restarts: self.supervisor.max_restarts.unwrap_or(d.max_restarts),

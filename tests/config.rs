@@ -139,6 +139,10 @@ fn the_example_parses_and_every_key_lands() {
     assert_eq!(c.bulkheads[0].max_concurrent, Some(4));
     assert_eq!(c.bulkheads[0].budget_share, Some(0.3));
     assert_eq!(c.governor.interactive_reserve, Some(0.2));
+    assert_eq!(
+        c.governor.transit_allowance,
+        Some(Duration::from_millis(250))
+    );
     assert_eq!(c.supervisor.max_restarts, Some(10));
     assert_eq!(c.supervisor.within, Some(Duration::from_secs(10)));
     assert_eq!(c.gateway.tokens.len(), 1);
@@ -345,6 +349,11 @@ fn references_and_values_are_checked_with_their_keys() {
             minimal("[[bulkheads]]\nname = \"b\"\nbudget_share = 1.5"),
             "bulkheads[0].budget_share",
             "(0, 1]",
+        ),
+        (
+            minimal("[governor]\ntransit_allowance = \"a bit\""),
+            "governor.transit_allowance",
+            "250ms",
         ),
         (
             minimal("[governor]\ninteractive_reserve = 1.0"),

@@ -84,6 +84,8 @@ pub struct GovernorArgs {
     /// Share (0..1) of every bucket that background calls may not use: the interactive lane's
     /// reserve.
     pub interactive_reserve: f64,
+    /// Transit allowance of the organization buckets (see [`Buckets::with_transit_allowance`]).
+    pub transit_allowance: Duration,
 }
 
 /// Proof of a reservation, handed back in `Settle`. It carries what was reserved, so the
@@ -353,6 +355,7 @@ pub struct GovernorState {
     upstreams: Vec<UpstreamState>,
     features: Vec<FeatureState>,
     interactive_reserve: f64,
+    transit_allowance: Duration,
     interactive: VecDeque<Parked>,
     background: VecDeque<Parked>,
     generation: u64,
@@ -446,6 +449,7 @@ impl GovernorState {
         class: usize,
         now: Instant,
     ) -> Option<&mut Buckets> {
+        let lag = self.transit_allowance;
         let up = self.upstreams.get_mut(upstream)?;
         let limits = up
             .class_limits
@@ -460,7 +464,7 @@ impl GovernorState {
         Some(
             up.buckets
                 .entry((org, class))
-                .or_insert_with(|| Buckets::new(limits, now)),
+                .or_insert_with(|| Buckets::new(limits, now).with_transit_allowance(lag)),
         )
     }
 
@@ -940,6 +944,7 @@ impl Actor for GovernorActor {
                 })
                 .collect(),
             interactive_reserve: args.interactive_reserve.clamp(0.0, 1.0),
+            transit_allowance: args.transit_allowance,
             interactive: VecDeque::new(),
             background: VecDeque::new(),
             generation: GENERATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),

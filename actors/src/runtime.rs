@@ -32,6 +32,9 @@ use crate::request::{
 use crate::supervisor::{Directory, RestartIntensity, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::upstream::Upstream;
 
+/// Default [`Builder::transit_allowance`].
+pub const DEFAULT_TRANSIT_ALLOWANCE: Duration = Duration::from_millis(250);
+
 /// One hop of a chain: a model, and optionally a patch against the original request.
 ///
 /// Like the API's server-side `fallbacks` and the SDK's fallback middleware, a hop may change
@@ -71,6 +74,7 @@ pub struct Builder {
     key_orgs: Vec<(String, Vec<String>)>,
     bulkheads: Vec<(String, Bulkhead)>,
     interactive_reserve: f64,
+    transit_allowance: Duration,
     retry_budget: RetryBudgetConfig,
     idempotency_ttl: Option<Duration>,
     response_cache: Option<(u64, Duration)>,
@@ -97,6 +101,7 @@ impl Builder {
             key_orgs: Vec::new(),
             bulkheads: Vec::new(),
             interactive_reserve: 0.0,
+            transit_allowance: DEFAULT_TRANSIT_ALLOWANCE,
             retry_budget: RetryBudgetConfig::default(),
             idempotency_ttl: None,
             response_cache: None,
@@ -226,6 +231,16 @@ impl Builder {
     /// Share (0..1) of every bucket that background calls may not use.
     pub fn interactive_reserve(mut self, share: f64) -> Self {
         self.interactive_reserve = share;
+        self
+    }
+
+    /// How far behind ours the upstream's own rate-limit refill may run, because our calls take
+    /// time to reach it (default 250 ms: a TLS handshake on a fresh connection). Each time an
+    /// organization bucket starts to drain from full, its refill is counted from this much
+    /// later, so a call that travels faster than the first one cannot arrive a fraction of a
+    /// token early and earn a 429. Zero trusts the network to be instant.
+    pub fn transit_allowance(mut self, allowance: Duration) -> Self {
+        self.transit_allowance = allowance;
         self
     }
 
@@ -723,6 +738,7 @@ impl Builder {
                 upstreams: budgets,
                 bulkheads: self.bulkheads,
                 interactive_reserve: self.interactive_reserve,
+                transit_allowance: self.transit_allowance,
             },
             feature_ids,
             retry_budget: self.retry_budget,

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use seawall_actors::runtime::DEFAULT_TRANSIT_ALLOWANCE;
 use seawall_actors::scripted::{Answer, ScriptedUpstream};
 use seawall_actors::{Bulkhead, Call, Error, Lane, Limits, Outcome, Seawall};
 use tokio::time::Instant;
@@ -218,6 +219,8 @@ async fn server_truth_slows_the_governor_before_a_429() {
         .upstream("s", up.clone())
         .chain("m", ["m"])
         .limits("s", rpm(60))
+        // Exact instants below are the server's pace alone; the allowance is tested on its own.
+        .transit_allowance(Duration::ZERO)
         .spawn()
         .await
         .unwrap();
@@ -357,7 +360,8 @@ async fn when_every_hop_is_out_of_budget_the_call_waits_for_the_earliest_recover
         .await
         .expect("waits for a's refill");
     assert_eq!(r.model, "a");
-    assert_eq!(t0.elapsed(), secs(30));
+    // a's refill counts from the transit allowance after its bucket started to drain.
+    assert_eq!(t0.elapsed(), secs(30) + DEFAULT_TRANSIT_ALLOWANCE);
     // A deadline shorter than any recovery is refused at once, with the time to come back.
     let t1 = Instant::now();
     let err = sw

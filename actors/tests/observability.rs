@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use seawall_actors::policy::breaker::StateKind;
+use seawall_actors::runtime::DEFAULT_TRANSIT_ALLOWANCE;
 use seawall_actors::scripted::{Answer, ScriptedUpstream, StreamAnswer};
 use seawall_actors::{
     AlertConfig, AlertKind, BreakerConfig, Call, Class, Event, Limits, Price, ProbeConfig,
@@ -695,7 +696,8 @@ async fn governor_traffic(snapshotter: &Snapshotter) {
         .spawn()
         .await
         .unwrap();
-    // Two requests fit the bucket; the third waits 30 s for one to refill.
+    // Two requests fit the bucket; the third waits 30 s for one to refill, counted from the
+    // transit allowance after the bucket started to drain.
     for _ in 0..3 {
         sw.complete(call("x")).await.unwrap();
     }
@@ -711,7 +713,8 @@ async fn governor_traffic(snapshotter: &Snapshotter) {
     match find(&s, "seawall_governor_wait_seconds", &waits) {
         Some(DebugValue::Histogram(v)) => {
             assert_eq!(v.len(), 1);
-            assert!((v[0].0 - 30.0).abs() < 1e-6, "{v:?}");
+            let expected = 30.0 + DEFAULT_TRANSIT_ALLOWANCE.as_secs_f64();
+            assert!((v[0].0 - expected).abs() < 1e-6, "{v:?}");
         }
         other => panic!("waits: {other:?}"),
     }

@@ -79,7 +79,10 @@ impl Dimension {
 pub struct Bucket {
     capacity: u64,
     level: f64,
+    /// Refill is counted from here; it may lie ahead of the clock (see `lag`).
     last: Instant,
+    /// Transit allowance: when a full bucket starts to drain, refill is counted from `lag` later.
+    lag: Duration,
 }
 
 impl Bucket {
@@ -89,6 +92,7 @@ impl Bucket {
             capacity,
             level: capacity as f64,
             last: now,
+            lag: Duration::ZERO,
         }
     }
 
@@ -118,8 +122,9 @@ impl Bucket {
     }
 
     /// Seconds until `amount` could be taken with the level staying >= 0; `None` if never (a
-    /// zero capacity, or more than the capacity).
-    fn wait_for(&self, amount: u64) -> Option<f64> {
+    /// zero capacity, or more than the capacity). Refill deferred by the transit allowance
+    /// counts only from when it starts.
+    fn wait_for(&self, amount: u64, now: Instant) -> Option<f64> {
         if self.capacity == 0 || amount > self.capacity {
             return None;
         }
@@ -127,8 +132,21 @@ impl Bucket {
         if deficit <= EPSILON {
             Some(0.0)
         } else {
-            Some(deficit / self.rate())
+            let deferred = self.last.saturating_duration_since(now).as_secs_f64();
+            Some(deferred + deficit / self.rate())
         }
+    }
+
+    /// Take `amount` at `now` (already refilled to `now`). The server's bucket starts draining
+    /// when our first call *arrives* there, up to a transit time after we granted it, so its
+    /// refill runs behind ours by that much: a later call that travels faster than the first
+    /// would find it short by a fraction of a token and get a 429. Counting our refill from
+    /// `lag` after a full bucket starts to drain keeps us behind the server instead.
+    fn take(&mut self, amount: f64, now: Instant) {
+        if amount > 0.0 && self.level >= self.capacity as f64 - EPSILON {
+            self.last = self.last.max(now) + self.lag;
+        }
+        self.adjust(-amount);
     }
 
     /// Add `delta` tokens (negative to take), never above capacity.
@@ -189,6 +207,8 @@ pub struct Buckets {
     /// The latest `now` seen: time never runs backwards here, so an out-of-order `now` cannot
     /// make a promised instant come earlier than the refill that pays for it.
     now: Instant,
+    /// Transit allowance given to every bucket, including ones adopted from the server.
+    lag: Duration,
 }
 
 /// Just under one token: what the server's rounded-down `remaining` may hide.
@@ -203,7 +223,22 @@ impl Buckets {
             input_tokens: bucket(limits.input_tokens_per_minute),
             output_tokens: bucket(limits.output_tokens_per_minute),
             now,
+            lag: Duration::ZERO,
         }
+    }
+
+    /// The same buckets with a transit allowance: whenever a full bucket starts to drain, its
+    /// refill is counted from `lag` later. The server counts its own refill from when our first
+    /// call reaches it; without the allowance a later call that travels faster than the first
+    /// (a pooled connection after a fresh handshake, a quieter moment on the network) arrives
+    /// while the server is still a fraction of a token short, and is refused with a 429. It
+    /// costs at most `lag` of refill each time a bucket drains from full, nothing in steady state.
+    pub fn with_transit_allowance(mut self, lag: Duration) -> Self {
+        self.lag = lag;
+        for (_, bucket) in self.limited() {
+            bucket.lag = lag;
+        }
+        self
     }
 
     /// The limits in force, including any adopted from the server by [`Buckets::observe`].
@@ -239,8 +274,9 @@ impl Buckets {
                         dimension,
                     };
                 }
+                let now = self.now;
                 for (dim, bucket) in self.limited() {
-                    bucket.adjust(-(dim.of(cost) as f64));
+                    bucket.take(dim.of(cost) as f64, now);
                 }
                 Reservation::Granted { at }
             }
@@ -269,13 +305,18 @@ impl Buckets {
     /// an unlimited dimension that the server reports a limit for becomes limited.
     pub fn observe(&mut self, dim: Dimension, limit: Option<u64>, remaining: u64, now: Instant) {
         let now = self.advance(now);
+        let lag = self.lag;
         let slot = self.slot(dim);
         match (slot.as_mut(), limit) {
             (Some(bucket), Some(limit)) if bucket.capacity != limit => {
                 bucket.capacity = limit;
                 bucket.level = bucket.level.min(limit as f64);
             }
-            (None, Some(limit)) => *slot = Some(Bucket::new(limit, now)),
+            (None, Some(limit)) => {
+                let mut bucket = Bucket::new(limit, now);
+                bucket.lag = lag;
+                *slot = Some(bucket);
+            }
             _ => {}
         }
         if let Some(bucket) = slot.as_mut() {
@@ -326,7 +367,7 @@ impl Buckets {
         let now = self.advance(now);
         let mut slowest: Option<(f64, Dimension)> = None;
         for (dim, bucket) in self.limited() {
-            let Some(secs) = bucket.wait_for(dim.of(cost)) else {
+            let Some(secs) = bucket.wait_for(dim.of(cost), now) else {
                 return Plan::Never(dim);
             };
             if slowest.is_none_or(|(worst, _)| secs > worst) {
@@ -429,6 +470,78 @@ mod tests {
             b.reserve(req(), secs(5), t0),
             Reservation::Granted { at: t0 + secs(1) }
         );
+    }
+
+    #[test]
+    fn the_transit_allowance_defers_refill_once_per_drain_from_full() {
+        let t0 = Instant::now();
+        let lag = Duration::from_millis(250);
+        let mut b = Buckets::new(rpm(60), t0).with_transit_allowance(lag);
+        for _ in 0..60 {
+            assert_eq!(
+                b.reserve(req(), Duration::ZERO, t0),
+                Reservation::Granted { at: t0 }
+            );
+        }
+        // Refill starts 250 ms late, once: the 61st waits 1.25 s, the 62nd one more second.
+        assert_eq!(
+            b.reserve(req(), secs(5), t0),
+            Reservation::Granted {
+                at: t0 + secs(1) + lag
+            }
+        );
+        assert_eq!(
+            b.reserve(req(), secs(5), t0),
+            Reservation::Granted {
+                at: t0 + secs(2) + lag
+            }
+        );
+        // A bucket that is not full when drawn from again is not deferred again.
+        let t1 = t0 + secs(2) + lag;
+        assert!(b
+            .available(Dimension::Requests, t1)
+            .is_some_and(|l| l.abs() < 1e-6));
+        let mut c = Buckets::new(rpm(60), t0).with_transit_allowance(lag);
+        let _ = c.reserve(req(), Duration::ZERO, t0);
+        let _ = c.reserve(req(), Duration::ZERO, t0 + secs(1));
+        // Drained from full at t0 (deferred to t0+250ms), 59 left; at t0+1s, 0.75 s refilled.
+        let level = available(&mut c, Dimension::Requests, t0 + secs(1));
+        assert!((level - 58.75).abs() < 1e-6, "{level}");
+    }
+
+    #[test]
+    fn with_the_allowance_a_server_that_started_late_never_refuses_what_we_grant() {
+        // Our grants reach a server after a transit time that varies by call: the first call is
+        // slow (a fresh connection), later ones fast. The server runs the same buckets with no
+        // allowance, counting from when calls arrive. Every call we grant must fit there.
+        let t0 = Instant::now();
+        let first_transit = Duration::from_millis(40);
+        let fast = Duration::from_millis(1);
+        let run = |lag: Duration| {
+            let mut ours = Buckets::new(rpm(60), t0).with_transit_allowance(lag);
+            let mut server = Buckets::new(rpm(60), t0);
+            let mut arrivals = Vec::new();
+            for i in 0..150u32 {
+                let offered = t0 + Duration::from_millis(6) * i;
+                if let Reservation::Granted { at } = ours.reserve(req(), secs(60), offered) {
+                    let transit = if i == 0 { first_transit } else { fast };
+                    arrivals.push(at + transit);
+                }
+            }
+            // The server sees them in the order they arrive.
+            arrivals.sort();
+            arrivals
+                .into_iter()
+                .filter(|&t| {
+                    !matches!(
+                        server.reserve(req(), Duration::ZERO, t),
+                        Reservation::Granted { .. }
+                    )
+                })
+                .count()
+        };
+        assert!(run(Duration::ZERO) > 0, "the race is real without it");
+        assert_eq!(run(Duration::from_millis(250)), 0);
     }
 
     #[test]
