@@ -54,6 +54,11 @@ pub struct Call {
     pub forward: ForwardHeaders,
     /// Derive an idempotency key from the canonical request when none was given.
     pub derive_idempotency_key: bool,
+    /// A conversation or session key: once a fallback served it, the conversation stays on
+    /// that model until the primary's breaker has closed again (no flapping mid-task).
+    pub conversation: Option<String>,
+    /// The queued job this call replays: it is never degraded (nor queued again).
+    pub(crate) job: Option<String>,
 }
 
 impl Call {
@@ -67,7 +72,7 @@ impl Call {
         Self::from_parts(body)
     }
 
-    fn from_parts(body: Map<String, Value>) -> Self {
+    pub(crate) fn from_parts(body: Map<String, Value>) -> Self {
         Self {
             body,
             chain: None,
@@ -77,6 +82,8 @@ impl Call {
             feature: None,
             forward: ForwardHeaders::default(),
             derive_idempotency_key: false,
+            conversation: None,
+            job: None,
         }
     }
 
@@ -122,6 +129,13 @@ impl Call {
     /// Set the idempotency key.
     pub fn idempotency_key(mut self, key: &str) -> Self {
         self.idempotency_key = Some(key.to_owned());
+        self
+    }
+
+    /// Pin this call's conversation: after a fallback served it, later calls with the same key
+    /// stay on that model until the primary's breaker has closed again.
+    pub fn conversation(mut self, key: &str) -> Self {
+        self.conversation = Some(key.to_owned());
         self
     }
 
@@ -371,6 +385,9 @@ pub enum Source {
     Cache,
     /// Degraded: the chain's configured static answer.
     Static,
+    /// Degraded: nothing could answer now; the call was stored in the durable queue and will
+    /// run later. The reply (HTTP 202) carries the job id: see [`Reply::job_id`].
+    Queued,
 }
 
 impl Source {
@@ -381,12 +398,13 @@ impl Source {
             Source::Replay => "replay",
             Source::Cache => "cache",
             Source::Static => "static",
+            Source::Queued => "queued",
         }
     }
 
     /// True for answers that did not come live from a model for this call's request.
     pub fn is_degraded(self) -> bool {
-        matches!(self, Source::Cache | Source::Static)
+        matches!(self, Source::Cache | Source::Static | Source::Queued)
     }
 }
 
@@ -419,6 +437,15 @@ impl Reply {
     /// The upstream's `request-id`.
     pub fn request_id(&self) -> Option<&str> {
         self.headers.get("request-id")
+    }
+
+    /// For a queued call ([`Source::Queued`]): the job id to ask `Seawall::job` about.
+    pub fn job_id(&self) -> Option<String> {
+        if self.source != Source::Queued {
+            return None;
+        }
+        let v = self.json().ok()?;
+        v.get("job_id")?.as_str().map(str::to_owned)
     }
 
     /// The body parsed as JSON.

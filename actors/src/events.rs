@@ -48,6 +48,15 @@ pub enum Event {
         /// Firing now, or cleared.
         firing: bool,
     },
+    /// A queued job reached its final outcome (see `Seawall::job`).
+    Job {
+        /// The job id.
+        id: String,
+        /// Its chain.
+        chain: String,
+        /// `done`, `failed` or `expired`.
+        outcome: &'static str,
+    },
 }
 
 /// What an [`Event::Alert`] watches.

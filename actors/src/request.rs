@@ -41,6 +41,7 @@ use crate::monitor::{AttemptSample, CallRecord, CallStatus, MonitorMsg, Price};
 use crate::policy::backoff::{Backoff, SplitMix64, Step};
 use crate::policy::breaker::Permit;
 use crate::policy::classify::{classify, Class, Scope, Verdict};
+use crate::queue::{Job, QueueMsg};
 use crate::supervisor::{Directory, SupervisorMsg};
 use crate::upstream::{
     Attempt, Cost, Headers, SseEvent, StreamBody, TransportError, Upstream, UpstreamResponse, Usage,
@@ -82,6 +83,9 @@ pub enum Degrade {
     Cache,
     /// A fixed text, flagged as static.
     Static(String),
+    /// Store the call in the durable queue and answer at once with its job id (HTTP 202,
+    /// `Source::Queued`); it runs later on the background lane (see `Builder::queue`).
+    Queue,
 }
 
 /// How a call's input tokens are estimated before budget is reserved.
@@ -290,15 +294,30 @@ impl Actor for RequestActor {
                         .as_ref()
                         .filter(|_| chain.policy.degrade.contains(&Degrade::Cache))
                         .map(|_| call.cache_key());
-                    let degrade = chain.policy.degrade.clone();
-                    let cache = shared.cache.clone();
-                    let mut walk = Walk::new(call, chain, feature, shared, false);
+                    // A replayed job is never degraded: it waits in the queue for a live answer.
+                    let degrade = if call.job.is_some() {
+                        Vec::new()
+                    } else {
+                        chain.policy.degrade.clone()
+                    };
+                    let queued = degrade
+                        .contains(&Degrade::Queue)
+                        .then(|| (chain.name.clone(), call.clone()));
+                    let fallback = Fallback {
+                        degrade: &degrade,
+                        cache: shared.cache.as_deref(),
+                        key: cache_key,
+                        queue: queued.and_then(|(chain, call)| {
+                            Some((shared.directory.queue()?, chain, call))
+                        }),
+                    };
+                    let mut walk = Walk::new(call, chain, feature, shared.clone(), false);
                     let result = walk
                         .run()
                         .instrument(span.clone())
                         .await
                         .and_then(Done::into_reply);
-                    let result = degraded(result, &degrade, cache.as_deref(), cache_key);
+                    let result = degraded(result, fallback).await;
                     let end = CallEnd::of_unary(&result, walk.served, walk.elapsed());
                     walk.conclude(&span, end);
                     // The caller may have stopped waiting; then nobody needs the answer.
@@ -1868,13 +1887,23 @@ impl ResponseCache {
     }
 }
 
-/// Keep a live answer for the cache, or degrade an `Unavailable` as the chain allows.
-fn degraded(
-    result: Result<Reply, Error>,
-    degrade: &[Degrade],
-    cache: Option<&ResponseCache>,
+/// What a unary call may degrade to.
+struct Fallback<'a> {
+    degrade: &'a [Degrade],
+    cache: Option<&'a ResponseCache>,
     key: Option<String>,
-) -> Result<Reply, Error> {
+    /// The queue, the chain's name and the call, when the chain may queue.
+    queue: Option<(ActorRef<QueueMsg>, String, Call)>,
+}
+
+/// Keep a live answer for the cache, or degrade an `Unavailable` as the chain allows.
+async fn degraded(result: Result<Reply, Error>, fallback: Fallback<'_>) -> Result<Reply, Error> {
+    let Fallback {
+        degrade,
+        cache,
+        key,
+        mut queue,
+    } = fallback;
     match result {
         Ok(reply) => {
             if let (Some(cache), Some(key)) = (cache, key) {
@@ -1905,6 +1934,32 @@ fn degraded(
                         tracing::info!("degraded: answered with the static answer");
                         return Ok(static_reply(text, err.trail().to_vec()));
                     }
+                    Degrade::Queue => {
+                        let Some((queue, chain, call)) = queue.take() else {
+                            continue;
+                        };
+                        let stored = queue
+                            .call(
+                                |reply| QueueMsg::Enqueue {
+                                    chain,
+                                    call: Box::new(call),
+                                    reply,
+                                },
+                                Some(Duration::from_secs(5)),
+                            )
+                            .await;
+                        match stored {
+                            Ok(CallResult::Success(Ok(job))) => {
+                                return Ok(queued_reply(&job, err.trail().to_vec()));
+                            }
+                            // Not stored: the caller must know, so the next option or the
+                            // honest error follows.
+                            Ok(CallResult::Success(Err(e))) => {
+                                tracing::error!(error = %e, "could not queue the call");
+                            }
+                            _ => tracing::error!("the queue did not answer"),
+                        }
+                    }
                 }
             }
             Err(err)
@@ -1913,7 +1968,7 @@ fn degraded(
     }
 }
 
-/// A Messages-shaped answer carrying the chain's static text.
+/// Upstream attempts in a trail.
 fn attempted(trail: &[AttemptRecord]) -> u32 {
     trail
         .iter()
@@ -1921,6 +1976,29 @@ fn attempted(trail: &[AttemptRecord]) -> u32 {
         .count() as u32
 }
 
+/// The answer to a queued call: HTTP 202 with the job id.
+fn queued_reply(job: &Job, trail: Vec<AttemptRecord>) -> Reply {
+    let body = serde_json::json!({
+        "type": "queued",
+        "job_id": job.id,
+        "chain": job.chain,
+        "expires_at_ms": job.expires_ms,
+    });
+    Reply {
+        source: crate::call::Source::Queued,
+        age: None,
+        model: "seawall-queue".into(),
+        status: 202,
+        headers: Headers::default(),
+        body: bytes::Bytes::from(body.to_string()),
+        usage: Usage::default(),
+        attempts: attempted(&trail),
+        trail,
+        latency: Duration::ZERO,
+    }
+}
+
+/// A Messages-shaped answer carrying the chain's static text.
 fn static_reply(text: &str, trail: Vec<AttemptRecord>) -> Reply {
     let body = serde_json::json!({
         "id": "msg_seawall_static", "type": "message", "role": "assistant",

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use ractor::rpc::CallResult;
@@ -25,9 +25,10 @@ use crate::policy::breaker::BreakerConfig;
 use crate::policy::bucket::Limits;
 use crate::policy::retry_budget::RetryBudgetConfig;
 use crate::policy::sla::{SlaConfig, SlaTarget};
+use crate::queue::{Job, JobStore, QueueArgs, QueueConfig, QueueMsg, Runner};
 use crate::request::{
-    Chain, InFlight, ModelInfo, ReplyTo, RequestActor, RequestArgs, ResponseCache, RetryPolicy,
-    Shared,
+    Chain, Degrade, InFlight, ModelInfo, ReplyTo, RequestActor, RequestArgs, ResponseCache,
+    RetryPolicy, Shared,
 };
 use crate::supervisor::{Directory, RestartIntensity, Supervisor, SupervisorArgs, SupervisorMsg};
 use crate::upstream::Upstream;
@@ -78,6 +79,7 @@ pub struct Builder {
     retry_budget: RetryBudgetConfig,
     idempotency_ttl: Option<Duration>,
     response_cache: Option<(u64, Duration)>,
+    queue: Option<(Arc<dyn JobStore>, QueueConfig)>,
     breaker_defaults: BreakerConfig,
     policy: RetryPolicy,
     intensity: RestartIntensity,
@@ -105,6 +107,7 @@ impl Builder {
             retry_budget: RetryBudgetConfig::default(),
             idempotency_ttl: None,
             response_cache: None,
+            queue: None,
             breaker_defaults: BreakerConfig::default(),
             policy: RetryPolicy::default(),
             intensity: RestartIntensity::default(),
@@ -261,6 +264,17 @@ impl Builder {
         self
     }
 
+    /// The durable queue for chains whose `RetryPolicy::degrade` lists `Degrade::Queue`: when
+    /// no model can answer, the call is stored in `store` and answered at once with a job id
+    /// (`Source::Queued`, HTTP 202). Jobs are replayed on the background lane as models recover,
+    /// complete exactly once (`Seawall::job`, `Seawall::wait_job`, `Event::Job`) and expire after
+    /// `config.ttl`. A durable store (the `seawall` crate's redb store) keeps them across
+    /// restarts and crashes.
+    pub fn queue(mut self, store: Arc<dyn JobStore>, config: QueueConfig) -> Self {
+        self.queue = Some((store, config));
+        self
+    }
+
     /// The retry budget of every model: same-model re-attempts at most `ratio` x recent first
     /// attempts (plus a floor), so an outage cannot multiply the load.
     pub fn retry_budget(mut self, budget: RetryBudgetConfig) -> Self {
@@ -343,8 +357,26 @@ impl Builder {
                 "response_cache: max_entries and ttl must be greater than zero".into(),
             ));
         }
+        let queue = self.queue.clone();
+        if let Some((_, config)) = &queue {
+            config.validate().map_err(Error::Config)?;
+        }
         let plan = self.plan()?;
+        if queue.is_none() {
+            if let Some(c) = plan
+                .chains
+                .values()
+                .find(|c| c.policy.degrade.contains(&Degrade::Queue))
+            {
+                return Err(Error::Config(format!(
+                    "chain {:?} may degrade to the queue, but no queue is configured: add \
+                     .queue(store, config)",
+                    c.name
+                )));
+            }
+        }
         let (events, _) = broadcast::channel(1024);
+        let runner: Arc<OnceLock<Runner>> = Arc::new(OnceLock::new());
         let directory = Arc::new(Directory::default());
         let mut chain_list: Vec<&Arc<Chain>> = plan.chains.values().collect();
         chain_list.sort_by_key(|c| c.id);
@@ -408,6 +440,12 @@ impl Builder {
             governor: plan.governor,
             monitor,
             idempotency_ttl: plan.idempotency_ttl,
+            queue: queue.map(|(store, config)| QueueArgs {
+                store,
+                config,
+                events: events.clone(),
+                runner: runner.clone(),
+            }),
             directory: directory.clone(),
             events: events.clone(),
             intensity: plan.intensity,
@@ -431,7 +469,7 @@ impl Builder {
             in_flight: Arc::new(InFlight::default()),
             seed: AtomicU64::new(seed()),
         });
-        Ok(Seawall {
+        let sw = Seawall {
             inner: Arc::new(Inner {
                 shared,
                 chains: plan.chains,
@@ -441,7 +479,20 @@ impl Builder {
                 events,
                 accepting: AtomicBool::new(true),
             }),
-        })
+        };
+        // Replays run through this very runtime; weak, so the queue keeps nothing alive.
+        let weak = Arc::downgrade(&sw.inner);
+        let run: Runner = Arc::new(move |call: Call| {
+            let weak = weak.clone();
+            Box::pin(async move {
+                match weak.upgrade() {
+                    Some(inner) => Seawall { inner }.complete(call).await,
+                    None => Err(Error::ShuttingDown),
+                }
+            })
+        });
+        let _ = runner.set(run);
+        Ok(sw)
     }
 
     /// Resolve names and validate everything before any actor starts.
@@ -952,6 +1003,62 @@ impl Seawall {
     /// Breaker transitions and supervision restarts, as they happen.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
+    }
+
+    fn queue_ref(&self) -> Result<ActorRef<QueueMsg>, Error> {
+        self.inner.shared.directory.queue().ok_or_else(|| {
+            Error::Config("no queue is configured: add .queue(store, config)".into())
+        })
+    }
+
+    /// A queued job as stored: pending, or its final outcome. `None` for an unknown (or
+    /// purged) id.
+    pub async fn job(&self, id: &str) -> Result<Option<Job>, Error> {
+        let queue = self.queue_ref()?;
+        match queue
+            .call(
+                |reply| QueueMsg::Get {
+                    id: id.to_owned(),
+                    reply,
+                },
+                Some(Duration::from_secs(5)),
+            )
+            .await
+        {
+            Ok(CallResult::Success(found)) => found.map_err(Error::Internal),
+            _ => Err(Error::Internal("the queue did not answer".into())),
+        }
+    }
+
+    /// Wait up to `timeout` for a queued job's final outcome (`done`, `failed` or `expired`).
+    /// An unknown id is `Ok(None)`; a job still pending when `timeout` ends is returned as it
+    /// stands.
+    pub async fn wait_job(&self, id: &str, timeout: Duration) -> Result<Option<Job>, Error> {
+        let queue = self.queue_ref()?;
+        let (tx, rx) = oneshot::channel();
+        queue
+            .cast(QueueMsg::Wait {
+                id: id.to_owned(),
+                reply: tx,
+            })
+            .map_err(|_| Error::Internal("the queue is not running".into()))?;
+        match tokio::time::timeout(timeout, rx).await {
+            Ok(Ok(job)) => Ok(Some(job)),
+            // Unknown id (the waiter was dropped unanswered), or time is up: say how it stands.
+            _ => self.job(id).await,
+        }
+    }
+
+    /// Jobs waiting in the queue and replays running now.
+    pub async fn queue_depth(&self) -> Result<(usize, usize), Error> {
+        let queue = self.queue_ref()?;
+        match queue
+            .call(QueueMsg::Count, Some(Duration::from_secs(5)))
+            .await
+        {
+            Ok(CallResult::Success(counts)) => Ok(counts),
+            _ => Err(Error::Internal("the queue did not answer".into())),
+        }
     }
 
     /// The state of a model's breaker.

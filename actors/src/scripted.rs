@@ -210,6 +210,8 @@ pub struct LoggedAttempt {
     pub retry_count: u32,
     /// The request body as sent.
     pub body: bytes::Bytes,
+    /// The idempotency key forwarded with it.
+    pub idempotency_key: Option<String>,
 }
 
 #[derive(Default)]
@@ -312,6 +314,7 @@ impl ScriptedUpstream {
             key: attempt.key,
             retry_count: attempt.retry_count,
             body: attempt.body.clone(),
+            idempotency_key: attempt.idempotency_key.clone(),
         });
         n
     }

@@ -24,6 +24,7 @@ use crate::idempotency::{IdempotencyActor, IdempotencyMsg};
 use crate::monitor::{MonitorActor, MonitorArgs, MonitorMsg};
 use crate::policy::breaker::BreakerConfig;
 use crate::policy::retry_budget::RetryBudgetConfig;
+use crate::queue::{QueueActor, QueueArgs, QueueMsg};
 
 /// Where request actors find the live breaker of each model, the governor and the monitor.
 ///
@@ -35,6 +36,7 @@ pub struct Directory {
     governor: DashMap<(), ActorRef<GovernorMsg>>,
     monitor: DashMap<(), ActorRef<MonitorMsg>>,
     idempotency: DashMap<(), ActorRef<IdempotencyMsg>>,
+    queue: DashMap<(), ActorRef<QueueMsg>>,
 }
 
 impl Directory {
@@ -51,6 +53,11 @@ impl Directory {
     /// The current idempotency table, when idempotency is on.
     pub fn idempotency(&self) -> Option<ActorRef<IdempotencyMsg>> {
         self.idempotency.get(&()).map(|r| r.value().clone())
+    }
+
+    /// The current job queue, when a queue is configured.
+    pub fn queue(&self) -> Option<ActorRef<QueueMsg>> {
+        self.queue.get(&()).map(|r| r.value().clone())
     }
 
     /// The current monitor.
@@ -89,6 +96,8 @@ pub struct SupervisorArgs {
     pub monitor: MonitorArgs,
     /// How long finished idempotency keys are kept (`None`: no idempotency table).
     pub idempotency_ttl: Option<std::time::Duration>,
+    /// The durable queue, when configured.
+    pub queue: Option<QueueArgs>,
     /// The directory to keep current.
     pub directory: Arc<Directory>,
     /// Where events are published.
@@ -132,6 +141,7 @@ enum Child {
     Governor,
     Monitor,
     Idempotency,
+    Queue,
 }
 
 /// The actor.
@@ -205,6 +215,13 @@ impl Supervisor {
                 state.children.insert(actor.get_id(), child);
                 state.args.directory.idempotency.insert((), actor);
             }
+            Child::Queue => {
+                let args = state.args.queue.clone().ok_or("no queue is configured")?;
+                // A restarted queue reloads every pending job from the store.
+                let (actor, _) = Actor::spawn_linked(None, QueueActor, args, cell).await?;
+                state.children.insert(actor.get_id(), child);
+                state.args.directory.queue.insert((), actor);
+            }
         }
         Ok(())
     }
@@ -223,6 +240,7 @@ impl Supervisor {
             Child::Governor => "governor".into(),
             Child::Monitor => "monitor".into(),
             Child::Idempotency => "idempotency".into(),
+            Child::Queue => "queue".into(),
         }
     }
 }
@@ -253,6 +271,9 @@ impl Actor for Supervisor {
         Self::spawn_child(&myself, &mut state, Child::Monitor).await?;
         if state.args.idempotency_ttl.is_some() {
             Self::spawn_child(&myself, &mut state, Child::Idempotency).await?;
+        }
+        if state.args.queue.is_some() {
+            Self::spawn_child(&myself, &mut state, Child::Queue).await?;
         }
         Ok(state)
     }

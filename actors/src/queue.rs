@@ -1,0 +1,738 @@
+//! The durable queue for later: when no model of a chain can answer and the chain allows it
+//! (`Degrade::Queue`), the call is stored and the caller gets a job id at once; the
+//! `QueueActor` replays stored jobs on the background lane as models recover.
+//!
+//! Hand-written: when and how a stored call is replayed is the product. Storage is not: a
+//! [`JobStore`] persists jobs (the `seawall` crate ships one on redb, an embedded file with no
+//! server; [`MemoryJobStore`] keeps them in memory for tests and ephemeral use).
+//!
+//! Rules:
+//! - a job is written to the store *before* its id is handed out: an accepted job survives a
+//!   crash or `kill -9` of the process; on start, every pending job is loaded and replayed;
+//! - this actor is the store's only writer, and a job leaves `Pending` exactly once: `Done`
+//!   (a live answer), `Failed` (a permanent rejection: never retried) or `Expired` (its TTL
+//!   passed first). Each outcome is stored, announced as [`Event::Job`] and handed to waiters;
+//! - replays run as ordinary calls on [`Lane::Background`] with the job id as idempotency key
+//!   (forwarded upstream), so a replay cut short by a crash and run again is recognisable
+//!   upstream, and budget goes to interactive callers first;
+//! - a replay that finds the chain still down fails fast inside the runtime (open breakers and
+//!   empty buckets cost no upstream call) and is tried again at its `retry_after` or the next
+//!   poll; one failing job per chain holds back that chain's younger jobs, so a down chain
+//!   costs one cheap check per poll, not one per job.
+//!
+//! Times in the store are wall-clock milliseconds since the Unix epoch (instants do not survive
+//! a restart); the actor derives them from tokio's clock anchored once at start, so paused-time
+//! tests move them too.
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use tokio::sync::oneshot;
+
+use crate::call::{Call, Lane, Reply};
+use crate::clock;
+use crate::error::Error;
+use crate::events::{Event, EventSender};
+use crate::timer::Timer;
+
+/// A stored call and what became of it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// `job_` + creation time, a counter and a random part, in hex: sorts in acceptance
+    /// order, unique across restarts.
+    pub id: String,
+    /// The chain the call walks.
+    pub chain: String,
+    /// The request body as the caller sent it.
+    pub request: Map<String, Value>,
+    /// The caller's `anthropic-version`, forwarded on replay.
+    pub anthropic_version: Option<String>,
+    /// The caller's `anthropic-beta`, forwarded on replay.
+    pub anthropic_beta: Option<String>,
+    /// The caller's feature (its bulkhead applies on replay).
+    pub feature: Option<String>,
+    /// When it was accepted (ms since the Unix epoch).
+    pub created_ms: u64,
+    /// When it expires if still pending (ms since the Unix epoch).
+    pub expires_ms: u64,
+    /// Replays started so far.
+    pub runs: u32,
+    /// Where it stands.
+    pub state: JobState,
+}
+
+/// Where a job stands.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting to be replayed.
+    Pending {
+        /// Why the last replay did not answer, if one ran.
+        last_error: Option<String>,
+    },
+    /// Answered live.
+    Done {
+        /// The model that served it.
+        model: String,
+        /// The upstream's HTTP status.
+        status: u16,
+        /// The answer's body (a Messages JSON object).
+        body: String,
+        /// When (ms since the Unix epoch).
+        finished_ms: u64,
+    },
+    /// Rejected permanently (a malformed request, a revoked key): not retried.
+    Failed {
+        /// What went wrong.
+        error: String,
+        /// The upstream's status, when it answered.
+        status: Option<u16>,
+        /// When (ms since the Unix epoch).
+        finished_ms: u64,
+    },
+    /// Its TTL passed before any model could answer.
+    Expired {
+        /// Why the last replay did not answer, if one ran.
+        last_error: Option<String>,
+        /// When (ms since the Unix epoch).
+        finished_ms: u64,
+    },
+}
+
+impl JobState {
+    /// A short stable name: `pending`, `done`, `failed`, `expired`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobState::Pending { .. } => "pending",
+            JobState::Done { .. } => "done",
+            JobState::Failed { .. } => "failed",
+            JobState::Expired { .. } => "expired",
+        }
+    }
+
+    /// True once the job has its final outcome.
+    pub fn is_final(&self) -> bool {
+        !matches!(self, JobState::Pending { .. })
+    }
+}
+
+/// Where jobs are persisted. Implementations must make `put` durable before returning: an id is
+/// handed out only after its job is stored.
+pub trait JobStore: Send + Sync + 'static {
+    /// Insert or replace a job.
+    fn put(&self, job: &Job) -> Result<(), String>;
+    /// One job by id.
+    fn get(&self, id: &str) -> Result<Option<Job>, String>;
+    /// Every pending job, oldest first.
+    fn pending(&self) -> Result<Vec<Job>, String>;
+    /// Delete finished jobs that finished before `before_ms`; returns how many.
+    fn purge_finished(&self, before_ms: u64) -> Result<usize, String>;
+}
+
+/// Jobs in memory: lost with the process. For tests and for deployments that want the queue's
+/// replay without durability.
+#[derive(Default)]
+pub struct MemoryJobStore {
+    jobs: Mutex<HashMap<String, Job>>,
+}
+
+impl MemoryJobStore {
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, HashMap<String, Job>>, String> {
+        self.jobs
+            .lock()
+            .map_err(|_| "the in-memory job store was poisoned".to_owned())
+    }
+}
+
+impl JobStore for MemoryJobStore {
+    fn put(&self, job: &Job) -> Result<(), String> {
+        self.lock()?.insert(job.id.clone(), job.clone());
+        Ok(())
+    }
+
+    fn get(&self, id: &str) -> Result<Option<Job>, String> {
+        Ok(self.lock()?.get(id).cloned())
+    }
+
+    fn pending(&self) -> Result<Vec<Job>, String> {
+        let mut jobs: Vec<Job> = self
+            .lock()?
+            .values()
+            .filter(|j| !j.state.is_final())
+            .cloned()
+            .collect();
+        jobs.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        Ok(jobs)
+    }
+
+    fn purge_finished(&self, before_ms: u64) -> Result<usize, String> {
+        let mut jobs = self.lock()?;
+        let before = jobs.len();
+        jobs.retain(|_, j| finished_ms(&j.state).is_none_or(|at| at >= before_ms));
+        Ok(before - jobs.len())
+    }
+}
+
+/// When a final state was reached.
+pub fn finished_ms(state: &JobState) -> Option<u64> {
+    match state {
+        JobState::Pending { .. } => None,
+        JobState::Done { finished_ms, .. }
+        | JobState::Failed { finished_ms, .. }
+        | JobState::Expired { finished_ms, .. } => Some(*finished_ms),
+    }
+}
+
+/// How the queue behaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QueueConfig {
+    /// A job not answered within this long after it was accepted expires.
+    pub ttl: Duration,
+    /// How often pending jobs are looked at when nothing else wakes the queue.
+    pub poll: Duration,
+    /// Replays in flight at once.
+    pub concurrency: usize,
+    /// The deadline of one replay (capped by what is left of the job's TTL).
+    pub run_timeout: Duration,
+    /// Finished jobs stay retrievable this long, then are purged from the store.
+    pub keep_finished: Duration,
+}
+
+impl Default for QueueConfig {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(3600),
+            poll: Duration::from_secs(1),
+            concurrency: 2,
+            run_timeout: Duration::from_secs(60),
+            keep_finished: Duration::from_secs(24 * 3600),
+        }
+    }
+}
+
+impl QueueConfig {
+    /// Check the settings; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        for (name, d) in [
+            ("ttl", self.ttl),
+            ("poll", self.poll),
+            ("run_timeout", self.run_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(format!("queue {name} must be longer than zero"));
+            }
+        }
+        if self.concurrency == 0 {
+            return Err("queue concurrency must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// A boxed future of one replay's result.
+pub type RunFuture = Pin<Box<dyn Future<Output = Result<Reply, Error>> + Send>>;
+
+/// Runs a replayed call through the runtime (set by the facade once it exists).
+pub type Runner = Arc<dyn Fn(Call) -> RunFuture + Send + Sync>;
+
+/// Start arguments.
+#[derive(Clone)]
+pub struct QueueArgs {
+    /// Where jobs live.
+    pub store: Arc<dyn JobStore>,
+    /// Settings.
+    pub config: QueueConfig,
+    /// Where job outcomes are announced.
+    pub events: EventSender,
+    /// How replays run; empty until the facade is built (replays wait for it).
+    pub runner: Arc<OnceLock<Runner>>,
+}
+
+/// Messages the queue understands.
+pub enum QueueMsg {
+    /// Store a call for later; answers the stored job (or why it could not be stored).
+    Enqueue {
+        /// The chain it walks.
+        chain: String,
+        /// The call.
+        call: Box<Call>,
+        /// The stored job.
+        reply: RpcReplyPort<Result<Job, String>>,
+    },
+    /// One job as stored.
+    Get {
+        /// Its id.
+        id: String,
+        /// The job, `None` if unknown (or purged).
+        reply: RpcReplyPort<Result<Option<Job>, String>>,
+    },
+    /// Send the job once it is final (at once if it is already).
+    Wait {
+        /// Its id.
+        id: String,
+        /// The final job; dropped unanswered for an unknown id.
+        reply: oneshot::Sender<Job>,
+    },
+    /// Pending and running counts.
+    Count(RpcReplyPort<(usize, usize)>),
+    /// A replay ended.
+    #[doc(hidden)]
+    Ran {
+        /// The job.
+        id: String,
+        /// The runtime's answer.
+        result: Result<Reply, Error>,
+    },
+    /// A scheduled timer fired.
+    #[doc(hidden)]
+    Timer(u64),
+}
+
+/// The actor.
+pub struct QueueActor;
+
+struct Waiting {
+    job: Job,
+    /// Not replayed before this.
+    not_before: Instant,
+}
+
+/// The actor's state.
+pub struct QueueState {
+    args: QueueArgs,
+    /// Wall-clock ms at `anchor_at`.
+    anchor_ms: u64,
+    anchor_at: Instant,
+    pending: HashMap<String, Waiting>,
+    running: HashSet<String>,
+    waiters: HashMap<String, Vec<oneshot::Sender<Job>>>,
+    rng: crate::policy::backoff::SplitMix64,
+    seq: u64,
+    timer: Timer,
+}
+
+impl QueueState {
+    fn wall_ms(&self, now: Instant) -> u64 {
+        let since = now.saturating_duration_since(self.anchor_at).as_millis() as u64;
+        self.anchor_ms.saturating_add(since)
+    }
+
+    /// Ids sort in acceptance order: time, then a counter, then a random part that keeps
+    /// them unique across restarts.
+    fn new_id(&mut self, now_ms: u64) -> String {
+        self.seq = self.seq.wrapping_add(1);
+        format!(
+            "job_{now_ms:011x}{:05x}{:011x}",
+            self.seq & 0xf_ffff,
+            self.rng.next_u64() >> 20
+        )
+    }
+
+    fn enqueue(&mut self, chain: String, call: Call, now: Instant) -> Result<Job, String> {
+        let now_ms = self.wall_ms(now);
+        let job = Job {
+            id: self.new_id(now_ms),
+            chain,
+            request: call.body().clone(),
+            anthropic_version: call.forward.version.clone(),
+            anthropic_beta: call.forward.beta.clone(),
+            feature: call.feature.clone(),
+            created_ms: now_ms,
+            expires_ms: now_ms.saturating_add(self.args.config.ttl.as_millis() as u64),
+            runs: 0,
+            state: JobState::Pending { last_error: None },
+        };
+        self.args.store.put(&job)?;
+        tracing::info!(job = %job.id, chain = %job.chain, "queued for later");
+        metrics::counter!("seawall_jobs_total", "chain" => job.chain.clone(), "outcome" => "queued")
+            .increment(1);
+        // Not before the next poll: it was queued because nothing could answer just now.
+        let not_before = now + self.args.config.poll;
+        self.pending.insert(
+            job.id.clone(),
+            Waiting {
+                job: job.clone(),
+                not_before,
+            },
+        );
+        Ok(job)
+    }
+
+    /// Store a final state and tell everyone; false when the store refused (it stays pending).
+    fn finish(&mut self, mut job: Job, state: JobState) -> bool {
+        job.state = state;
+        if let Err(e) = self.args.store.put(&job) {
+            tracing::error!(job = %job.id, error = %e, "could not store a job's outcome; it stays pending");
+            return false;
+        }
+        let outcome = job.state.as_str();
+        tracing::info!(job = %job.id, chain = %job.chain, outcome, runs = job.runs, "job finished");
+        metrics::counter!("seawall_jobs_total", "chain" => job.chain.clone(), "outcome" => outcome)
+            .increment(1);
+        let _ = self.args.events.send(Event::Job {
+            id: job.id.clone(),
+            chain: job.chain.clone(),
+            outcome,
+        });
+        for w in self.waiters.remove(&job.id).unwrap_or_default() {
+            let _ = w.send(job.clone());
+        }
+        true
+    }
+
+    /// Expire what is past its TTL and is not running.
+    fn expire(&mut self, now: Instant) {
+        let now_ms = self.wall_ms(now);
+        let due: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(id, w)| w.job.expires_ms <= now_ms && !self.running.contains(*id))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in due {
+            if let Some(w) = self.pending.remove(&id) {
+                let last_error = match &w.job.state {
+                    JobState::Pending { last_error } => last_error.clone(),
+                    _ => None,
+                };
+                let state = JobState::Expired {
+                    last_error,
+                    finished_ms: now_ms,
+                };
+                if !self.finish(w.job.clone(), state) {
+                    self.pending.insert(id, w);
+                }
+            }
+        }
+    }
+
+    /// Waiting jobs (not running), oldest first, each with the instant it becomes due: its own
+    /// `not_before`, but never before the chain's oldest waiting job is due. A chain whose oldest
+    /// job failed recently holds its younger jobs back: a down chain costs one check per wake.
+    fn due_order(&self) -> Vec<(String, Instant)> {
+        let mut order: Vec<(&String, &Waiting)> = self
+            .pending
+            .iter()
+            .filter(|(id, _)| !self.running.contains(*id))
+            .collect();
+        order.sort_by(|a, b| (a.1.job.created_ms, a.0).cmp(&(b.1.job.created_ms, b.0)));
+        let mut gate: HashMap<&str, Instant> = HashMap::new();
+        order
+            .into_iter()
+            .map(|(id, w)| {
+                let chain_gate = *gate.entry(w.job.chain.as_str()).or_insert(w.not_before);
+                (id.clone(), w.not_before.max(chain_gate))
+            })
+            .collect()
+    }
+
+    /// Start the due replays, oldest first, up to the concurrency limit.
+    fn start_due(&mut self, myself: &ActorRef<QueueMsg>, now: Instant) {
+        let Some(runner) = self.args.runner.get().cloned() else {
+            return;
+        };
+        let free = self
+            .args
+            .config
+            .concurrency
+            .saturating_sub(self.running.len());
+        let start: Vec<String> = self
+            .due_order()
+            .into_iter()
+            .filter(|(_, due)| *due <= now)
+            .map(|(id, _)| id)
+            .take(free)
+            .collect();
+        let now_ms = self.wall_ms(now);
+        for id in start {
+            let Some(w) = self.pending.get_mut(&id) else {
+                continue;
+            };
+            w.job.runs += 1;
+            let left = Duration::from_millis(w.job.expires_ms.saturating_sub(now_ms));
+            let call = replay_call(&w.job, self.args.config.run_timeout.min(left));
+            self.running.insert(id.clone());
+            let run = runner.clone();
+            let me = myself.clone();
+            tokio::spawn(async move {
+                let result = run(call).await;
+                let _ = me.cast(QueueMsg::Ran { id, result });
+            });
+        }
+    }
+
+    fn ran(&mut self, id: String, result: Result<Reply, Error>, now: Instant) {
+        self.running.remove(&id);
+        let Some(mut w) = self.pending.remove(&id) else {
+            return;
+        };
+        let now_ms = self.wall_ms(now);
+        let state = match result {
+            Ok(reply) if !reply.source.is_degraded() => JobState::Done {
+                model: reply.model.clone(),
+                status: reply.status,
+                body: String::from_utf8_lossy(&reply.body).into_owned(),
+                finished_ms: now_ms,
+            },
+            Err(Error::Rejected {
+                model,
+                status,
+                body,
+                ..
+            }) => JobState::Failed {
+                error: format!(
+                    "{model} rejected the request with HTTP {status}: {}",
+                    String::from_utf8_lossy(&body)
+                ),
+                status: Some(status),
+                finished_ms: now_ms,
+            },
+            Err(e @ (Error::InvalidCall(_) | Error::UnknownModel(_))) => JobState::Failed {
+                error: e.to_string(),
+                status: None,
+                finished_ms: now_ms,
+            },
+            other => {
+                // Not answered now (the chain is still down, the runtime is restarting): try
+                // again when the runtime says something recovers, or at the next poll.
+                let (error, wait) = match &other {
+                    Err(e) => (e.to_string(), e.retry_after()),
+                    Ok(_) => ("a degraded answer is not an answer".to_owned(), None),
+                };
+                tracing::debug!(job = %id, error = %error, "replay not answered yet");
+                w.job.state = JobState::Pending {
+                    last_error: Some(error),
+                };
+                if let Err(e) = self.args.store.put(&w.job) {
+                    tracing::warn!(job = %id, error = %e, "could not record a replay's failure");
+                }
+                let wait = wait
+                    .unwrap_or(self.args.config.poll)
+                    .max(Duration::from_millis(1));
+                w.not_before = now + wait;
+                self.pending.insert(id, w);
+                return;
+            }
+        };
+        if !self.finish(w.job.clone(), state) {
+            w.not_before = now + self.args.config.poll;
+            self.pending.insert(id, w);
+        }
+    }
+
+    /// The next instant something is due: an expiry, or a replay when a slot is free (a full
+    /// house is woken by the next `Ran` instead). Always later than `now`.
+    fn next_wake(&self, now: Instant) -> Option<Instant> {
+        let now_ms = self.wall_ms(now);
+        let expiry = self
+            .pending
+            .values()
+            .map(|w| now + Duration::from_millis(w.job.expires_ms.saturating_sub(now_ms)))
+            .min();
+        let replay = if self.args.runner.get().is_none() {
+            // Replays wait for the runner; look again at the next poll.
+            (!self.pending.is_empty()).then(|| now + self.args.config.poll)
+        } else if self.running.len() < self.args.config.concurrency {
+            self.due_order().into_iter().map(|(_, due)| due).min()
+        } else {
+            None
+        };
+        let next = match (expiry, replay) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        // Never a wake at `now` itself: whatever was due now has just been handled.
+        next.map(|n| n.max(now + Duration::from_millis(1)))
+    }
+}
+
+/// The call a job replays: the stored request on the background lane, keyed by the job id.
+fn replay_call(job: &Job, timeout: Duration) -> Call {
+    let mut call = Call::from_parts(job.request.clone())
+        .chain(&job.chain)
+        .timeout(timeout)
+        .idempotency_key(&job.id)
+        .lane(Lane::Background);
+    call.forward.version = job.anthropic_version.clone();
+    call.forward.beta = job.anthropic_beta.clone();
+    call.feature = job.feature.clone();
+    call.job = Some(job.id.clone());
+    call
+}
+
+impl Actor for QueueActor {
+    type Msg = QueueMsg;
+    type State = QueueState;
+    type Arguments = QueueArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        args: QueueArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let now = clock::now();
+        let anchor_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or_default();
+        let seed = anchor_ms ^ u64::from(std::process::id()).rotate_left(32);
+        let mut state = QueueState {
+            args,
+            anchor_ms,
+            anchor_at: now,
+            pending: HashMap::new(),
+            running: HashSet::new(),
+            waiters: HashMap::new(),
+            rng: crate::policy::backoff::SplitMix64::new(seed),
+            seq: 0,
+            timer: Timer::default(),
+        };
+        // Whatever was accepted before a crash or restart is replayed now.
+        let keep = state.args.config.keep_finished.as_millis() as u64;
+        match state
+            .args
+            .store
+            .purge_finished(anchor_ms.saturating_sub(keep))
+        {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "purged old finished jobs"),
+            Err(e) => tracing::warn!(error = %e, "could not purge finished jobs"),
+        }
+        let loaded = state.args.store.pending()?;
+        if !loaded.is_empty() {
+            tracing::info!(jobs = loaded.len(), "resuming pending jobs from the store");
+        }
+        for job in loaded {
+            state.pending.insert(
+                job.id.clone(),
+                Waiting {
+                    job,
+                    not_before: now,
+                },
+            );
+        }
+        state.expire(now);
+        let next = state.next_wake(now);
+        state.timer.rearm(&myself, next, now, QueueMsg::Timer);
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        let now = clock::now();
+        match msg {
+            QueueMsg::Enqueue { chain, call, reply } => {
+                let _ = reply.send(state.enqueue(chain, *call, now));
+            }
+            QueueMsg::Get { id, reply } => {
+                let job = match state.pending.get(&id) {
+                    Some(w) => Ok(Some(w.job.clone())),
+                    None => state.args.store.get(&id),
+                };
+                let _ = reply.send(job);
+            }
+            QueueMsg::Wait { id, reply } => {
+                if state.pending.contains_key(&id) {
+                    state.waiters.entry(id).or_default().push(reply);
+                } else if let Ok(Some(job)) = state.args.store.get(&id) {
+                    let _ = reply.send(job);
+                }
+            }
+            QueueMsg::Count(reply) => {
+                let _ = reply.send((state.pending.len(), state.running.len()));
+            }
+            QueueMsg::Ran { id, result } => state.ran(id, result, now),
+            QueueMsg::Timer(epoch) => {
+                if !state.timer.fired(epoch) {
+                    return Ok(()); // stale: the next wake moved
+                }
+            }
+        }
+        state.expire(now);
+        state.start_due(&myself, now);
+        let next = state.next_wake(now);
+        state.timer.rearm(&myself, next, now, QueueMsg::Timer);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(id: &str, created_ms: u64, state: JobState) -> Job {
+        Job {
+            id: id.into(),
+            chain: "c".into(),
+            request: Map::new(),
+            anthropic_version: None,
+            anthropic_beta: None,
+            feature: None,
+            created_ms,
+            expires_ms: created_ms + 1000,
+            runs: 0,
+            state,
+        }
+    }
+
+    #[test]
+    fn the_memory_store_lists_pending_oldest_first_and_purges_only_old_finished_jobs() {
+        let s = MemoryJobStore::default();
+        let pending = JobState::Pending { last_error: None };
+        s.put(&job("b", 20, pending.clone())).unwrap();
+        s.put(&job("a", 10, pending.clone())).unwrap();
+        let done = |at| JobState::Expired {
+            last_error: None,
+            finished_ms: at,
+        };
+        s.put(&job("old", 5, done(100))).unwrap();
+        s.put(&job("new", 6, done(300))).unwrap();
+        let ids: Vec<String> = s.pending().unwrap().into_iter().map(|j| j.id).collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(s.purge_finished(200).unwrap(), 1);
+        assert!(s.get("old").unwrap().is_none());
+        assert!(s.get("new").unwrap().is_some());
+        assert!(s.get("a").unwrap().is_some());
+    }
+
+    #[test]
+    fn jobs_round_trip_through_json_with_their_state() {
+        let j = job(
+            "x",
+            1,
+            JobState::Done {
+                model: "m".into(),
+                status: 200,
+                body: "{}".into(),
+                finished_ms: 9,
+            },
+        );
+        let text = serde_json::to_string(&j).unwrap();
+        assert!(text.contains("\"state\":\"done\""), "{text}");
+        assert_eq!(serde_json::from_str::<Job>(&text).unwrap(), j);
+    }
+
+    #[test]
+    fn config_errors_name_the_field() {
+        let bad = QueueConfig {
+            concurrency: 0,
+            ..QueueConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("concurrency"));
+        let bad = QueueConfig {
+            ttl: Duration::ZERO,
+            ..QueueConfig::default()
+        };
+        assert!(bad.validate().unwrap_err().contains("ttl"));
+    }
+}
