@@ -53,7 +53,8 @@ use serde::Deserialize;
 use seawall_actors::upstream::Upstream;
 use seawall_actors::{
     Backoff, BreakerConfig, Bulkhead, Error as CoreError, Estimate, Jitter, Limits, OpenBackoff,
-    RestartIntensity, RetryBudgetConfig, RetryPolicy, Seawall, Trip, WindowKind,
+    Degrade, QueueConfig, RestartIntensity, RetryBudgetConfig, RetryPolicy, Seawall, Trip,
+    WindowKind,
 };
 
 use crate::anthropic::{AnthropicOptions, AnthropicUpstream, AuthStyle, TransportSetupError};
@@ -69,6 +70,10 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// The shortest client token accepted: a token is a password for the gateway.
 pub const MIN_TOKEN_CHARS: usize = 16;
+/// `[cache] max_entries` when not set.
+pub const DEFAULT_CACHE_ENTRIES: u64 = 10_000;
+/// `[cache] ttl` when not set.
+pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(600);
 
 // ---------------------------------------------------------------------------------------------
 // The file's shape
@@ -113,6 +118,69 @@ pub struct Config {
     /// How many actor restarts the supervisor tolerates.
     #[serde(default)]
     pub supervisor: SupervisorSection,
+    /// The response cache, for models whose `degrade` lists `"cache"`.
+    pub cache: Option<CacheSection>,
+    /// The durable queue for later, for models whose `degrade` lists `"queue"`.
+    pub queue: Option<QueueSection>,
+}
+
+/// `[cache]`: a bounded in-memory cache of live answers, served only as degradation.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// At most this many answers. Default 10000.
+    pub max_entries: Option<u64>,
+    /// Each kept this long. Default "10m".
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub ttl: Option<Duration>,
+}
+
+/// `[queue]`: calls no model can answer are stored in a redb file and answered with a job id.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueSection {
+    /// The store file (created if missing; its directory must exist).
+    pub path: PathBuf,
+    /// A job not answered within this long expires. Default "1h".
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub ttl: Option<Duration>,
+    /// How often pending jobs are looked at. Default "1s".
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub poll: Option<Duration>,
+    /// Replays in flight at once. Default 2.
+    pub concurrency: Option<usize>,
+    /// The deadline of one replay. Default "60s".
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub run_timeout: Option<Duration>,
+    /// Finished jobs stay retrievable this long. Default "24h".
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub keep_finished: Option<Duration>,
+}
+
+impl QueueSection {
+    /// The queue's settings, defaults filled in.
+    pub fn to_config(&self) -> QueueConfig {
+        let d = QueueConfig::default();
+        QueueConfig {
+            ttl: self.ttl.unwrap_or(d.ttl),
+            poll: self.poll.unwrap_or(d.poll),
+            concurrency: self.concurrency.unwrap_or(d.concurrency),
+            run_timeout: self.run_timeout.unwrap_or(d.run_timeout),
+            keep_finished: self.keep_finished.unwrap_or(d.keep_finished),
+        }
+    }
+}
+
+/// One `degrade` entry of a model: what its chain answers with when no model can.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DegradeKind {
+    /// The last live answer to the same request (needs `[cache]`).
+    Cache,
+    /// The model's `static_answer`.
+    Static,
+    /// Store the call for later and answer with a job id (needs `[queue]`).
+    Queue,
 }
 
 /// Which API an upstream speaks.
@@ -191,6 +259,12 @@ pub struct ModelConfig {
     pub breaker: Option<BreakerSection>,
     /// Retry keys overriding `[retry]` for requests for this model (its whole chain).
     pub retry: Option<RetrySection>,
+    /// What the chain answers with, in order, when no model of it can: `"cache"`, `"static"`,
+    /// `"queue"`. Default: nothing (the honest error with a retry-after).
+    #[serde(default)]
+    pub degrade: Vec<DegradeKind>,
+    /// The text of the `"static"` degradation.
+    pub static_answer: Option<String>,
 }
 
 /// One `fallbacks` entry: a model name (the shorthand), or a patched hop.
@@ -697,6 +771,7 @@ impl Config {
             .validate()
             .map_err(|e| invalid(attribute("retry", &e, |_| true), e))?;
         self.validate_models()?;
+        self.validate_degradation()?;
         let budget = &self.retry_budget;
         for (key, v) in [("ratio", budget.ratio), ("min_per_sec", budget.min_per_sec)] {
             if v.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
@@ -843,6 +918,70 @@ impl Config {
             )?;
             for (class, r) in &l.classes {
                 check(&|k: &str| format!("limits.{name}.classes.{class}.{k}"), *r)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_degradation(&self) -> Result<(), ConfigError> {
+        if let Some(c) = &self.cache {
+            if c.max_entries == Some(0) {
+                return Err(invalid("cache.max_entries", "must be at least 1"));
+            }
+            if c.ttl.is_some_and(|d| d.is_zero()) {
+                return Err(invalid("cache.ttl", "must be longer than zero"));
+            }
+        }
+        if let Some(q) = &self.queue {
+            if q.path.as_os_str().is_empty() {
+                return Err(invalid(
+                    "queue.path",
+                    "must name the store file, e.g. \"seawall-jobs.redb\"",
+                ));
+            }
+            for (key, d) in [("ttl", q.ttl), ("poll", q.poll), ("run_timeout", q.run_timeout)] {
+                if d.is_some_and(|d| d.is_zero()) {
+                    return Err(invalid(format!("queue.{key}"), "must be longer than zero"));
+                }
+            }
+            if q.concurrency == Some(0) {
+                return Err(invalid("queue.concurrency", "must be at least 1"));
+            }
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            let mut seen = HashSet::new();
+            for (j, d) in m.degrade.iter().enumerate() {
+                let key = format!("models[{i}].degrade[{j}]");
+                if !seen.insert(*d) {
+                    return Err(invalid(key, format!("{d:?} is listed twice")));
+                }
+                match d {
+                    DegradeKind::Cache if self.cache.is_none() => {
+                        return Err(invalid(
+                            key,
+                            "\"cache\" needs a [cache] section (max_entries, ttl)",
+                        ));
+                    }
+                    DegradeKind::Queue if self.queue.is_none() => {
+                        return Err(invalid(
+                            key,
+                            "\"queue\" needs a [queue] section with path = \"<file>.redb\"",
+                        ));
+                    }
+                    DegradeKind::Static if m.static_answer.as_deref().is_none_or(str::is_empty) => {
+                        return Err(invalid(
+                            format!("models[{i}].static_answer"),
+                            "\"static\" is listed in degrade: set the text to answer with",
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            if m.static_answer.is_some() && !seen.contains(&DegradeKind::Static) {
+                return Err(invalid(
+                    format!("models[{i}].static_answer"),
+                    "is set but degrade does not list \"static\": add it where it should apply",
+                ));
             }
         }
         Ok(())
@@ -1028,13 +1167,26 @@ impl Config {
         self.retry.apply(RetryPolicy::default())
     }
 
-    /// The retry policy of a model's chain: its `[models.retry]` over [`Config::retry_defaults`].
+    /// The retry policy of a model's chain: its `[models.retry]` over [`Config::retry_defaults`],
+    /// with its `degrade` list.
     pub fn retry_for(&self, model: &ModelConfig) -> RetryPolicy {
         let base = self.retry_defaults();
-        match &model.retry {
+        let mut policy = match &model.retry {
             Some(r) => r.apply(base),
             None => base,
-        }
+        };
+        policy.degrade = model
+            .degrade
+            .iter()
+            .map(|d| match d {
+                DegradeKind::Cache => Degrade::Cache,
+                DegradeKind::Static => {
+                    Degrade::Static(model.static_answer.clone().unwrap_or_default())
+                }
+                DegradeKind::Queue => Degrade::Queue,
+            })
+            .collect();
+        policy
     }
 
     /// (key path, variable) of every key variable of upstream `i`, in key-slot order.
@@ -1385,8 +1537,13 @@ impl Config {
     ) -> Result<Runtime, ConfigError> {
         let upstreams = self.build_upstreams(&env)?;
         let tokens = self.resolve_tokens(&env)?;
-        let seawall = self
-            .builder(&upstreams)
+        let mut builder = self.builder(&upstreams);
+        if let Some(q) = &self.queue {
+            let store = crate::jobstore::RedbJobStore::open(&q.path)
+                .map_err(|e| invalid("queue.path", e))?;
+            builder = builder.queue(Arc::new(store), q.to_config());
+        }
+        let seawall = builder
             .spawn()
             .await
             .map_err(|e| match e {
@@ -1504,6 +1661,12 @@ impl Config {
             });
         if let Some(ttl) = self.gateway.idempotency_ttl {
             b = b.idempotency(ttl);
+        }
+        if let Some(c) = &self.cache {
+            b = b.response_cache(
+                c.max_entries.unwrap_or(DEFAULT_CACHE_ENTRIES),
+                c.ttl.unwrap_or(DEFAULT_CACHE_TTL),
+            );
         }
         for (name, upstream) in upstreams {
             b = b.upstream_arc(name, Arc::clone(upstream));

@@ -6,6 +6,7 @@ pub mod anthropic;
 pub mod config;
 pub mod demo;
 pub mod gateway;
+pub mod jobstore;
 pub mod openai;
 pub mod secret;
 pub mod sim;

@@ -126,6 +126,21 @@ fn the_example_parses_and_every_key_lands() {
         }
     );
     assert_eq!(c.retry_for(&c.models[0]).deadline, Duration::from_secs(90));
+    // Sonnet's chain degrades to the cache, then its static answer; haiku's not at all.
+    assert_eq!(
+        c.retry_for(&c.models[0]).degrade,
+        vec![
+            seawall::core::Degrade::Cache,
+            seawall::core::Degrade::Static(
+                "We are experiencing heavy load; please try again in a minute.".into()
+            )
+        ]
+    );
+    assert!(c.retry_for(&c.models[1]).degrade.is_empty());
+    let cache = c.cache.expect("[cache]");
+    assert_eq!(cache.max_entries, Some(10_000));
+    assert_eq!(cache.ttl, Some(Duration::from_secs(600)));
+    assert!(c.queue.is_none(), "commented out in the example");
 
     assert_eq!(
         c.retry_budget.to_config(),
@@ -349,6 +364,41 @@ fn references_and_values_are_checked_with_their_keys() {
             minimal("[[bulkheads]]\nname = \"b\"\nbudget_share = 1.5"),
             "bulkheads[0].budget_share",
             "(0, 1]",
+        ),
+        (
+            minimal("[[models]]\nname = \"q\"\ndegrade = [\"queue\"]"),
+            "models[1].degrade[0]",
+            "needs a [queue] section",
+        ),
+        (
+            minimal("[[models]]\nname = \"c\"\ndegrade = [\"cache\"]"),
+            "models[1].degrade[0]",
+            "needs a [cache] section",
+        ),
+        (
+            minimal("[[models]]\nname = \"s\"\ndegrade = [\"static\"]"),
+            "models[1].static_answer",
+            "set the text",
+        ),
+        (
+            minimal("[[models]]\nname = \"s\"\nstatic_answer = \"hi\""),
+            "models[1].static_answer",
+            "does not list",
+        ),
+        (
+            minimal("[[models]]\nname = \"d\"\ndegrade = [\"later\"]"),
+            "models[1].degrade[0]",
+            "unknown variant",
+        ),
+        (
+            minimal("[queue]\npath = \"q.redb\"\nconcurrency = 0"),
+            "queue.concurrency",
+            "at least 1",
+        ),
+        (
+            minimal("[queue]\npath = \"q.redb\"\nttl = \"0s\""),
+            "queue.ttl",
+            "longer than zero",
         ),
         (
             minimal("[governor]\ntransit_allowance = \"a bit\""),
@@ -610,4 +660,21 @@ name = "small"
         minimal(r#"fallbacks = [{ model = "m2", patch = { model = "x" } }]"#)
     ));
     assert_eq!(e.key(), Some("models[0].fallbacks[0].patch.model"), "{e}");
+}
+
+#[test]
+fn the_queue_section_fills_defaults_and_keeps_what_is_set() {
+    let c = Config::from_toml(&minimal(
+        "degrade = [\"queue\"]\n[queue]\npath = \"jobs.redb\"\nttl = \"2h\"\nconcurrency = 4",
+    ))
+    .unwrap();
+    let q = c.queue.as_ref().expect("[queue]").to_config();
+    assert_eq!(q.ttl, Duration::from_secs(7200));
+    assert_eq!(q.concurrency, 4);
+    assert_eq!(q.poll, Duration::from_secs(1), "default");
+    assert_eq!(q.run_timeout, Duration::from_secs(60), "default");
+    assert_eq!(
+        c.retry_for(&c.models[0]).degrade,
+        vec![seawall::core::Degrade::Queue]
+    );
 }

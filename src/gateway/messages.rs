@@ -87,6 +87,9 @@ fn apply_headers(call: &mut Call, headers: &HeaderMap) -> Result<(), Error> {
     if let Some(feature) = header(headers, "seawall-feature").filter(|f| !f.is_empty()) {
         call.feature = Some(feature.to_owned());
     }
+    if let Some(c) = header(headers, "seawall-conversation").filter(|c| !c.is_empty()) {
+        call.conversation = Some(c.to_owned());
+    }
     if let Some(lane) = header(headers, "seawall-lane") {
         call.lane = match lane {
             "interactive" => Lane::Interactive,

@@ -10,6 +10,7 @@
 //! | `GET /readyz` | none | 200 when every chain has a model whose breaker is not open, else 503 |
 //! | `GET /metrics` | token | Prometheus text: breaker states, calls in flight, requests and responses |
 //! | `GET /status` | token | JSON: breakers, governor buckets/keys/queues, in flight; never a key |
+//! | `GET /v1/seawall/jobs/{id}` | token | a queued call: `pending`, or `done` with the answer, `failed`, `expired`; `?wait=30s` waits for the outcome |
 //!
 //! **Client auth.** Clients present one of `[gateway] tokens` as `x-api-key: T` or
 //! `Authorization: Bearer T` (the SDKs send their `api_key` so). Tokens are compared in constant
@@ -20,11 +21,14 @@
 //! a non-streaming call's deadline, less a margin of a tenth, at most 1 s, so the gateway
 //! answers before the client gives up (for a stream the SDK's timeout bounds each read, so a
 //! stream keeps its chain's `deadline` and `first_token_timeout`); `idempotency-key` is forwarded; `seawall-lane: background` and
-//! `seawall-feature: NAME` select the governor lane and bulkhead. `anthropic-version` is accepted
+//! `seawall-feature: NAME` select the governor lane and bulkhead; `seawall-conversation: KEY`
+//! pins a conversation to the fallback that served it until the primary's breaker closes. `anthropic-version` is accepted
 //! whatever its value; `anthropic-version` and `anthropic-beta` sent upstream are the upstream's
 //! configured `version` and `beta`, not the client's.
 //!
-//! **Response headers.** `seawall-model` (who served), `seawall-source` (`live`, or `replay` for an idempotent repeat),
+//! **Response headers.** `seawall-model` (who served), `seawall-source` (`live`, `replay` for an
+//! idempotent repeat, `cache` or `static` when degraded, `queued` with `seawall-job-id` and HTTP
+//! 202 when the call was stored for later),
 //! `seawall-attempts` (upstream attempts), the upstream's `request-id` (every response has one:
 //! the upstream's, or a `req_seawall_…` id for answers the gateway made), and
 //! `seawall-translation-dropped` from an OpenAI-compatible hop.
@@ -225,6 +229,7 @@ impl Gateway {
             .route("/v1/messages/count_tokens", post(messages::count_tokens))
             .route("/metrics", get(ops::metrics))
             .route("/status", get(ops::status))
+            .route("/v1/seawall/jobs/{id}", get(ops::job))
             .route_layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&state),
                 auth::require_token,

@@ -182,9 +182,15 @@ pub(crate) async fn status(Extract(state): Extract<Arc<State>>) -> Response {
         Ok(report) => serde_json::to_value(&report).unwrap_or(Value::Null),
         Err(e) => json!({"error": e.to_string()}),
     };
+    let queue = match state.seawall.queue_depth().await {
+        Ok((pending, running)) => json!({"pending": pending, "running": running}),
+        Err(seawall_actors::Error::Config(_)) => Value::Null,
+        Err(e) => json!({"error": e.to_string()}),
+    };
     json_response(
         StatusCode::OK,
         &json!({
+            "queue": queue,
             "in_flight": state.seawall.in_flight(),
             "draining": state.draining.load(Ordering::Acquire),
             "breakers": breakers,
@@ -220,4 +226,104 @@ pub(crate) async fn method_not_allowed(
         ),
         &state.ids.next(),
     )
+}
+
+/// The longest `?wait=` a job lookup honours: a long poll, not a parked connection.
+const MAX_JOB_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// `GET /v1/seawall/jobs/{id}[?wait=30s]`: a queued call as it stands. A finished job carries
+/// the answer (`result.body` is the Messages JSON); `wait` holds the request until the job is
+/// final or the wait ends (at most 60 s). The stored request itself is not echoed: it may hold
+/// prompts, and the caller has it.
+pub(crate) async fn job(
+    Extract(state): Extract<Arc<State>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    uri: axum::http::Uri,
+) -> Response {
+    let wait = match uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("wait="))
+    {
+        None => None,
+        Some(v) => match humantime::parse_duration(v) {
+            Ok(d) => Some(d.min(MAX_JOB_WAIT)),
+            Err(e) => {
+                return api_error(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request_error",
+                    &format!("wait={v:?} is not a duration ({e}): write it like wait=30s"),
+                    &state.ids.next(),
+                )
+            }
+        },
+    };
+    let found = match wait {
+        Some(d) => state.seawall.wait_job(&id, d).await,
+        None => state.seawall.job(&id).await,
+    };
+    match found {
+        Ok(Some(job)) => json_response(StatusCode::OK, &job_json(&job)),
+        Ok(None) => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            &format!("no job {id:?}: unknown, or finished long enough ago to be purged"),
+            &state.ids.next(),
+        ),
+        Err(seawall_actors::Error::Config(m)) => api_error(
+            StatusCode::NOT_FOUND,
+            "not_found_error",
+            &m,
+            &state.ids.next(),
+        ),
+        Err(e) => api_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "api_error",
+            &e.to_string(),
+            &state.ids.next(),
+        ),
+    }
+}
+
+/// A job for clients: its state and, when done, the answer as JSON.
+fn job_json(job: &seawall_actors::Job) -> Value {
+    use seawall_actors::JobState;
+    let mut out = json!({
+        "id": job.id,
+        "chain": job.chain,
+        "state": job.state.as_str(),
+        "created_at_ms": job.created_ms,
+        "expires_at_ms": job.expires_ms,
+        "runs": job.runs,
+    });
+    let extra = match &job.state {
+        JobState::Pending { last_error } => json!({"last_error": last_error}),
+        JobState::Done {
+            model,
+            status,
+            body,
+            finished_ms,
+        } => json!({
+            "finished_at_ms": finished_ms,
+            "result": {
+                "model": model,
+                "status": status,
+                "body": serde_json::from_str::<Value>(body).unwrap_or_else(|_| Value::String(body.clone())),
+            },
+        }),
+        JobState::Failed {
+            error,
+            status,
+            finished_ms,
+        } => json!({"finished_at_ms": finished_ms, "error": error, "status": status}),
+        JobState::Expired {
+            last_error,
+            finished_ms,
+        } => json!({"finished_at_ms": finished_ms, "last_error": last_error}),
+    };
+    if let (Value::Object(o), Value::Object(e)) = (&mut out, extra) {
+        o.extend(e);
+    }
+    out
 }

@@ -20,6 +20,7 @@ pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
 pub(crate) const SEAWALL_MODEL: HeaderName = HeaderName::from_static("seawall-model");
 pub(crate) const SEAWALL_SOURCE: HeaderName = HeaderName::from_static("seawall-source");
 pub(crate) const SEAWALL_ATTEMPTS: HeaderName = HeaderName::from_static("seawall-attempts");
+pub(crate) const SEAWALL_JOB_ID: HeaderName = HeaderName::from_static("seawall-job-id");
 const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
 
 /// Upstream headers a passed-through answer keeps. Everything else (rate-limit headers of the
@@ -125,6 +126,9 @@ pub(crate) fn success(reply: &Reply, ids: &RequestIds) -> Response {
     set(&mut response, SEAWALL_MODEL, &reply.model);
     set(&mut response, SEAWALL_SOURCE, reply.source.as_str());
     set(&mut response, SEAWALL_ATTEMPTS, &reply.attempts.to_string());
+    if let Some(job) = reply.job_id() {
+        set(&mut response, SEAWALL_JOB_ID, &job);
+    }
     response
 }
 
