@@ -52,8 +52,8 @@ use serde::Deserialize;
 
 use seawall_actors::upstream::Upstream;
 use seawall_actors::{
-    Backoff, BreakerConfig, Bulkhead, Error as CoreError, Estimate, Jitter, Limits, OpenBackoff,
-    Degrade, QueueConfig, RestartIntensity, RetryBudgetConfig, RetryPolicy, Seawall, Trip,
+    Backoff, BreakerConfig, Bulkhead, Degrade, Error as CoreError, Estimate, Jitter, Limits,
+    OpenBackoff, QueueConfig, RestartIntensity, RetryBudgetConfig, RetryPolicy, Seawall, Trip,
     WindowKind,
 };
 
@@ -939,7 +939,11 @@ impl Config {
                     "must name the store file, e.g. \"seawall-jobs.redb\"",
                 ));
             }
-            for (key, d) in [("ttl", q.ttl), ("poll", q.poll), ("run_timeout", q.run_timeout)] {
+            for (key, d) in [
+                ("ttl", q.ttl),
+                ("poll", q.poll),
+                ("run_timeout", q.run_timeout),
+            ] {
                 if d.is_some_and(|d| d.is_zero()) {
                     return Err(invalid(format!("queue.{key}"), "must be longer than zero"));
                 }
@@ -1543,13 +1547,10 @@ impl Config {
                 .map_err(|e| invalid("queue.path", e))?;
             builder = builder.queue(Arc::new(store), q.to_config());
         }
-        let seawall = builder
-            .spawn()
-            .await
-            .map_err(|e| match e {
-                CoreError::Config(m) => ConfigError::Runtime(m),
-                other => ConfigError::Runtime(other.to_string()),
-            })?;
+        let seawall = builder.spawn().await.map_err(|e| match e {
+            CoreError::Config(m) => ConfigError::Runtime(m),
+            other => ConfigError::Runtime(other.to_string()),
+        })?;
         Ok(Runtime {
             seawall,
             upstreams,

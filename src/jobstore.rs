@@ -179,10 +179,18 @@ mod tests {
         assert_eq!(ids, ["job_1", "job_2"]);
         assert_eq!(s.get("job_3").unwrap().unwrap().state.as_str(), "done");
         assert_eq!(s.get("nope").unwrap(), None);
-        assert_eq!(s.purge_finished(5).unwrap(), 0, "finished at 10, not before 5");
+        assert_eq!(
+            s.purge_finished(5).unwrap(),
+            0,
+            "finished at 10, not before 5"
+        );
         assert_eq!(s.purge_finished(11).unwrap(), 1);
         assert_eq!(s.get("job_3").unwrap(), None);
-        assert_eq!(s.pending().unwrap().len(), 2, "pending jobs are never purged");
+        assert_eq!(
+            s.pending().unwrap().len(),
+            2,
+            "pending jobs are never purged"
+        );
     }
 
     #[test]

@@ -12,6 +12,7 @@
 //! longer than the probe's grace (the monitor restarting), users may take the trials again.
 //! Every transition is logged, published as an event, counted in metrics and cast to the monitor.
 
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -85,6 +86,22 @@ pub enum BreakerMsg {
         /// Where the answer goes.
         reply: RpcReplyPort<ProbeAdmission>,
     },
+    /// A conversation was served by `model`, a later hop of a chain this breaker's model heads:
+    /// keep it there until this breaker has closed again. `model` being this breaker's own
+    /// model unpins it.
+    Pin {
+        /// The conversation key.
+        conversation: String,
+        /// The model that served it.
+        model: usize,
+    },
+    /// Where a conversation is pinned, if anywhere (never while this breaker is closed).
+    Pinned {
+        /// The conversation key.
+        conversation: String,
+        /// The pinned model.
+        reply: RpcReplyPort<Option<usize>>,
+    },
     /// Cast the current state to this monitor (a restarted monitor asks).
     ReportTo(ActorRef<MonitorMsg>),
     /// Current state, for status pages and tests.
@@ -145,8 +162,16 @@ pub struct BreakerState {
     probe_grace: Option<Duration>,
     /// When the breaker last went half-open.
     half_open_since: Option<Instant>,
+    /// Conversations served by a later hop while this model was not closed: conversation ->
+    /// model. Cleared when the breaker closes; bounded, oldest pins dropped first.
+    pins: HashMap<String, usize>,
+    pin_order: VecDeque<String>,
     timer: Timer,
 }
+
+/// At most this many pinned conversations per breaker: past it the oldest pins go (those
+/// conversations may move back early, nothing worse).
+const MAX_PINS: usize = 100_000;
 
 /// The `seawall_breaker_state` gauge's value for a state.
 fn state_value(state: StateKind) -> f64 {
@@ -191,6 +216,11 @@ impl BreakerState {
         while let Some(t) = self.breaker.poll_transition() {
             if t.to == StateKind::HalfOpen {
                 self.half_open_since = Some(t.at);
+            }
+            if t.to == StateKind::Closed {
+                // The primary is healthy again: pinned conversations come back to it.
+                self.pins.clear();
+                self.pin_order.clear();
             }
             metrics::counter!(
                 "seawall_breaker_transitions_total",
@@ -269,6 +299,8 @@ impl Actor for BreakerActor {
             directory: args.directory,
             probe_grace: args.probe_grace,
             half_open_since: None,
+            pins: HashMap::new(),
+            pin_order: VecDeque::new(),
             timer: Timer::default(),
         })
     }
@@ -348,6 +380,39 @@ impl Actor for BreakerActor {
                 {
                     state.breaker.release(p, now);
                 }
+            }
+            BreakerMsg::Pin {
+                conversation,
+                model,
+            } => {
+                state.breaker.handle_timeout(now);
+                state.publish();
+                if model == state.id || state.breaker.state() == StateKind::Closed {
+                    state.pins.remove(&conversation);
+                } else if state.pins.insert(conversation.clone(), model).is_none() {
+                    state.pin_order.push_back(conversation);
+                    while state.pins.len() > MAX_PINS {
+                        match state.pin_order.pop_front() {
+                            Some(old) => {
+                                state.pins.remove(&old);
+                            }
+                            None => break,
+                        }
+                    }
+                }
+                // Keep the order list from growing past the live pins with unpinned keys.
+                if state.pin_order.len() > 2 * state.pins.len() + 64 {
+                    let pins = &state.pins;
+                    state.pin_order.retain(|c| pins.contains_key(c));
+                }
+            }
+            BreakerMsg::Pinned {
+                conversation,
+                reply,
+            } => {
+                state.breaker.handle_timeout(now);
+                state.publish();
+                let _ = reply.send(state.pins.get(&conversation).copied());
             }
             BreakerMsg::ReportTo(monitor) => state.report_to(&monitor),
             BreakerMsg::Status(reply) => {

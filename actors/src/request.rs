@@ -381,6 +381,8 @@ struct Hop {
     permanent: Option<(u16, bytes::Bytes, crate::upstream::Headers)>,
     /// Why this hop's transport refused to send the request at all.
     refused: Option<String>,
+    /// Before the conversation's pinned hop: tried only when no later hop can go now.
+    deferred: bool,
 }
 
 struct Walk {
@@ -505,6 +507,7 @@ impl Walk {
                 recovers_at: None,
                 permanent: None,
                 refused: None,
+                deferred: false,
             })
             .collect();
         let seed = shared
@@ -674,14 +677,70 @@ impl Walk {
         Err(self.give_up(now, deadline_exceeded))
     }
 
+    /// Walk the chain. A call with a conversation key starts at the hop its conversation is
+    /// pinned to, and pins (or unpins) it by who served.
     async fn run(&mut self) -> Result<Done, Error> {
+        let pinned = self.pinned_hop().await;
+        if let Some(k) = pinned {
+            for h in &mut self.hops[..k] {
+                h.deferred = true;
+            }
+            tracing::debug!(hop = k, "conversation pinned to a fallback");
+        }
+        let result = self.run_hops().await;
+        if let (Some(conversation), Some(served)) = (self.call.conversation.clone(), self.served) {
+            // Served by a later hop: pin there. Served by the first: unpin (if it was pinned).
+            if served > 0 || pinned.is_some() {
+                if let Ok(primary) = self.breaker(0, false).await {
+                    let _ = primary.cast(BreakerMsg::Pin {
+                        conversation,
+                        model: self.hops[served].model,
+                    });
+                }
+            }
+        }
+        result
+    }
+
+    /// The hop this call's conversation is pinned to, when it is a later hop of this chain.
+    async fn pinned_hop(&mut self) -> Option<usize> {
+        let conversation = self.call.conversation.clone()?;
+        if self.hops.len() < 2 {
+            return None;
+        }
+        let primary = self.breaker(0, false).await.ok()?;
+        let model = match primary
+            .call(
+                |reply| BreakerMsg::Pinned {
+                    conversation,
+                    reply,
+                },
+                Some(ACTOR_CALL_TIMEOUT),
+            )
+            .await
+        {
+            Ok(CallResult::Success(Some(model))) => model,
+            _ => return None,
+        };
+        self.hops
+            .iter()
+            .position(|h| h.model == model)
+            .filter(|&k| k > 0)
+    }
+
+    async fn run_hops(&mut self) -> Result<Done, Error> {
         let policy = self.chain.policy.clone();
         loop {
             let now = clock::now();
             if self.attempts >= policy.max_attempts {
                 return self.finish(now, false);
             }
-            let ready = self.hops.iter().position(|h| !h.done && h.ready_at <= now);
+            // Hops before a pinned one are the last resort: only when no later hop can go now.
+            let ready = self
+                .hops
+                .iter()
+                .position(|h| !h.done && !h.deferred && h.ready_at <= now)
+                .or_else(|| self.hops.iter().position(|h| !h.done && h.ready_at <= now));
             let idx = match ready {
                 Some(i) => i,
                 None => {
