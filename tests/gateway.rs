@@ -1148,3 +1148,56 @@ async fn a_repeated_idempotency_key_is_replayed_not_resent() {
     assert_eq!(sim.log().len(), 1, "the upstream saw it once");
     assert_eq!(sim.log()[0].idempotency_key.as_deref(), Some("order-7"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_down_chain_degrades_to_the_cache_then_its_static_answer_flagged() {
+    let up = r#"
+        [[models]]
+        name = "chat"
+        latency = "2ms"
+    "#;
+    let sim = sim(up).await;
+    let gw = Gw::start(&config(
+        &sim.base_url(),
+        &format!(
+            "[[models]]\nname = \"chat\"\ndegrade = [\"cache\", \"static\"]\n\
+             static_answer = \"Busy, back soon.\"\n[models.breaker]\nopen_for = \"10s\"\n\
+             [cache]\nmax_entries = 100\nttl = \"1m\"\n{}",
+            gateway_section("")
+        ),
+    ))
+    .await;
+    let live = post(&gw, "/v1/messages", Some(TOKEN), &body("chat")).await;
+    assert_eq!(live.status(), 200);
+    assert_eq!(header(&live, "seawall-source").as_deref(), Some("live"));
+    let live: Value = live.json().await.unwrap();
+
+    sim.set_scenario(
+        Scenario::from_toml(
+            r#"
+            [[models]]
+            name = "chat"
+            latency = "2ms"
+            [[models.faults]]
+            kind = "status"
+            status = 529
+        "#,
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    // The same request: the cached live answer, flagged.
+    let cached = post(&gw, "/v1/messages", Some(TOKEN), &body("chat")).await;
+    assert_eq!(cached.status(), 200);
+    assert_eq!(header(&cached, "seawall-source").as_deref(), Some("cache"));
+    let cached: Value = cached.json().await.unwrap();
+    assert_eq!(cached["content"], live["content"]);
+    // A request never answered live: the static answer, flagged.
+    let mut other = body("chat");
+    other["messages"][0]["content"] = json!("a question nobody asked before");
+    let fixed = post(&gw, "/v1/messages", Some(TOKEN), &other).await;
+    assert_eq!(fixed.status(), 200);
+    assert_eq!(header(&fixed, "seawall-source").as_deref(), Some("static"));
+    let fixed: Value = fixed.json().await.unwrap();
+    assert_eq!(fixed["content"][0]["text"], "Busy, back soon.");
+}

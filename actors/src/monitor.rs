@@ -449,7 +449,7 @@ impl ChainMetrics {
             }),
             failures: HashMap::new(),
             fallbacks: HashMap::new(),
-            // Only live answers exist so far; cached and static ones will add sources.
+            // Answers of a fallback model; the request actor counts cache, static and queued.
             degraded_live: metrics::counter!(
                 "seawall_degraded_answers_total",
                 "chain" => chain.to_owned(),

@@ -303,7 +303,9 @@ impl Actor for RequestActor {
                     let queued = degrade
                         .contains(&Degrade::Queue)
                         .then(|| (chain.name.clone(), call.clone()));
+                    let chain_name = chain.name.clone();
                     let fallback = Fallback {
+                        chain: &chain_name,
                         degrade: &degrade,
                         cache: shared.cache.as_deref(),
                         key: cache_key,
@@ -1948,6 +1950,7 @@ impl ResponseCache {
 
 /// What a unary call may degrade to.
 struct Fallback<'a> {
+    chain: &'a str,
     degrade: &'a [Degrade],
     cache: Option<&'a ResponseCache>,
     key: Option<String>,
@@ -1958,11 +1961,21 @@ struct Fallback<'a> {
 /// Keep a live answer for the cache, or degrade an `Unavailable` as the chain allows.
 async fn degraded(result: Result<Reply, Error>, fallback: Fallback<'_>) -> Result<Reply, Error> {
     let Fallback {
+        chain,
         degrade,
         cache,
         key,
         mut queue,
     } = fallback;
+    let count = |reply: Reply| {
+        metrics::counter!(
+            "seawall_degraded_answers_total",
+            "chain" => chain.to_owned(),
+            "source" => reply.source.as_str()
+        )
+        .increment(1);
+        Ok(reply)
+    };
     match result {
         Ok(reply) => {
             if let (Some(cache), Some(key)) = (cache, key) {
@@ -1986,12 +1999,12 @@ async fn degraded(result: Result<Reply, Error>, fallback: Fallback<'_>) -> Resul
                             reply.trail = err.trail().to_vec();
                             reply.attempts = attempted(&reply.trail);
                             tracing::info!(model = %reply.model, age_ms = reply.age.map(|a| a.as_millis() as u64), "degraded: answered from the cache");
-                            return Ok(reply);
+                            return count(reply);
                         }
                     }
                     Degrade::Static(text) => {
                         tracing::info!("degraded: answered with the static answer");
-                        return Ok(static_reply(text, err.trail().to_vec()));
+                        return count(static_reply(text, err.trail().to_vec()));
                     }
                     Degrade::Queue => {
                         let Some((queue, chain, call)) = queue.take() else {
@@ -2009,7 +2022,7 @@ async fn degraded(result: Result<Reply, Error>, fallback: Fallback<'_>) -> Resul
                             .await;
                         match stored {
                             Ok(CallResult::Success(Ok(job))) => {
-                                return Ok(queued_reply(&job, err.trail().to_vec()));
+                                return count(queued_reply(&job, err.trail().to_vec()));
                             }
                             // Not stored: the caller must know, so the next option or the
                             // honest error follows.

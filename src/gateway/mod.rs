@@ -22,9 +22,9 @@
 //! answers before the client gives up (for a stream the SDK's timeout bounds each read, so a
 //! stream keeps its chain's `deadline` and `first_token_timeout`); `idempotency-key` is forwarded; `seawall-lane: background` and
 //! `seawall-feature: NAME` select the governor lane and bulkhead; `seawall-conversation: KEY`
-//! pins a conversation to the fallback that served it until the primary's breaker closes. `anthropic-version` is accepted
-//! whatever its value; `anthropic-version` and `anthropic-beta` sent upstream are the upstream's
-//! configured `version` and `beta`, not the client's.
+//! pins a conversation to the fallback that served it until the primary's breaker closes. The client's `anthropic-version`
+//! replaces the upstream's configured one and its `anthropic-beta` values follow the configured
+//! ones, so server-side betas keep working behind the gateway.
 //!
 //! **Response headers.** `seawall-model` (who served), `seawall-source` (`live`, `replay` for an
 //! idempotent repeat, `cache` or `static` when degraded, `queued` with `seawall-job-id` and HTTP
