@@ -155,6 +155,8 @@ pub struct QueueSection {
     /// Finished jobs stay retrievable this long. Default "24h".
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub keep_finished: Option<Duration>,
+    /// At most this many jobs pending; past it calls are not queued. Default 10000.
+    pub max_pending: Option<usize>,
 }
 
 impl QueueSection {
@@ -167,6 +169,7 @@ impl QueueSection {
             concurrency: self.concurrency.unwrap_or(d.concurrency),
             run_timeout: self.run_timeout.unwrap_or(d.run_timeout),
             keep_finished: self.keep_finished.unwrap_or(d.keep_finished),
+            max_pending: self.max_pending.unwrap_or(d.max_pending),
         }
     }
 }
@@ -950,6 +953,9 @@ impl Config {
             }
             if q.concurrency == Some(0) {
                 return Err(invalid("queue.concurrency", "must be at least 1"));
+            }
+            if q.max_pending == Some(0) {
+                return Err(invalid("queue.max_pending", "must be at least 1"));
             }
         }
         for (i, m) in self.models.iter().enumerate() {

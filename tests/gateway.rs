@@ -1200,4 +1200,18 @@ async fn a_down_chain_degrades_to_the_cache_then_its_static_answer_flagged() {
     assert_eq!(header(&fixed, "seawall-source").as_deref(), Some("static"));
     let fixed: Value = fixed.json().await.unwrap();
     assert_eq!(fixed["content"][0]["text"], "Busy, back soon.");
+    // A stream degrades the same way, as the API's event sequence.
+    let mut streamed = other.clone();
+    streamed["stream"] = json!(true);
+    let resp = post(&gw, "/v1/messages", Some(TOKEN), &streamed).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(&resp, "seawall-source").as_deref(), Some("static"));
+    let events = sse_events(&resp.text().await.unwrap());
+    assert_eq!(events.first().map(|e| e.0.as_str()), Some("message_start"));
+    assert_eq!(events.last().map(|e| e.0.as_str()), Some("message_stop"));
+    let text: String = events
+        .iter()
+        .filter_map(|(_, d)| d.pointer("/delta/text").and_then(Value::as_str))
+        .collect();
+    assert_eq!(text, "Busy, back soon.");
 }

@@ -545,6 +545,11 @@ mod tests {
 pub struct StreamReply {
     /// The model that is serving the stream.
     pub model: String,
+    /// Where it comes from: live, or (degraded) the cache or the chain's static answer,
+    /// replayed as the API's event sequence.
+    pub source: Source,
+    /// For a cached answer: how old it is.
+    pub age: Option<Duration>,
     /// HTTP status (2xx).
     pub status: u16,
     /// Response headers from the upstream.

@@ -8,6 +8,7 @@
 //!   them.
 //! - [`runtime`]: the facade, [`Seawall`].
 
+pub mod assemble;
 pub mod breaker;
 pub mod call;
 pub mod clock;

@@ -202,6 +202,9 @@ pub struct QueueConfig {
     pub run_timeout: Duration,
     /// Finished jobs stay retrievable this long, then are purged from the store.
     pub keep_finished: Duration,
+    /// At most this many jobs pending at once; past it a call is not queued (the chain's next
+    /// degradation or the honest error answers it), so a long outage cannot exhaust memory.
+    pub max_pending: usize,
 }
 
 impl Default for QueueConfig {
@@ -212,6 +215,7 @@ impl Default for QueueConfig {
             concurrency: 2,
             run_timeout: Duration::from_secs(60),
             keep_finished: Duration::from_secs(24 * 3600),
+            max_pending: 10_000,
         }
     }
 }
@@ -230,6 +234,9 @@ impl QueueConfig {
         }
         if self.concurrency == 0 {
             return Err("queue concurrency must be at least 1".into());
+        }
+        if self.max_pending == 0 {
+            return Err("queue max_pending must be at least 1".into());
         }
         Ok(())
     }
@@ -335,6 +342,12 @@ impl QueueState {
     }
 
     fn enqueue(&mut self, chain: String, call: Call, now: Instant) -> Result<Job, String> {
+        if self.pending.len() >= self.args.config.max_pending {
+            return Err(format!(
+                "the queue is full ({} jobs pending, max_pending)",
+                self.pending.len()
+            ));
+        }
         let now_ms = self.wall_ms(now);
         let job = Job {
             id: self.new_id(now_ms),

@@ -32,6 +32,7 @@ use tokio::sync::{oneshot, Notify};
 use tracing::field::Empty;
 use tracing::Instrument;
 
+use crate::assemble::{events_of, Assembler};
 use crate::breaker::{Admission, BreakerMsg};
 use crate::call::{AttemptRecord, Call, Outcome, Reply, StreamReply};
 use crate::clock;
@@ -319,13 +320,39 @@ impl Actor for RequestActor {
                         .instrument(span.clone())
                         .await
                         .and_then(Done::into_reply);
-                    let result = degraded(result, fallback).await;
+                    let result = degraded(result, fallback).await.map(|mut r| {
+                        if r.source.is_degraded() {
+                            // This call's own latency, not that of the answer it stands in for.
+                            r.latency = walk.elapsed();
+                        }
+                        r
+                    });
                     let end = CallEnd::of_unary(&result, walk.served, walk.elapsed());
                     walk.conclude(&span, end);
                     // The caller may have stopped waiting; then nobody needs the answer.
                     let _ = reply.send(result);
                 }
                 ReplyTo::Stream(reply) => {
+                    // A stream degrades to the cache or the static answer, replayed as events;
+                    // it is never queued (the caller is reading a stream now).
+                    let degrade: Vec<Degrade> = if call.job.is_some() {
+                        Vec::new()
+                    } else {
+                        chain
+                            .policy
+                            .degrade
+                            .iter()
+                            .filter(|d| **d != Degrade::Queue)
+                            .cloned()
+                            .collect()
+                    };
+                    let cache_key = shared
+                        .cache
+                        .as_ref()
+                        .filter(|_| degrade.contains(&Degrade::Cache))
+                        .map(|_| call.cache_key());
+                    let chain_name = chain.name.clone();
+                    let cache = shared.cache.clone();
                     let mut walk = Walk::new(call, chain, feature, shared, true);
                     match walk.run().instrument(span.clone()).await {
                         Ok(Done::Stream(committed)) => {
@@ -346,6 +373,23 @@ impl Actor for RequestActor {
                                 Error::Internal("a streaming call produced a whole reply".into());
                             walk.conclude(&span, CallEnd::of_error(&e, walk.elapsed(), true));
                             let _ = reply.send(Err(e));
+                        }
+                        Err(e @ Error::Unavailable { .. }) if !degrade.is_empty() => {
+                            let fallback = Fallback {
+                                chain: &chain_name,
+                                degrade: &degrade,
+                                cache: cache.as_deref(),
+                                key: cache_key,
+                                queue: None,
+                            };
+                            let elapsed = walk.elapsed();
+                            let result = degraded(Err(e), fallback).await.map(|mut r| {
+                                r.latency = elapsed;
+                                r
+                            });
+                            let end = CallEnd::of_unary(&result, None, elapsed);
+                            walk.conclude(&span, end);
+                            let _ = reply.send(result.map(stream_of));
                         }
                         Err(e) => {
                             walk.conclude(&span, CallEnd::of_error(&e, walk.elapsed(), true));
@@ -462,6 +506,8 @@ struct Committed {
 struct Forward {
     c: Committed,
     tx: tokio::sync::mpsc::Sender<SseEvent>,
+    /// Rebuilds the whole answer for the response cache, when the chain caches.
+    assembler: Option<Assembler>,
 }
 
 /// A stream read up to its first content event.
@@ -1196,7 +1242,11 @@ impl Walk {
     fn commit(&mut self, mut c: Committed) -> (StreamReply, Forward) {
         let buffered = std::mem::take(&mut c.buffered);
         let (tx, rx) = tokio::sync::mpsc::channel(64 + buffered.len());
+        let mut assembler = self.caches_answers().then(Assembler::default);
         for ev in buffered {
+            if let Some(a) = assembler.as_mut() {
+                a.push(&ev);
+            }
             // Capacity was sized for them: this cannot fail.
             let _ = tx.try_send(ev);
         }
@@ -1211,6 +1261,8 @@ impl Walk {
         });
         let reply = StreamReply {
             model: c.model.clone(),
+            source: crate::call::Source::Live,
+            age: None,
             status: c.status,
             headers: c.headers.clone(),
             attempts: self.attempts,
@@ -1218,7 +1270,14 @@ impl Walk {
             time_to_first_token: clock::now().saturating_duration_since(self.started),
             events: rx,
         };
-        (reply, Forward { c, tx })
+        (reply, Forward { c, tx, assembler })
+    }
+
+    /// Does this call's chain keep its live answers in the response cache?
+    fn caches_answers(&self) -> bool {
+        self.shared.cache.is_some()
+            && self.call.job.is_none()
+            && self.chain.policy.degrade.contains(&Degrade::Cache)
     }
 
     /// The caller went away before taking the stream: give the permit and budget back.
@@ -1239,7 +1298,11 @@ impl Walk {
     /// Pump the rest of a committed stream to the caller until it ends, then record how it went.
     /// A break after content reaches the caller as an `error` event in the API's shape.
     async fn forward(&mut self, f: Forward) -> StreamEnd {
-        let Forward { mut c, tx } = f;
+        let Forward {
+            mut c,
+            tx,
+            mut assembler,
+        } = f;
         let mut usage = Usage::default();
         let end = tokio::time::Instant::from_std(self.deadline);
         let class = if c.finished {
@@ -1262,6 +1325,9 @@ impl Walk {
                 match item {
                     Ok(ev) => {
                         note_usage(&ev, &mut usage);
+                        if let Some(a) = assembler.as_mut() {
+                            a.push(&ev);
+                        }
                         let failed = (ev.event == "error").then(|| stream_error_class(&ev.data));
                         if tx.send(ev).await.is_err() {
                             // The caller stopped reading: the model did nothing wrong.
@@ -1307,6 +1373,9 @@ impl Walk {
             };
         }
         let latency = clock::now().saturating_duration_since(c.started);
+        if class == Class::Success {
+            self.cache_streamed(assembler, &c, usage, latency);
+        }
         self.record(c.idx, c.permit, class, latency);
         let sampled = if class == Class::Success {
             usage
@@ -1332,6 +1401,35 @@ impl Walk {
             usage,
             class: Some(class),
         }
+    }
+
+    /// Keep a whole streamed answer in the response cache, as a unary answer would be.
+    fn cache_streamed(
+        &self,
+        assembler: Option<Assembler>,
+        c: &Committed,
+        usage: Usage,
+        latency: Duration,
+    ) {
+        let (Some(cache), Some(message)) = (
+            self.shared.cache.as_ref(),
+            assembler.and_then(Assembler::finish),
+        ) else {
+            return;
+        };
+        let reply = Reply {
+            model: c.model.clone(),
+            source: crate::call::Source::Live,
+            age: None,
+            status: c.status,
+            headers: c.headers.clone(),
+            body: bytes::Bytes::from(message.to_string()),
+            usage,
+            attempts: self.attempts,
+            trail: Vec::new(),
+            latency,
+        };
+        cache.put(self.call.cache_key(), reply);
     }
 
     /// Input tokens for budget: the heuristic, or the upstream's own count when the chain asks
@@ -2037,6 +2135,28 @@ async fn degraded(result: Result<Reply, Error>, fallback: Fallback<'_>) -> Resul
             Err(err)
         }
         Err(other) => Err(other),
+    }
+}
+
+/// A whole (degraded) answer as a stream: the API's event sequence for it, all queued at once.
+fn stream_of(reply: Reply) -> StreamReply {
+    let message = reply.json().unwrap_or(serde_json::Value::Null);
+    let events = events_of(&message);
+    let (tx, rx) = tokio::sync::mpsc::channel(events.len().max(1));
+    for ev in events {
+        // Capacity was sized for them: this cannot fail.
+        let _ = tx.try_send(ev);
+    }
+    StreamReply {
+        model: reply.model,
+        source: reply.source,
+        age: reply.age,
+        status: reply.status,
+        headers: reply.headers,
+        attempts: reply.attempts,
+        trail: reply.trail,
+        time_to_first_token: reply.latency,
+        events: rx,
     }
 }
 

@@ -152,3 +152,96 @@ async fn cached_answers_expire() {
         .expect_err("the entry expired");
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
 }
+
+async fn drain(mut r: seawall_actors::StreamReply) -> Vec<seawall_actors::SseEvent> {
+    let mut out = Vec::new();
+    while let Some(ev) = r.events.recv().await {
+        out.push(ev);
+    }
+    out
+}
+
+fn streamed_text(events: &[seawall_actors::SseEvent]) -> String {
+    events
+        .iter()
+        .filter(|e| e.is_content())
+        .filter_map(|e| {
+            let v: serde_json::Value = serde_json::from_str(&e.data).ok()?;
+            v.pointer("/delta/text")?.as_str().map(str::to_owned)
+        })
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn streams_are_cached_whole_and_degrade_to_the_cache_or_static_answer_as_events() {
+    use seawall_actors::scripted::StreamAnswer;
+    let up = ScriptedUpstream::new();
+    let down = Arc::new(AtomicBool::new(false));
+    let d = down.clone();
+    up.on_stream("m", move |_, _| {
+        if d.load(Ordering::SeqCst) {
+            StreamAnswer::Whole(Answer::status(529, "overloaded_error"))
+        } else {
+            StreamAnswer::message(
+                "m",
+                &["streamed ", "live ", "answer"],
+                Duration::from_millis(5),
+            )
+        }
+    });
+    // Unary calls only come once the model is down: they overload too.
+    up.on("m", |_, _| Answer::status(529, "overloaded_error"));
+    let sw = Seawall::builder()
+        .upstream("s", up.clone())
+        .model(
+            "m",
+            seawall_actors::BreakerConfig::consecutive_failures(1000, secs(1)),
+        )
+        .chain_with(
+            "chat",
+            ["m"],
+            policy(vec![
+                Degrade::Cache,
+                Degrade::Static("Back soon.".into()),
+                Degrade::Queue,
+            ]),
+        )
+        .response_cache(100, secs(600))
+        .queue(
+            Arc::new(seawall_actors::MemoryJobStore::default()),
+            seawall_actors::QueueConfig::default(),
+        )
+        .spawn()
+        .await
+        .unwrap();
+    let live = sw.stream(ask("chat")).await.unwrap();
+    assert_eq!(live.source, Source::Live);
+    let live_events = drain(live).await;
+    assert_eq!(streamed_text(&live_events), "streamed live answer");
+
+    down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(secs(20)).await;
+    // The streamed answer was kept whole: the same request now streams it from the cache.
+    let cached = sw.stream(ask("chat")).await.expect("degraded to the cache");
+    assert_eq!(cached.source, Source::Cache);
+    assert!(cached.age.unwrap() >= secs(20));
+    let events = drain(cached).await;
+    assert_eq!(streamed_text(&events), "streamed live answer");
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"message_start"));
+    assert_eq!(kinds.last(), Some(&"message_stop"));
+    // The unary form of the same request is served by the same cache entry.
+    let unary = sw.complete(ask("chat")).await.unwrap();
+    assert_eq!(unary.source, Source::Cache);
+    assert_eq!(unary.text(), "streamed live answer");
+
+    // A request never answered: the static answer as events. A stream is never queued.
+    let other = Call::new("m", 32).user("brand new").chain("chat");
+    let fixed = sw
+        .stream(other)
+        .await
+        .expect("degraded to the static answer");
+    assert_eq!(fixed.source, Source::Static);
+    assert_eq!(streamed_text(&drain(fixed).await), "Back soon.");
+    assert_eq!(sw.queue_depth().await.unwrap(), (0, 0));
+}

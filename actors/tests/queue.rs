@@ -323,3 +323,33 @@ async fn a_chain_that_may_queue_needs_a_queue() {
         .expect("refused");
     assert!(err.to_string().contains("concurrency"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_refuses_to_grow_and_the_next_option_answers() {
+    let (up, _mode) = switchable();
+    let sw = Seawall::builder()
+        .upstream("s", up.clone())
+        .model("m", BreakerConfig::consecutive_failures(3, secs(10)))
+        .chain_with(
+            "code",
+            ["m"],
+            policy(vec![Degrade::Queue, Degrade::Static("Try later.".into())]),
+        )
+        .queue(
+            Arc::new(MemoryJobStore::default()),
+            QueueConfig {
+                max_pending: 2,
+                ..config(secs(600))
+            },
+        )
+        .spawn()
+        .await
+        .unwrap();
+    for n in 0..2 {
+        let r = sw.complete(ask("code", n)).await.unwrap();
+        assert_eq!(r.source, Source::Queued);
+    }
+    let third = sw.complete(ask("code", 2)).await.unwrap();
+    assert_eq!(third.source, Source::Static, "not queued past max_pending");
+    assert_eq!(sw.queue_depth().await.unwrap().0, 2);
+}

@@ -138,6 +138,7 @@ pub(crate) fn success(reply: &Reply, ids: &RequestIds) -> Response {
 pub(crate) fn stream(reply: StreamReply, ids: &RequestIds) -> Response {
     let StreamReply {
         model,
+        source,
         status,
         headers,
         attempts,
@@ -185,7 +186,7 @@ pub(crate) fn stream(reply: StreamReply, ids: &RequestIds) -> Response {
         set(&mut response, REQUEST_ID, &ids.next());
     }
     set(&mut response, SEAWALL_MODEL, &model);
-    set(&mut response, SEAWALL_SOURCE, "live");
+    set(&mut response, SEAWALL_SOURCE, source.as_str());
     set(&mut response, SEAWALL_ATTEMPTS, &attempts.to_string());
     response
 }
