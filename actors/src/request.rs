@@ -736,7 +736,12 @@ impl Walk {
             tracing::debug!(hop = k, "conversation pinned to a fallback");
         }
         let result = self.run_hops().await;
-        if let (Some(conversation), Some(served)) = (self.call.conversation.clone(), self.served) {
+        let served = match &result {
+            Ok(Done::Stream(committed)) => Some(committed.idx),
+            Ok(Done::Reply(_)) => self.served,
+            Err(_) => None,
+        };
+        if let (Some(conversation), Some(served)) = (self.call.conversation.clone(), served) {
             // Served by a later hop: pin there. Served by the first: unpin (if it was pinned).
             if served > 0 || pinned.is_some() {
                 if let Ok(primary) = self.breaker(0, false).await {

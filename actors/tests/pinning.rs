@@ -157,3 +157,33 @@ async fn when_the_pinned_model_fails_the_call_still_gets_an_answer_and_moves_the
     let next = sw.complete(turn(Some("t"))).await.unwrap();
     assert_eq!(next.model, "primary");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_streamed_turn_pins_its_conversation_too() {
+    use seawall_actors::scripted::StreamAnswer;
+    let up = ScriptedUpstream::new();
+    up.on_stream("primary", |_, _| {
+        StreamAnswer::Whole(Answer::status(529, "overloaded_error"))
+    });
+    up.on_stream("fallback", |_, _| {
+        StreamAnswer::message("fallback", &["hi"], Duration::from_millis(1))
+    });
+    let recovered = switchable(&up, "primary", false);
+    up.healthy("fallback", Duration::ZERO);
+    let sw = runtime(&up, &["primary", "fallback"]).await;
+    let mut s = sw.stream(turn(Some("chat-9"))).await.unwrap();
+    assert_eq!(s.model, "fallback");
+    while s.events.recv().await.is_some() {}
+    // The primary answers unary calls again and its breaker is half-open, so an unpinned call
+    // would be its trial; the conversation stays where its streamed turn was served.
+    assert!(!recovered.load(Ordering::SeqCst));
+    tokio::time::sleep(secs(11)).await;
+    assert_eq!(
+        sw.breaker_status("primary").await.unwrap().state,
+        StateKind::HalfOpen
+    );
+    let next = sw.complete(turn(Some("chat-9"))).await.unwrap();
+    assert_eq!(next.model, "fallback", "pinned by the streamed turn");
+    let free = sw.complete(turn(None)).await.unwrap();
+    assert_eq!(free.model, "primary", "the unpinned call is the trial");
+}
