@@ -2181,18 +2181,13 @@ fn queued_reply(job: &Job, trail: Vec<AttemptRecord>) -> Reply {
         "chain": job.chain,
         "expires_at_ms": job.expires_ms,
     });
-    Reply {
-        source: crate::call::Source::Queued,
-        age: None,
-        model: "seawall-queue".into(),
-        status: 202,
-        headers: Headers::default(),
-        body: bytes::Bytes::from(body.to_string()),
-        usage: Usage::default(),
-        attempts: attempted(&trail),
+    made_reply(
+        crate::call::Source::Queued,
+        "seawall-queue",
+        202,
+        &body,
         trail,
-        latency: Duration::ZERO,
-    }
+    )
 }
 
 /// A Messages-shaped answer carrying the chain's static text.
@@ -2203,11 +2198,28 @@ fn static_reply(text: &str, trail: Vec<AttemptRecord>) -> Reply {
         "stop_reason": "end_turn", "stop_sequence": null,
         "usage": {"input_tokens": 0, "output_tokens": 0}
     });
+    made_reply(
+        crate::call::Source::Static,
+        "seawall-static",
+        200,
+        &body,
+        trail,
+    )
+}
+
+/// An answer seawall made itself (no upstream served it), carrying the live attempts' trail.
+fn made_reply(
+    source: crate::call::Source,
+    model: &str,
+    status: u16,
+    body: &serde_json::Value,
+    trail: Vec<AttemptRecord>,
+) -> Reply {
     Reply {
-        source: crate::call::Source::Static,
+        source,
         age: None,
-        model: "seawall-static".into(),
-        status: 200,
+        model: model.into(),
+        status,
         headers: Headers::default(),
         body: bytes::Bytes::from(body.to_string()),
         usage: Usage::default(),

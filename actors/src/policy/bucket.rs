@@ -143,8 +143,9 @@ impl Bucket {
     /// would find it short by a fraction of a token and get a 429. Counting our refill from
     /// `lag` after a full bucket starts to drain keeps us behind the server instead.
     fn take(&mut self, amount: f64, now: Instant) {
-        if amount > 0.0 && self.level >= self.capacity as f64 - EPSILON {
-            self.last = self.last.max(now) + self.lag;
+        if !self.lag.is_zero() && amount > 0.0 && self.level >= self.capacity as f64 - EPSILON {
+            // Never stacked: drains from full that refunds undid defer from the latest one only.
+            self.last = self.last.max(now + self.lag);
         }
         self.adjust(-amount);
     }
@@ -507,6 +508,30 @@ mod tests {
         // Drained from full at t0 (deferred to t0+250ms), 59 left; at t0+1s, 0.75 s refilled.
         let level = available(&mut c, Dimension::Requests, t0 + secs(1));
         assert!((level - 58.75).abs() < 1e-6, "{level}");
+    }
+
+    #[test]
+    fn refunded_drains_from_full_do_not_stack_the_allowance() {
+        let t0 = Instant::now();
+        let lag = Duration::from_millis(250);
+        let mut b = Buckets::new(rpm(60), t0).with_transit_allowance(lag);
+        // A hundred calls that were refunded in full (never sent) leave the bucket full.
+        for i in 0..100u32 {
+            let at = t0 + Duration::from_millis(u64::from(i));
+            let _ = b.reserve(req(), Duration::ZERO, at);
+            b.settle(req(), Cost::default(), at);
+        }
+        // Now drain it for real: refill counts from 250 ms after the *last* drain, not 100 x 250 ms.
+        let t1 = t0 + Duration::from_millis(99);
+        for _ in 0..60 {
+            let _ = b.reserve(req(), Duration::ZERO, t1);
+        }
+        assert_eq!(
+            b.reserve(req(), secs(5), t1),
+            Reservation::Granted {
+                at: t1 + lag + secs(1)
+            }
+        );
     }
 
     #[test]
