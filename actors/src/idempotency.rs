@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::oneshot;
 
-use crate::call::Reply;
+use crate::call::{Reply, Source};
 use crate::clock;
 use crate::error::Error;
 use crate::timer::Timer;
@@ -73,9 +73,14 @@ pub struct IdempotencyState {
     timer: Timer,
 }
 
-/// Is this result worth answering again without asking the upstream?
+/// Is this result worth answering again without asking the upstream? Live answers, permanent
+/// rejections, and a queued call's receipt (a repeat must get the same job, not queue a second
+/// one). Cache and static answers are not: the next try may get a live one.
 fn keepable(result: &Result<Reply, Error>) -> bool {
-    matches!(result, Ok(_) | Err(Error::Rejected { .. }))
+    match result {
+        Ok(r) => matches!(r.source, Source::Live | Source::Queued),
+        Err(e) => matches!(e, Error::Rejected { .. }),
+    }
 }
 
 impl IdempotencyState {

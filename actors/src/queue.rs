@@ -286,7 +286,7 @@ pub enum QueueMsg {
         /// The final job; dropped unanswered for an unknown id.
         reply: oneshot::Sender<Job>,
     },
-    /// Pending and running counts.
+    /// Jobs waiting (not running) and replays running.
     Count(RpcReplyPort<(usize, usize)>),
     /// A replay ended.
     #[doc(hidden)]
@@ -319,9 +319,21 @@ pub struct QueueState {
     pending: HashMap<String, Waiting>,
     running: HashSet<String>,
     waiters: HashMap<String, Vec<oneshot::Sender<Job>>>,
-    rng: crate::policy::backoff::SplitMix64,
+    /// Keyed by the OS's randomness (std's `RandomState`): job ids cannot be predicted from
+    /// other ids, so holding one id reveals nobody else's answer.
+    ids: std::collections::hash_map::RandomState,
     seq: u64,
+    /// A store write failed: leave expiries alone until then (no retry storm on a full disk).
+    store_backoff: Option<Instant>,
+    /// When finished jobs older than `keep_finished` are next purged.
+    next_purge: Instant,
     timer: Timer,
+}
+
+/// How often finished jobs are purged while the queue runs: a tenth of `keep_finished`, between
+/// a minute and an hour.
+fn purge_every(keep: Duration) -> Duration {
+    (keep / 10).clamp(Duration::from_secs(60), Duration::from_secs(3600))
 }
 
 impl QueueState {
@@ -333,12 +345,21 @@ impl QueueState {
     /// Ids sort in acceptance order: time, then a counter, then a random part that keeps
     /// them unique across restarts.
     fn new_id(&mut self, now_ms: u64) -> String {
+        use std::hash::BuildHasher;
         self.seq = self.seq.wrapping_add(1);
+        let random = |salt: u64| self.ids.hash_one((now_ms, self.seq, salt));
         format!(
-            "job_{now_ms:011x}{:05x}{:011x}",
+            "job_{now_ms:011x}{:05x}{:016x}{:016x}",
             self.seq & 0xf_ffff,
-            self.rng.next_u64() >> 20
+            random(1),
+            random(2)
         )
+    }
+
+    /// A job's expiry on the actor's clock: the same instant every time it is computed, so the
+    /// timer is not re-armed for sub-millisecond differences.
+    fn expiry_at(&self, job: &Job) -> Instant {
+        self.anchor_at + Duration::from_millis(job.expires_ms.saturating_sub(self.anchor_ms))
     }
 
     fn enqueue(&mut self, chain: String, call: Call, now: Instant) -> Result<Job, String> {
@@ -399,8 +420,25 @@ impl QueueState {
         true
     }
 
-    /// Expire what is past its TTL and is not running.
+    /// A job stored for a caller who was gone before it learnt the id: it must not run.
+    fn disown(&mut self, job: Job, now: Instant) {
+        if self.pending.remove(&job.id).is_some() {
+            let state = JobState::Failed {
+                error: "not accepted: the caller had stopped waiting before it got the job id"
+                    .into(),
+                status: None,
+                finished_ms: self.wall_ms(now),
+            };
+            self.finish(job, state);
+        }
+    }
+
+    /// Expire what is past its TTL and is not running (a running replay may still answer).
     fn expire(&mut self, now: Instant) {
+        if self.store_backoff.is_some_and(|until| until > now) {
+            return;
+        }
+        self.store_backoff = None;
         let now_ms = self.wall_ms(now);
         let due: Vec<String> = self
             .pending
@@ -420,8 +458,25 @@ impl QueueState {
                 };
                 if !self.finish(w.job.clone(), state) {
                     self.pending.insert(id, w);
+                    self.store_backoff = Some(now + self.args.config.poll);
+                    return;
                 }
             }
+        }
+    }
+
+    /// Delete finished jobs past `keep_finished`, when it is time.
+    fn purge(&mut self, now: Instant) {
+        if now < self.next_purge {
+            return;
+        }
+        let keep = self.args.config.keep_finished;
+        self.next_purge = now + purge_every(keep);
+        let before = self.wall_ms(now).saturating_sub(keep.as_millis() as u64);
+        match self.args.store.purge_finished(before) {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(purged = n, "purged old finished jobs"),
+            Err(e) => tracing::warn!(error = %e, "could not purge finished jobs"),
         }
     }
 
@@ -542,11 +597,14 @@ impl QueueState {
     /// The next instant something is due: an expiry, or a replay when a slot is free (a full
     /// house is woken by the next `Ran` instead). Always later than `now`.
     fn next_wake(&self, now: Instant) -> Option<Instant> {
-        let now_ms = self.wall_ms(now);
         let expiry = self
             .pending
-            .values()
-            .map(|w| now + Duration::from_millis(w.job.expires_ms.saturating_sub(now_ms)))
+            .iter()
+            .filter(|(id, _)| !self.running.contains(*id))
+            .map(|(_, w)| match self.store_backoff {
+                Some(until) => self.expiry_at(&w.job).max(until),
+                None => self.expiry_at(&w.job),
+            })
             .min();
         let replay = if self.args.runner.get().is_none() {
             // Replays wait for the runner; look again at the next poll.
@@ -556,10 +614,10 @@ impl QueueState {
         } else {
             None
         };
-        let next = match (expiry, replay) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let next = [expiry, replay, Some(self.next_purge)]
+            .into_iter()
+            .flatten()
+            .min();
         // Never a wake at `now` itself: whatever was due now has just been handled.
         next.map(|n| n.max(now + Duration::from_millis(1)))
     }
@@ -594,7 +652,7 @@ impl Actor for QueueActor {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or_default();
-        let seed = anchor_ms ^ u64::from(std::process::id()).rotate_left(32);
+        let keep_finished = args.config.keep_finished;
         let mut state = QueueState {
             args,
             anchor_ms,
@@ -602,8 +660,10 @@ impl Actor for QueueActor {
             pending: HashMap::new(),
             running: HashSet::new(),
             waiters: HashMap::new(),
-            rng: crate::policy::backoff::SplitMix64::new(seed),
+            ids: std::collections::hash_map::RandomState::new(),
             seq: 0,
+            store_backoff: None,
+            next_purge: now + purge_every(keep_finished),
             timer: Timer::default(),
         };
         // Whatever was accepted before a crash or restart is replayed now.
@@ -645,7 +705,14 @@ impl Actor for QueueActor {
         let now = clock::now();
         match msg {
             QueueMsg::Enqueue { chain, call, reply } => {
-                let _ = reply.send(state.enqueue(chain, *call, now));
+                // A caller that stopped waiting has already been answered otherwise: storing
+                // its call now would run a job nobody can ask about.
+                if !reply.is_closed() {
+                    let stored = state.enqueue(chain, *call, now);
+                    if let Err(ractor::MessagingErr::SendErr(Ok(job))) = reply.send(stored) {
+                        state.disown(job, now);
+                    }
+                }
             }
             QueueMsg::Get { id, reply } => {
                 let job = match state.pending.get(&id) {
@@ -656,13 +723,17 @@ impl Actor for QueueActor {
             }
             QueueMsg::Wait { id, reply } => {
                 if state.pending.contains_key(&id) {
-                    state.waiters.entry(id).or_default().push(reply);
+                    let waiters = state.waiters.entry(id).or_default();
+                    // Callers whose wait ended are gone: do not keep their senders.
+                    waiters.retain(|w| !w.is_closed());
+                    waiters.push(reply);
                 } else if let Ok(Some(job)) = state.args.store.get(&id) {
                     let _ = reply.send(job);
                 }
             }
             QueueMsg::Count(reply) => {
-                let _ = reply.send((state.pending.len(), state.running.len()));
+                let running = state.running.len();
+                let _ = reply.send((state.pending.len() - running, running));
             }
             QueueMsg::Ran { id, result } => state.ran(id, result, now),
             QueueMsg::Timer(epoch) => {
@@ -672,6 +743,7 @@ impl Actor for QueueActor {
             }
         }
         state.expire(now);
+        state.purge(now);
         state.start_due(&myself, now);
         let next = state.next_wake(now);
         state.timer.rearm(&myself, next, now, QueueMsg::Timer);

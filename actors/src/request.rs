@@ -290,17 +290,18 @@ impl Actor for RequestActor {
             let span = call_span(&call, &chain, &shared);
             match reply {
                 ReplyTo::Unary(reply) => {
-                    let cache_key = shared
-                        .cache
-                        .as_ref()
-                        .filter(|_| chain.policy.degrade.contains(&Degrade::Cache))
-                        .map(|_| call.cache_key());
-                    // A replayed job is never degraded: it waits in the queue for a live answer.
+                    // A replayed job is never degraded (it waits in the queue for a live
+                    // answer), nor does it fill the cache (it stands for a call long answered).
                     let degrade = if call.job.is_some() {
                         Vec::new()
                     } else {
                         chain.policy.degrade.clone()
                     };
+                    let cache_key = shared
+                        .cache
+                        .as_ref()
+                        .filter(|_| degrade.contains(&Degrade::Cache))
+                        .map(|_| call.cache_key());
                     let queued = degrade
                         .contains(&Degrade::Queue)
                         .then(|| (chain.name.clone(), call.clone()));

@@ -938,7 +938,10 @@ impl Seawall {
                 ))
             }),
             Ok(CallResult::Success(Claim::Done(result))) => result.map(|mut reply| {
-                reply.source = Source::Replay;
+                // A queued call's receipt stays one: the repeat gets the same job id.
+                if reply.source == Source::Live {
+                    reply.source = Source::Replay;
+                }
                 reply
             }),
             // The table is being restarted: answer without deduplication rather than not at all.

@@ -353,3 +353,61 @@ async fn a_full_queue_refuses_to_grow_and_the_next_option_answers() {
     assert_eq!(third.source, Source::Static, "not queued past max_pending");
     assert_eq!(sw.queue_depth().await.unwrap().0, 2);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_repeated_idempotency_key_gets_the_same_job_not_a_second_one() {
+    let (up, _mode) = switchable();
+    let sw = Seawall::builder()
+        .upstream("s", up.clone())
+        .model("m", BreakerConfig::consecutive_failures(3, secs(10)))
+        .chain_with("code", ["m"], policy(vec![Degrade::Queue]))
+        .queue(Arc::new(MemoryJobStore::default()), config(secs(600)))
+        .idempotency(secs(600))
+        .spawn()
+        .await
+        .unwrap();
+    let first = sw
+        .complete(ask("code", 1).idempotency_key("client-retry-1"))
+        .await
+        .unwrap();
+    let again = sw
+        .complete(ask("code", 1).idempotency_key("client-retry-1"))
+        .await
+        .unwrap();
+    assert_eq!(again.source, Source::Queued, "still the queued receipt");
+    assert_eq!(again.job_id(), first.job_id(), "the same job");
+    assert_eq!(sw.queue_depth().await.unwrap(), (1, 0), "one job, not two");
+}
+
+#[tokio::test(start_paused = true)]
+async fn finished_jobs_are_purged_while_the_queue_runs() {
+    let (up, mode) = switchable();
+    let store = Arc::new(MemoryJobStore::default());
+    let sw = Seawall::builder()
+        .upstream("s", up.clone())
+        .model("m", BreakerConfig::consecutive_failures(3, secs(10)))
+        .chain_with("code", ["m"], policy(vec![Degrade::Queue]))
+        .queue(
+            store.clone(),
+            QueueConfig {
+                keep_finished: secs(120),
+                ..config(secs(600))
+            },
+        )
+        .spawn()
+        .await
+        .unwrap();
+    let id = sw.complete(ask("code", 1)).await.unwrap().job_id().unwrap();
+    mode.store(UP, Ordering::SeqCst);
+    let job = sw.wait_job(&id, secs(60)).await.unwrap().unwrap();
+    assert_eq!(job.state.as_str(), "done");
+    tokio::time::sleep(secs(60)).await;
+    assert!(
+        sw.job(&id).await.unwrap().is_some(),
+        "kept for keep_finished"
+    );
+    // Purged within a purge interval (a minute here) after keep_finished passed.
+    tokio::time::sleep(secs(180)).await;
+    assert_eq!(sw.job(&id).await.unwrap(), None);
+    assert!(store.get(&id).unwrap().is_none());
+}
