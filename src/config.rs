@@ -149,7 +149,7 @@ pub struct QueueSection {
     pub poll: Option<Duration>,
     /// Replays in flight at once. Default 2.
     pub concurrency: Option<usize>,
-    /// The deadline of one replay. Default "60s".
+    /// The deadline of one replay. Default: the chain's own deadline.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub run_timeout: Option<Duration>,
     /// Finished jobs stay retrievable this long. Default "24h".
@@ -167,7 +167,7 @@ impl QueueSection {
             ttl: self.ttl.unwrap_or(d.ttl),
             poll: self.poll.unwrap_or(d.poll),
             concurrency: self.concurrency.unwrap_or(d.concurrency),
-            run_timeout: self.run_timeout.unwrap_or(d.run_timeout),
+            run_timeout: self.run_timeout.or(d.run_timeout),
             keep_finished: self.keep_finished.unwrap_or(d.keep_finished),
             max_pending: self.max_pending.unwrap_or(d.max_pending),
         }

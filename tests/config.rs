@@ -672,7 +672,7 @@ fn the_queue_section_fills_defaults_and_keeps_what_is_set() {
     assert_eq!(q.ttl, Duration::from_secs(7200));
     assert_eq!(q.concurrency, 4);
     assert_eq!(q.poll, Duration::from_secs(1), "default");
-    assert_eq!(q.run_timeout, Duration::from_secs(60), "default");
+    assert_eq!(q.run_timeout, None, "default: the chain's own deadline");
     assert_eq!(
         c.retry_for(&c.models[0]).degrade,
         vec![seawall::core::Degrade::Queue]

@@ -198,8 +198,12 @@ pub struct QueueConfig {
     pub poll: Duration,
     /// Replays in flight at once.
     pub concurrency: usize,
-    /// The deadline of one replay (capped by what is left of the job's TTL).
-    pub run_timeout: Duration,
+    /// The deadline of one replay. `None` (the default): the chain's own deadline, so a replay
+    /// gets the time a live call would, and a walk that cannot recover within it hands back at
+    /// once with a `retry_after` the queue waits out without holding a slot. `Some(d)`: at most
+    /// `d` and at most what is left of the job's TTL. A replay started before the TTL may finish
+    /// after it.
+    pub run_timeout: Option<Duration>,
     /// Finished jobs stay retrievable this long, then are purged from the store.
     pub keep_finished: Duration,
     /// At most this many jobs pending at once; past it a call is not queued (the chain's next
@@ -213,7 +217,7 @@ impl Default for QueueConfig {
             ttl: Duration::from_secs(3600),
             poll: Duration::from_secs(1),
             concurrency: 2,
-            run_timeout: Duration::from_secs(60),
+            run_timeout: None,
             keep_finished: Duration::from_secs(24 * 3600),
             max_pending: 10_000,
         }
@@ -226,7 +230,7 @@ impl QueueConfig {
         for (name, d) in [
             ("ttl", self.ttl),
             ("poll", self.poll),
-            ("run_timeout", self.run_timeout),
+            ("run_timeout", self.run_timeout.unwrap_or(Duration::MAX)),
         ] {
             if d.is_zero() {
                 return Err(format!("queue {name} must be longer than zero"));
@@ -524,7 +528,8 @@ impl QueueState {
             };
             w.job.runs += 1;
             let left = Duration::from_millis(w.job.expires_ms.saturating_sub(now_ms));
-            let call = replay_call(&w.job, self.args.config.run_timeout.min(left));
+            let timeout = self.args.config.run_timeout.map(|t| t.min(left));
+            let call = replay_call(&w.job, timeout);
             self.running.insert(id.clone());
             let run = runner.clone();
             let me = myself.clone();
@@ -624,16 +629,16 @@ impl QueueState {
 }
 
 /// The call a job replays: the stored request on the background lane, keyed by the job id.
-fn replay_call(job: &Job, timeout: Duration) -> Call {
+fn replay_call(job: &Job, timeout: Option<Duration>) -> Call {
     let mut call = Call::from_parts(job.request.clone())
         .chain(&job.chain)
-        .timeout(timeout)
         .idempotency_key(&job.id)
         .lane(Lane::Background);
     call.forward.version = job.anthropic_version.clone();
     call.forward.beta = job.anthropic_beta.clone();
     call.feature = job.feature.clone();
     call.job = Some(job.id.clone());
+    call.timeout = timeout;
     call
 }
 

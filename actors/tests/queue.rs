@@ -46,7 +46,7 @@ fn config(ttl: Duration) -> QueueConfig {
     QueueConfig {
         ttl,
         poll: secs(1),
-        run_timeout: secs(5),
+        run_timeout: Some(secs(5)),
         ..QueueConfig::default()
     }
 }
