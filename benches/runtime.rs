@@ -5,6 +5,9 @@
 //!   answers instantly. Also printed as a latency distribution (p50/p99 over 50k calls).
 //! - `governor/*` and `breaker/*`: decisions per second through the actors' mailboxes (one caller,
 //!   and 8 concurrent callers), and the pure policies alone as the baseline.
+//! - `queue/*`: storing one queued call (a 2 KB request): durably in the redb file (a committed,
+//!   fsynced transaction) and, as the baseline, in memory. The durable rate bounds how many calls
+//!   per second an outage can queue.
 
 use std::time::{Duration, Instant};
 
@@ -19,9 +22,10 @@ use seawall::core::policy::bucket::Buckets;
 use seawall::core::scripted::ok_response;
 use seawall::core::supervisor::SupervisorMsg;
 use seawall::core::{
-    Attempt, BreakerConfig, Call, Class, Cost, Lane, Limits, Seawall, Upstream, UpstreamFuture,
-    UpstreamResponse,
+    Attempt, BreakerConfig, Call, Class, Cost, Job, JobState, JobStore, Lane, Limits,
+    MemoryJobStore, Seawall, Upstream, UpstreamFuture, UpstreamResponse,
 };
+use seawall::jobstore::RedbJobStore;
 
 /// Answers every attempt at once with the same response.
 struct Instant200(UpstreamResponse);
@@ -181,6 +185,54 @@ fn benches(c: &mut Criterion) {
     for (label, rt) in runtimes() {
         suite(c, label, &rt);
     }
+    queue(c);
+}
+
+fn queue(c: &mut Criterion) {
+    let mut request = serde_json::Map::new();
+    request.insert(
+        "messages".into(),
+        serde_json::json!([{"role": "user", "content": "x".repeat(2000)}]),
+    );
+    let job = |i: u64| Job {
+        id: format!("job_{i:016x}"),
+        chain: "codegen".into(),
+        request: request.clone(),
+        anthropic_version: None,
+        anthropic_beta: None,
+        feature: None,
+        created_ms: i,
+        expires_ms: i + 3_600_000,
+        runs: 0,
+        state: JobState::Pending { last_error: None },
+    };
+    let path = std::env::temp_dir().join(format!("seawall-bench-{}.redb", std::process::id()));
+    let durable = match RedbJobStore::open(&path) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("queue benches skipped: {e}");
+            return;
+        }
+    };
+    let memory = MemoryJobStore::default();
+    let mut g = c.benchmark_group("queue");
+    g.throughput(Throughput::Elements(1));
+    let mut i = 0u64;
+    g.bench_function("redb_put", |b| {
+        b.iter(|| {
+            i += 1;
+            durable.put(&job(i))
+        })
+    });
+    g.bench_function("memory_put", |b| {
+        b.iter(|| {
+            i += 1;
+            memory.put(&job(i))
+        })
+    });
+    g.finish();
+    drop(durable);
+    let _ = std::fs::remove_file(&path);
 }
 
 fn suite(c: &mut Criterion, label: &str, rt: &tokio::runtime::Runtime) {
