@@ -5,8 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod support;
+
 use seawall_actors::scripted::{Answer, ScriptedUpstream};
 use seawall_actors::{Call, Degrade, Error, RetryPolicy, Seawall, Source};
+use support::{drain, kinds, text};
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)
@@ -153,25 +156,6 @@ async fn cached_answers_expire() {
     assert!(matches!(err, Error::Unavailable { .. }), "{err:?}");
 }
 
-async fn drain(mut r: seawall_actors::StreamReply) -> Vec<seawall_actors::SseEvent> {
-    let mut out = Vec::new();
-    while let Some(ev) = r.events.recv().await {
-        out.push(ev);
-    }
-    out
-}
-
-fn streamed_text(events: &[seawall_actors::SseEvent]) -> String {
-    events
-        .iter()
-        .filter(|e| e.is_content())
-        .filter_map(|e| {
-            let v: serde_json::Value = serde_json::from_str(&e.data).ok()?;
-            v.pointer("/delta/text")?.as_str().map(str::to_owned)
-        })
-        .collect()
-}
-
 #[tokio::test(start_paused = true)]
 async fn streams_are_cached_whole_and_degrade_to_the_cache_or_static_answer_as_events() {
     use seawall_actors::scripted::StreamAnswer;
@@ -217,7 +201,7 @@ async fn streams_are_cached_whole_and_degrade_to_the_cache_or_static_answer_as_e
     let live = sw.stream(ask("chat")).await.unwrap();
     assert_eq!(live.source, Source::Live);
     let live_events = drain(live).await;
-    assert_eq!(streamed_text(&live_events), "streamed live answer");
+    assert_eq!(text(&live_events), "streamed live answer");
 
     down.store(true, Ordering::SeqCst);
     tokio::time::sleep(secs(20)).await;
@@ -226,8 +210,8 @@ async fn streams_are_cached_whole_and_degrade_to_the_cache_or_static_answer_as_e
     assert_eq!(cached.source, Source::Cache);
     assert!(cached.age.unwrap() >= secs(20));
     let events = drain(cached).await;
-    assert_eq!(streamed_text(&events), "streamed live answer");
-    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(text(&events), "streamed live answer");
+    let kinds = kinds(&events);
     assert_eq!(kinds.first(), Some(&"message_start"));
     assert_eq!(kinds.last(), Some(&"message_stop"));
     // The unary form of the same request is served by the same cache entry.
@@ -242,6 +226,6 @@ async fn streams_are_cached_whole_and_degrade_to_the_cache_or_static_answer_as_e
         .await
         .expect("degraded to the static answer");
     assert_eq!(fixed.source, Source::Static);
-    assert_eq!(streamed_text(&drain(fixed).await), "Back soon.");
+    assert_eq!(text(&drain(fixed).await), "Back soon.");
     assert_eq!(sw.queue_depth().await.unwrap(), (0, 0));
 }

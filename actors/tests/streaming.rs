@@ -3,12 +3,14 @@
 
 use std::time::Duration;
 
+mod support;
+
 use seawall_actors::policy::breaker::StateKind;
 use seawall_actors::scripted::{Answer, ScriptedUpstream, StreamAnswer};
 use seawall_actors::{
-    BreakerConfig, Call, Class, Error, Outcome, RetryPolicy, Seawall, SseEvent, StreamReply,
-    TransportError, WindowKind,
+    BreakerConfig, Call, Class, Error, Outcome, RetryPolicy, Seawall, TransportError, WindowKind,
 };
+use support::{drain, kinds, text};
 use tokio::time::Instant;
 
 const MS: Duration = Duration::from_millis(1);
@@ -29,29 +31,6 @@ async fn runtime(up: &ScriptedUpstream, hops: &[&str], policy: RetryPolicy) -> S
         .spawn()
         .await
         .unwrap()
-}
-
-async fn drain(mut r: StreamReply) -> Vec<SseEvent> {
-    let mut out = Vec::new();
-    while let Some(ev) = r.events.recv().await {
-        out.push(ev);
-    }
-    out
-}
-
-fn kinds(events: &[SseEvent]) -> Vec<&str> {
-    events.iter().map(|e| e.event.as_str()).collect()
-}
-
-fn text(events: &[SseEvent]) -> String {
-    events
-        .iter()
-        .filter(|e| e.is_content())
-        .filter_map(|e| {
-            let v: serde_json::Value = serde_json::from_str(&e.data).ok()?;
-            v.pointer("/delta/text")?.as_str().map(str::to_owned)
-        })
-        .collect()
 }
 
 #[tokio::test(start_paused = true)]
