@@ -58,8 +58,13 @@ name = "m"
 degrade = ["queue"]
 [models.retry]
 deadline = "1s"
+# One failure opens the breaker for longer than the test: once the first call has failed, the
+# first process sends nothing more upstream, so no request of it is still in flight when it is
+# killed (one would land after the model recovers and count as a second run).
 [breaker]
-open_for = "200ms"
+window = 1
+min_calls = 1
+open_for = "60s"
 [queue]
 path = "{store}"
 poll = "50ms"
@@ -178,6 +183,11 @@ async fn accepted_jobs_survive_kill_9_and_complete_exactly_once_after_restart() 
     assert!(job.get("request").is_none(), "prompts are not echoed");
     let (status, unknown) = first.job("job_nope", "0s").await;
     assert_eq!(status, 404, "{unknown}");
+    assert_eq!(
+        sim.log().len(),
+        1,
+        "after the first failure the open breaker kept everything else local"
+    );
     first.kill_9();
 
     // The model recovers while no seawall runs; the next process finds every job in the file.
