@@ -1215,3 +1215,65 @@ async fn a_down_chain_degrades_to_the_cache_then_its_static_answer_flagged() {
         .collect();
     assert_eq!(text, "Busy, back soon.");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conversation_header_pins_the_fallback_until_the_primary_closes() {
+    let down = r#"
+        [[models]]
+        name = "primary"
+        latency = "2ms"
+        [[models.faults]]
+        kind = "status"
+        status = 529
+        [[models]]
+        name = "fallback"
+        latency = "2ms"
+    "#;
+    let sim = sim(down).await;
+    // One failure opens the primary's breaker for 300 ms; one trial call closes it again.
+    let gw = Gw::start(&config(
+        &sim.base_url(),
+        &format!(
+            "[[models]]\nname = \"primary\"\nfallbacks = [\"fallback\"]\n\
+             [models.breaker]\nwindow = 1\nmin_calls = 1\nopen_for = \"300ms\"\nhalf_open_calls = 1\n\
+             [[models]]\nname = \"fallback\"\n{}",
+            gateway_section("")
+        ),
+    ))
+    .await;
+    let turn = |conversation: Option<&'static str>| {
+        let mut req = client()
+            .post(format!("{}/v1/messages", gw.url))
+            .header("x-api-key", TOKEN)
+            .json(&body("primary"));
+        if let Some(c) = conversation {
+            req = req.header("seawall-conversation", c);
+        }
+        req.send()
+    };
+    let first = turn(Some("task-7")).await.unwrap();
+    assert_eq!(header(&first, "seawall-model").as_deref(), Some("fallback"));
+
+    // The primary recovers; once its open time is over its breaker is half-open.
+    let up = r#"
+        [[models]]
+        name = "primary"
+        latency = "2ms"
+        [[models]]
+        name = "fallback"
+        latency = "2ms"
+    "#;
+    sim.set_scenario(Scenario::from_toml(up).unwrap()).unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let pinned = turn(Some("task-7")).await.unwrap();
+    assert_eq!(
+        header(&pinned, "seawall-model").as_deref(),
+        Some("fallback"),
+        "the conversation stays where it was served while the primary is on trial"
+    );
+    let free = turn(None).await.unwrap();
+    assert_eq!(header(&free, "seawall-model").as_deref(), Some("primary"));
+    // The trial closed the primary's breaker: the conversation comes back.
+    let back = turn(Some("task-7")).await.unwrap();
+    assert_eq!(header(&back, "seawall-model").as_deref(), Some("primary"));
+}
