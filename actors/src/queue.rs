@@ -738,7 +738,7 @@ impl Actor for QueueActor {
             }
             QueueMsg::Count(reply) => {
                 let running = state.running.len();
-                let _ = reply.send((state.pending.len() - running, running));
+                let _ = reply.send((state.pending.len().saturating_sub(running), running));
             }
             QueueMsg::Ran { id, result } => state.ran(id, result, now),
             QueueMsg::Timer(epoch) => {
