@@ -24,7 +24,7 @@
 //! a restart); the actor derives them from tokio's clock anchored once at start, so paused-time
 //! tests move them too.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -320,7 +320,8 @@ pub struct QueueState {
     /// Wall-clock ms at `anchor_at`.
     anchor_ms: u64,
     anchor_at: Instant,
-    pending: HashMap<String, Waiting>,
+    /// By id: ids sort in acceptance order, so iteration is oldest first without a sort.
+    pending: BTreeMap<String, Waiting>,
     running: HashSet<String>,
     waiters: HashMap<String, Vec<oneshot::Sender<Job>>>,
     /// Keyed by the OS's randomness (std's `RandomState`): job ids cannot be predicted from
@@ -488,15 +489,10 @@ impl QueueState {
     /// `not_before`, but never before the chain's oldest waiting job is due. A chain whose oldest
     /// job failed recently holds its younger jobs back: a down chain costs one check per wake.
     fn due_order(&self) -> Vec<(String, Instant)> {
-        let mut order: Vec<(&String, &Waiting)> = self
-            .pending
+        let mut gate: HashMap<&str, Instant> = HashMap::new();
+        self.pending
             .iter()
             .filter(|(id, _)| !self.running.contains(*id))
-            .collect();
-        order.sort_by(|a, b| (a.1.job.created_ms, a.0).cmp(&(b.1.job.created_ms, b.0)));
-        let mut gate: HashMap<&str, Instant> = HashMap::new();
-        order
-            .into_iter()
             .map(|(id, w)| {
                 let chain_gate = *gate.entry(w.job.chain.as_str()).or_insert(w.not_before);
                 (id.clone(), w.not_before.max(chain_gate))
@@ -662,7 +658,7 @@ impl Actor for QueueActor {
             args,
             anchor_ms,
             anchor_at: now,
-            pending: HashMap::new(),
+            pending: BTreeMap::new(),
             running: HashSet::new(),
             waiters: HashMap::new(),
             ids: std::collections::hash_map::RandomState::new(),

@@ -290,70 +290,21 @@ impl Actor for RequestActor {
             let span = call_span(&call, &chain, &shared);
             match reply {
                 ReplyTo::Unary(reply) => {
-                    // A replayed job is never degraded (it waits in the queue for a live
-                    // answer), nor does it fill the cache (it stands for a call long answered).
-                    let degrade = if call.job.is_some() {
-                        Vec::new()
-                    } else {
-                        chain.policy.degrade.clone()
-                    };
-                    let cache_key = shared
-                        .cache
-                        .as_ref()
-                        .filter(|_| degrade.contains(&Degrade::Cache))
-                        .map(|_| call.cache_key());
-                    let queued = degrade
-                        .contains(&Degrade::Queue)
-                        .then(|| (chain.name.clone(), call.clone()));
-                    let chain_name = chain.name.clone();
-                    let fallback = Fallback {
-                        chain: &chain_name,
-                        degrade: &degrade,
-                        cache: shared.cache.as_deref(),
-                        key: cache_key,
-                        queue: queued.and_then(|(chain, call)| {
-                            Some((shared.directory.queue()?, chain, call))
-                        }),
-                    };
+                    let fallback = Fallback::new(&call, &chain, &shared, false);
                     let mut walk = Walk::new(call, chain, feature, shared.clone(), false);
                     let result = walk
                         .run()
                         .instrument(span.clone())
                         .await
                         .and_then(Done::into_reply);
-                    let result = degraded(result, fallback).await.map(|mut r| {
-                        if r.source.is_degraded() {
-                            // This call's own latency, not that of the answer it stands in for.
-                            r.latency = walk.elapsed();
-                        }
-                        r
-                    });
+                    let result = degraded(result, fallback, walk.elapsed()).await;
                     let end = CallEnd::of_unary(&result, walk.served, walk.elapsed());
                     walk.conclude(&span, end);
                     // The caller may have stopped waiting; then nobody needs the answer.
                     let _ = reply.send(result);
                 }
                 ReplyTo::Stream(reply) => {
-                    // A stream degrades to the cache or the static answer, replayed as events;
-                    // it is never queued (the caller is reading a stream now).
-                    let degrade: Vec<Degrade> = if call.job.is_some() {
-                        Vec::new()
-                    } else {
-                        chain
-                            .policy
-                            .degrade
-                            .iter()
-                            .filter(|d| **d != Degrade::Queue)
-                            .cloned()
-                            .collect()
-                    };
-                    let cache_key = shared
-                        .cache
-                        .as_ref()
-                        .filter(|_| degrade.contains(&Degrade::Cache))
-                        .map(|_| call.cache_key());
-                    let chain_name = chain.name.clone();
-                    let cache = shared.cache.clone();
+                    let fallback = Fallback::new(&call, &chain, &shared, true);
                     let mut walk = Walk::new(call, chain, feature, shared, true);
                     match walk.run().instrument(span.clone()).await {
                         Ok(Done::Stream(committed)) => {
@@ -375,19 +326,9 @@ impl Actor for RequestActor {
                             walk.conclude(&span, CallEnd::of_error(&e, walk.elapsed(), true));
                             let _ = reply.send(Err(e));
                         }
-                        Err(e @ Error::Unavailable { .. }) if !degrade.is_empty() => {
-                            let fallback = Fallback {
-                                chain: &chain_name,
-                                degrade: &degrade,
-                                cache: cache.as_deref(),
-                                key: cache_key,
-                                queue: None,
-                            };
+                        Err(e @ Error::Unavailable { .. }) if !fallback.degrade.is_empty() => {
                             let elapsed = walk.elapsed();
-                            let result = degraded(Err(e), fallback).await.map(|mut r| {
-                                r.latency = elapsed;
-                                r
-                            });
+                            let result = degraded(Err(e), fallback, elapsed).await;
                             let end = CallEnd::of_unary(&result, None, elapsed);
                             walk.conclude(&span, end);
                             let _ = reply.send(result.map(stream_of));
@@ -1248,7 +1189,7 @@ impl Walk {
     fn commit(&mut self, mut c: Committed) -> (StreamReply, Forward) {
         let buffered = std::mem::take(&mut c.buffered);
         let (tx, rx) = tokio::sync::mpsc::channel(64 + buffered.len());
-        let mut assembler = self.caches_answers().then(Assembler::default);
+        let mut assembler = caches(&self.call, &self.chain, &self.shared).then(Assembler::default);
         for ev in buffered {
             if let Some(a) = assembler.as_mut() {
                 a.push(&ev);
@@ -1277,13 +1218,6 @@ impl Walk {
             events: rx,
         };
         (reply, Forward { c, tx, assembler })
-    }
-
-    /// Does this call's chain keep its live answers in the response cache?
-    fn caches_answers(&self) -> bool {
-        self.shared.cache.is_some()
-            && self.call.job.is_none()
-            && self.chain.policy.degrade.contains(&Degrade::Cache)
     }
 
     /// The caller went away before taking the stream: give the permit and budget back.
@@ -2052,18 +1986,60 @@ impl ResponseCache {
     }
 }
 
-/// What a unary call may degrade to.
-struct Fallback<'a> {
-    chain: &'a str,
-    degrade: &'a [Degrade],
-    cache: Option<&'a ResponseCache>,
-    key: Option<String>,
-    /// The queue, the chain's name and the call, when the chain may queue.
-    queue: Option<(ActorRef<QueueMsg>, String, Call)>,
+/// Does this call keep its live answer in the response cache (and may it be answered from it)?
+/// Never for a replayed job: it stands for a call answered long ago.
+fn caches(call: &Call, chain: &Chain, shared: &Shared) -> bool {
+    shared.cache.is_some() && call.job.is_none() && chain.policy.degrade.contains(&Degrade::Cache)
 }
 
-/// Keep a live answer for the cache, or degrade an `Unavailable` as the chain allows.
-async fn degraded(result: Result<Reply, Error>, fallback: Fallback<'_>) -> Result<Reply, Error> {
+/// What a call may degrade to, decided before its walk (the walk consumes the call).
+struct Fallback {
+    chain: String,
+    degrade: Vec<Degrade>,
+    cache: Option<Arc<ResponseCache>>,
+    key: Option<String>,
+    /// The queue and the call, when the chain may queue.
+    queue: Option<(ActorRef<QueueMsg>, Call)>,
+}
+
+impl Fallback {
+    /// The chain's degradation for `call`. A replayed job never degrades: it waits in the queue
+    /// for a live answer. A stream is never queued: its caller is reading now.
+    fn new(call: &Call, chain: &Chain, shared: &Shared, stream: bool) -> Self {
+        let degrade: Vec<Degrade> = if call.job.is_some() {
+            Vec::new()
+        } else {
+            chain
+                .policy
+                .degrade
+                .iter()
+                .filter(|d| !(stream && **d == Degrade::Queue))
+                .cloned()
+                .collect()
+        };
+        let queue = degrade
+            .contains(&Degrade::Queue)
+            .then(|| shared.directory.queue())
+            .flatten()
+            .map(|q| (q, call.clone()));
+        Self {
+            chain: chain.name.clone(),
+            key: caches(call, chain, shared).then(|| call.cache_key()),
+            cache: shared.cache.clone(),
+            degrade,
+            queue,
+        }
+    }
+}
+
+/// Keep a live answer for the cache, or degrade an `Unavailable` as the chain allows. A
+/// degraded answer carries this call's own latency (`elapsed`), not that of the answer it
+/// stands in for.
+async fn degraded(
+    result: Result<Reply, Error>,
+    fallback: Fallback,
+    elapsed: Duration,
+) -> Result<Reply, Error> {
     let Fallback {
         chain,
         degrade,
@@ -2071,10 +2047,11 @@ async fn degraded(result: Result<Reply, Error>, fallback: Fallback<'_>) -> Resul
         key,
         mut queue,
     } = fallback;
-    let count = |reply: Reply| {
+    let count = |mut reply: Reply| {
+        reply.latency = elapsed;
         metrics::counter!(
             "seawall_degraded_answers_total",
-            "chain" => chain.to_owned(),
+            "chain" => chain.clone(),
             "source" => reply.source.as_str()
         )
         .increment(1);
@@ -2082,7 +2059,7 @@ async fn degraded(result: Result<Reply, Error>, fallback: Fallback<'_>) -> Resul
     };
     match result {
         Ok(reply) => {
-            if let (Some(cache), Some(key)) = (cache, key) {
+            if let (Some(cache), Some(key)) = (&cache, key) {
                 if reply.source == crate::call::Source::Live {
                     cache.put(key, reply.clone());
                 }
@@ -2090,10 +2067,10 @@ async fn degraded(result: Result<Reply, Error>, fallback: Fallback<'_>) -> Resul
             Ok(reply)
         }
         Err(err @ Error::Unavailable { .. }) => {
-            for d in degrade {
+            for d in &degrade {
                 match d {
                     Degrade::Cache => {
-                        let hit = match (cache, &key) {
+                        let hit = match (&cache, &key) {
                             (Some(cache), Some(key)) => cache.fresh(key),
                             _ => None,
                         };
@@ -2111,13 +2088,13 @@ async fn degraded(result: Result<Reply, Error>, fallback: Fallback<'_>) -> Resul
                         return count(static_reply(text, err.trail().to_vec()));
                     }
                     Degrade::Queue => {
-                        let Some((queue, chain, call)) = queue.take() else {
+                        let Some((queue, call)) = queue.take() else {
                             continue;
                         };
                         let stored = queue
                             .call(
                                 |reply| QueueMsg::Enqueue {
-                                    chain,
+                                    chain: chain.clone(),
                                     call: Box::new(call),
                                     reply,
                                 },
