@@ -201,6 +201,7 @@ fn queue(c: &mut Criterion) {
         anthropic_version: None,
         anthropic_beta: None,
         feature: None,
+        tenant: None,
         created_ms: i,
         expires_ms: i + 3_600_000,
         runs: 0,

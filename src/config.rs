@@ -70,6 +70,17 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 32 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 /// The shortest client token accepted: a token is a password for the gateway.
 pub const MIN_TOKEN_CHARS: usize = 16;
+/// Default `[gateway] header_read_timeout`: a connection must deliver a whole request head
+/// within this long of starting to wait for one (slow clients, idle keep-alive connections).
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default `[gateway] body_read_timeout`: the whole request body must arrive within this.
+pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `[gateway] max_connections`: client connections served at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// Default `[gateway] max_header_bytes`: the largest request head (request line and headers).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+/// The smallest `[gateway] max_header_bytes` the HTTP server accepts.
+pub const MIN_HEADER_BYTES: usize = 8192;
 /// `[cache] max_entries` when not set.
 pub const DEFAULT_CACHE_ENTRIES: u64 = 10_000;
 /// `[cache] ttl` when not set.
@@ -531,9 +542,56 @@ pub struct GatewaySection {
     /// share one upstream call, and a finished one is replayed for this long. Unset: off.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub idempotency_ttl: Option<Duration>,
+    /// At most this many idempotency keys held at once (oldest finished ones go first).
+    /// Default 10 000.
+    pub idempotency_max_entries: Option<usize>,
+    /// At most this many idempotency keys of one client token. Default 1 000.
+    pub idempotency_max_per_client: Option<usize>,
+    /// At most this many pinned conversations per primary model. Default 100 000.
+    pub max_pins: Option<usize>,
+    /// At most this many pinned conversations of one client token per primary model.
+    /// Default 10 000.
+    pub max_pins_per_client: Option<usize>,
+    /// Without tokens, browser pages (requests with an `Origin` header) are refused unless
+    /// their origin is listed here, e.g. `["http://localhost:3000"]`.
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// A connection must deliver a whole request head within this long of starting to wait
+    /// for one; this also closes keep-alive connections idle for that long. Default 10 s.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub header_read_timeout: Option<Duration>,
+    /// The whole request body must arrive within this long. Default 30 s.
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub body_read_timeout: Option<Duration>,
+    /// Client connections served at once; more wait to be accepted. Default 4096.
+    pub max_connections: Option<usize>,
+    /// The largest request head (request line and headers) in bytes; larger ones get 431.
+    /// Default 32 KiB, at least 8192.
+    pub max_header_bytes: Option<usize>,
 }
 
 impl GatewaySection {
+    /// The header read timeout in force.
+    pub fn header_read_timeout(&self) -> Duration {
+        self.header_read_timeout
+            .unwrap_or(DEFAULT_HEADER_READ_TIMEOUT)
+    }
+
+    /// The body read timeout in force.
+    pub fn body_read_timeout(&self) -> Duration {
+        self.body_read_timeout.unwrap_or(DEFAULT_BODY_READ_TIMEOUT)
+    }
+
+    /// The connection cap in force.
+    pub fn max_connections(&self) -> usize {
+        self.max_connections.unwrap_or(DEFAULT_MAX_CONNECTIONS)
+    }
+
+    /// The request head limit in force.
+    pub fn max_header_bytes(&self) -> usize {
+        self.max_header_bytes.unwrap_or(DEFAULT_MAX_HEADER_BYTES)
+    }
+
     /// The body limit in force.
     pub fn max_body_bytes(&self) -> u64 {
         self.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES)
@@ -1137,6 +1195,41 @@ impl Config {
         if self.gateway.max_body_bytes == Some(0) {
             return Err(invalid("gateway.max_body_bytes", "must be at least 1"));
         }
+        let g = &self.gateway;
+        for (key, value) in [
+            ("gateway.idempotency_max_entries", g.idempotency_max_entries),
+            (
+                "gateway.idempotency_max_per_client",
+                g.idempotency_max_per_client,
+            ),
+            ("gateway.max_pins", g.max_pins),
+            ("gateway.max_pins_per_client", g.max_pins_per_client),
+            ("gateway.max_connections", g.max_connections),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, value) in [
+            ("gateway.header_read_timeout", g.header_read_timeout),
+            ("gateway.body_read_timeout", g.body_read_timeout),
+            ("gateway.idempotency_ttl", g.idempotency_ttl),
+        ] {
+            if value.is_some_and(|d| d.is_zero()) {
+                return Err(invalid(key, "must be longer than zero"));
+            }
+        }
+        if g.max_header_bytes.is_some_and(|n| n < MIN_HEADER_BYTES) {
+            return Err(invalid(
+                "gateway.max_header_bytes",
+                format!("must be at least {MIN_HEADER_BYTES} (the HTTP server's smallest buffer)"),
+            ));
+        }
+        for (i, origin) in g.allowed_origins.iter().enumerate() {
+            if let Some(problem) = origin_problem(origin) {
+                return Err(invalid(format!("gateway.allowed_origins[{i}]"), problem));
+            }
+        }
         Ok(())
     }
 
@@ -1465,6 +1558,21 @@ impl BackoffSection {
     }
 }
 
+/// What is wrong with an `allowed_origins` entry: it must be an origin as browsers send it
+/// (`scheme://host[:port]`, no path).
+fn origin_problem(origin: &str) -> Option<String> {
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains('/') && host.is_ascii() => None,
+        _ => Some(format!(
+            "{origin:?} is not an origin: write it as browsers send it, like \
+             \"http://localhost:3000\" (scheme, host, optional port, no path)"
+        )),
+    }
+}
+
 fn env_name_problem(var: &str) -> Option<String> {
     if var.is_empty() {
         Some("the variable name is empty".into())
@@ -1667,8 +1775,27 @@ impl Config {
                 within: self.supervisor.within.unwrap_or(d.within),
             });
         if let Some(ttl) = self.gateway.idempotency_ttl {
-            b = b.idempotency(ttl);
+            let d = seawall_actors::IdempotencyConfig::new(ttl);
+            b = b.idempotency_config(seawall_actors::IdempotencyConfig {
+                ttl,
+                max_entries: self
+                    .gateway
+                    .idempotency_max_entries
+                    .unwrap_or(d.max_entries),
+                max_per_tenant: self
+                    .gateway
+                    .idempotency_max_per_client
+                    .unwrap_or(d.max_per_tenant),
+            });
         }
+        let pins = seawall_actors::PinLimits::default();
+        b = b.pin_limits(seawall_actors::PinLimits {
+            max_pins: self.gateway.max_pins.unwrap_or(pins.max_pins),
+            max_per_tenant: self
+                .gateway
+                .max_pins_per_client
+                .unwrap_or(pins.max_per_tenant),
+        });
         if let Some(c) = &self.cache {
             b = b.response_cache(
                 c.max_entries.unwrap_or(DEFAULT_CACHE_ENTRIES),

@@ -142,6 +142,7 @@ mod tests {
             anthropic_version: Some("2023-06-01".into()),
             anthropic_beta: None,
             feature: None,
+            tenant: None,
             created_ms: 1,
             expires_ms: 2,
             runs: 0,

@@ -12,17 +12,18 @@
 //! longer than the probe's grace (the monitor restarting), users may take the trials again.
 //! Every transition is logged, published as an event, counted in metrics and cast to the monitor.
 
-use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 
 use crate::clock;
+use crate::digest::Digest;
 use crate::events::{Event, EventSender};
 use crate::monitor::MonitorMsg;
 use crate::policy::breaker::{Acquire, Breaker, BreakerConfig, Permit, StateKind};
 use crate::policy::classify::Class;
+use crate::policy::pins::{PinLimits, Pins};
 use crate::policy::retry_budget::{RetryBudget, RetryBudgetConfig, RetryBudgetStats};
 use crate::policy::window::WindowStats;
 use crate::supervisor::Directory;
@@ -90,15 +91,17 @@ pub enum BreakerMsg {
     /// keep it there until this breaker has closed again. `model` being this breaker's own
     /// model unpins it.
     Pin {
-        /// The conversation key.
-        conversation: String,
+        /// The digest of (tenant, conversation key).
+        conversation: Digest,
+        /// The digest of the tenant, for its share of the pins.
+        tenant: Digest,
         /// The model that served it.
         model: usize,
     },
     /// Where a conversation is pinned, if anywhere (never while this breaker is closed).
     Pinned {
-        /// The conversation key.
-        conversation: String,
+        /// The digest of (tenant, conversation key).
+        conversation: Digest,
         /// The pinned model.
         reply: RpcReplyPort<Option<usize>>,
     },
@@ -146,6 +149,8 @@ pub struct BreakerArgs {
     pub directory: Arc<Directory>,
     /// `Some(grace)` when the model is probed: half-open trials are the probes' for `grace`.
     pub probe_grace: Option<Duration>,
+    /// Bounds of the conversation pins.
+    pub pins: PinLimits,
 }
 
 /// The actor. Stateless itself; its state is [`BreakerState`].
@@ -164,14 +169,9 @@ pub struct BreakerState {
     half_open_since: Option<Instant>,
     /// Conversations served by a later hop while this model was not closed: conversation ->
     /// model. Cleared when the breaker closes; bounded, oldest pins dropped first.
-    pins: HashMap<String, usize>,
-    pin_order: VecDeque<String>,
+    pins: Pins,
     timer: Timer,
 }
-
-/// At most this many pinned conversations per breaker: past it the oldest pins go (those
-/// conversations may move back early, nothing worse).
-const MAX_PINS: usize = 100_000;
 
 /// The `seawall_breaker_state` gauge's value for a state.
 fn state_value(state: StateKind) -> f64 {
@@ -220,7 +220,6 @@ impl BreakerState {
             if t.to == StateKind::Closed {
                 // The primary is healthy again: pinned conversations come back to it.
                 self.pins.clear();
-                self.pin_order.clear();
             }
             metrics::counter!(
                 "seawall_breaker_transitions_total",
@@ -299,8 +298,7 @@ impl Actor for BreakerActor {
             directory: args.directory,
             probe_grace: args.probe_grace,
             half_open_since: None,
-            pins: HashMap::new(),
-            pin_order: VecDeque::new(),
+            pins: Pins::new(args.pins),
             timer: Timer::default(),
         })
     }
@@ -383,27 +381,15 @@ impl Actor for BreakerActor {
             }
             BreakerMsg::Pin {
                 conversation,
+                tenant,
                 model,
             } => {
                 state.breaker.handle_timeout(now);
                 state.publish();
                 if model == state.id || state.breaker.state() == StateKind::Closed {
-                    state.pins.remove(&conversation);
-                } else if state.pins.insert(conversation.clone(), model).is_none() {
-                    state.pin_order.push_back(conversation);
-                    while state.pins.len() > MAX_PINS {
-                        match state.pin_order.pop_front() {
-                            Some(old) => {
-                                state.pins.remove(&old);
-                            }
-                            None => break,
-                        }
-                    }
-                }
-                // Keep the order list from growing past the live pins with unpinned keys.
-                if state.pin_order.len() > 2 * state.pins.len() + 64 {
-                    let pins = &state.pins;
-                    state.pin_order.retain(|c| pins.contains_key(c));
+                    state.pins.unpin(&conversation);
+                } else if !state.pins.pin(conversation, tenant, model) {
+                    tracing::debug!(model = %state.model, "conversation not pinned: the tenant holds its share of pins");
                 }
             }
             BreakerMsg::Pinned {
@@ -412,7 +398,7 @@ impl Actor for BreakerActor {
             } => {
                 state.breaker.handle_timeout(now);
                 state.publish();
-                let _ = reply.send(state.pins.get(&conversation).copied());
+                let _ = reply.send(state.pins.get(&conversation));
             }
             BreakerMsg::ReportTo(monitor) => state.report_to(&monitor),
             BreakerMsg::Status(reply) => {

@@ -57,9 +57,20 @@ pub struct Call {
     /// A conversation or session key: once a fallback served it, the conversation stays on
     /// that model until the primary's breaker has closed again (no flapping mid-task).
     pub conversation: Option<String>,
+    /// Who is calling, as an opaque label (the gateway uses a digest of the client's token,
+    /// never the token): idempotency keys, conversation pins and queued jobs are scoped to it,
+    /// so one tenant can never be served another's answer. `None`: the single tenant of an
+    /// embedding app.
+    pub tenant: Option<String>,
     /// The queued job this call replays: it is never degraded (nor queued again).
     pub(crate) job: Option<String>,
 }
+
+/// The largest `max_tokens` a call may ask for: no model produces more in one answer, so a
+/// larger value is a mistake (or an attack on the budget), refused before anything is sent.
+pub const MAX_TOKENS_LIMIT: u64 = 1_000_000;
+
+pub use crate::digest::{digest_of, Digest};
 
 impl Call {
     /// A call for `model` with `max_tokens` and no messages yet: add them with [`Call::user`] and
@@ -83,6 +94,7 @@ impl Call {
             forward: ForwardHeaders::default(),
             derive_idempotency_key: false,
             conversation: None,
+            tenant: None,
             job: None,
         }
     }
@@ -139,6 +151,45 @@ impl Call {
         self
     }
 
+    /// Scope this call to a tenant (see [`Call::tenant`]).
+    pub fn for_tenant(mut self, tenant: &str) -> Self {
+        self.tenant = Some(tenant.to_owned());
+        self
+    }
+
+    /// The digest that keys this call's idempotency entry: its tenant and its effective
+    /// idempotency key. `None` without a key.
+    pub fn idempotency_digest(&self) -> Option<Digest> {
+        let key = self.effective_idempotency_key()?;
+        Some(digest_of(&[
+            b"idempotency",
+            self.tenant.as_deref().unwrap_or("").as_bytes(),
+            key.as_bytes(),
+        ]))
+    }
+
+    /// The digest of this call's tenant, which its share of the bounded tables is counted by.
+    pub fn tenant_digest(&self) -> Digest {
+        digest_of(&[b"tenant", self.tenant.as_deref().unwrap_or("").as_bytes()])
+    }
+
+    /// The digest that keys this call's conversation pin: its tenant and its conversation key.
+    pub fn conversation_digest(&self) -> Option<Digest> {
+        let conversation = self.conversation.as_deref()?;
+        Some(digest_of(&[
+            b"conversation",
+            self.tenant.as_deref().unwrap_or("").as_bytes(),
+            conversation.as_bytes(),
+        ]))
+    }
+
+    /// The request's fingerprint: the digest of its canonical body (keys sorted, `stream` left
+    /// out). One idempotency key names one request: a key reused with another fingerprint is
+    /// refused, never answered with the first request's result.
+    pub fn fingerprint(&self) -> Digest {
+        digest_of(&[self.canonical_text(&["stream"]).as_bytes()])
+    }
+
     /// Name the feature this call serves (its bulkhead applies).
     pub fn feature(mut self, feature: &str) -> Self {
         self.feature = Some(feature.to_owned());
@@ -174,6 +225,13 @@ impl Call {
 
     fn canonical_hash(&self, without: &[&str]) -> String {
         use sha2::{Digest, Sha256};
+        let digest = Sha256::digest(self.canonical_text(without).as_bytes());
+        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+        format!("sha256:{hex}")
+    }
+
+    /// The body with object keys sorted at every depth and `without` left out, as JSON text.
+    fn canonical_text(&self, without: &[&str]) -> String {
         fn canonical(v: &Value) -> Value {
             match v {
                 Value::Object(m) => {
@@ -193,10 +251,7 @@ impl Call {
         for field in without {
             body.remove(*field);
         }
-        let text = canonical(&Value::Object(body)).to_string();
-        let digest = Sha256::digest(text.as_bytes());
-        let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-        format!("sha256:{hex}")
+        canonical(&Value::Object(body)).to_string()
     }
 
     /// Set the priority lane.
@@ -237,11 +292,24 @@ impl Call {
             }
         }
         match self.body.get("max_tokens").and_then(Value::as_u64) {
-            Some(n) if n > 0 => {}
+            Some(n) if n > 0 && n <= MAX_TOKENS_LIMIT => {}
+            Some(n) if n > 0 => {
+                return Err(Error::InvalidCall(format!(
+                    "`max_tokens` is {n}, more than any model answers with (at most \
+                     {MAX_TOKENS_LIMIT}): lower it"
+                )))
+            }
             _ => {
                 return Err(Error::InvalidCall(
                     "`max_tokens` must be a positive integer".into(),
                 ))
+            }
+        }
+        if let Some(stream) = self.body.get("stream") {
+            if !stream.is_boolean() {
+                return Err(Error::InvalidCall(format!(
+                    "`stream` must be a boolean (true or false), got {stream}"
+                )));
             }
         }
         match self.body.get("messages") {
@@ -487,7 +555,7 @@ mod tests {
 
     #[test]
     fn invalid_bodies_say_what_to_fix() {
-        let cases: [(&[u8], &str); 5] = [
+        let cases: [(&[u8], &str); 8] = [
             (b"not json", "not valid JSON"),
             (b"[1]", "JSON object"),
             (br#"{"max_tokens":5,"messages":[1]}"#, "`model`"),
@@ -499,11 +567,47 @@ mod tests {
                 br#"{"model":"m","max_tokens":3,"messages":[]}"#,
                 "`messages`",
             ),
+            (
+                br#"{"model":"m","max_tokens":3,"stream":"yes","messages":[1]}"#,
+                "`stream` must be a boolean",
+            ),
+            (
+                br#"{"model":"m","max_tokens":1e30,"messages":[1]}"#,
+                "`max_tokens`",
+            ),
+            (
+                br#"{"model":"m","max_tokens":99999999999,"messages":[1]}"#,
+                "more than any model answers with",
+            ),
         ];
         for (raw, needle) in cases {
             let err = Call::from_json(raw).unwrap_err().to_string();
             assert!(err.contains(needle), "{err} should mention {needle}");
         }
+    }
+
+    #[test]
+    fn digests_scope_keys_by_tenant_and_fingerprints_ignore_spelling() {
+        let a = Call::new("m", 5).user("hi").idempotency_key("k");
+        let b = a.clone().for_tenant("tenant-b");
+        assert_ne!(a.idempotency_digest(), b.idempotency_digest());
+        assert_eq!(a.fingerprint(), b.fingerprint(), "the same request");
+        let other = Call::new("m", 5).user("bye").idempotency_key("k");
+        assert_ne!(a.fingerprint(), other.fingerprint());
+        assert_eq!(a.idempotency_digest(), other.idempotency_digest());
+        let spelled = Call::from_json(
+            br#"{"messages":[{"content":"hi","role":"user"}],"max_tokens":5,"model":"m","stream":false}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            spelled.fingerprint(),
+            a.fingerprint(),
+            "key order and stream do not count"
+        );
+        let c1 = Call::new("m", 5).user("x").conversation("c");
+        let c2 = c1.clone().for_tenant("t");
+        assert_ne!(c1.conversation_digest(), c2.conversation_digest());
+        assert_eq!(Call::new("m", 5).conversation_digest(), None);
     }
 
     #[test]

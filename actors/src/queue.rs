@@ -57,6 +57,9 @@ pub struct Job {
     pub anthropic_beta: Option<String>,
     /// The caller's feature (its bulkhead applies on replay).
     pub feature: Option<String>,
+    /// The caller's tenant ([`Call::tenant`]): only the same tenant may read the job.
+    #[serde(default)]
+    pub tenant: Option<String>,
     /// When it was accepted (ms since the Unix epoch).
     pub created_ms: u64,
     /// When it expires if still pending (ms since the Unix epoch).
@@ -382,6 +385,7 @@ impl QueueState {
             anthropic_version: call.forward.version.clone(),
             anthropic_beta: call.forward.beta.clone(),
             feature: call.feature.clone(),
+            tenant: call.tenant.clone(),
             created_ms: now_ms,
             expires_ms: now_ms.saturating_add(self.args.config.ttl.as_millis() as u64),
             runs: 0,
@@ -633,6 +637,7 @@ fn replay_call(job: &Job, timeout: Option<Duration>) -> Call {
     call.forward.version = job.anthropic_version.clone();
     call.forward.beta = job.anthropic_beta.clone();
     call.feature = job.feature.clone();
+    call.tenant = job.tenant.clone();
     call.job = Some(job.id.clone());
     call.timeout = timeout;
     call
@@ -764,6 +769,7 @@ mod tests {
             anthropic_version: None,
             anthropic_beta: None,
             feature: None,
+            tenant: None,
             created_ms,
             expires_ms: created_ms + 1000,
             runs: 0,

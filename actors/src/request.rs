@@ -37,7 +37,7 @@ use crate::breaker::{Admission, BreakerMsg};
 use crate::call::{AttemptRecord, Call, Outcome, Reply, StreamReply};
 use crate::clock;
 use crate::error::Error;
-use crate::governor::{Decision, GovernorMsg, ReserveRequest, ServerLimits, Ticket};
+use crate::governor::{Decision, GovernorMsg, RejectReason, ReserveRequest, ServerLimits, Ticket};
 use crate::monitor::{AttemptSample, CallRecord, CallStatus, MonitorMsg, Price};
 use crate::policy::backoff::{Backoff, SplitMix64, Step};
 use crate::policy::breaker::Permit;
@@ -683,12 +683,13 @@ impl Walk {
             Ok(Done::Reply(_)) => self.served,
             Err(_) => None,
         };
-        if let (Some(conversation), Some(served)) = (self.call.conversation.clone(), served) {
+        if let (Some(conversation), Some(served)) = (self.call.conversation_digest(), served) {
             // Served by a later hop: pin there. Served by the first: unpin (if it was pinned).
             if served > 0 || pinned.is_some() {
                 if let Ok(primary) = self.breaker(0, false).await {
                     let _ = primary.cast(BreakerMsg::Pin {
                         conversation,
+                        tenant: self.call.tenant_digest(),
                         model: self.hops[served].model,
                     });
                 }
@@ -699,7 +700,7 @@ impl Walk {
 
     /// The hop this call's conversation is pinned to, when it is a later hop of this chain.
     async fn pinned_hop(&mut self) -> Option<usize> {
-        let conversation = self.call.conversation.clone()?;
+        let conversation = self.call.conversation_digest()?;
         if self.hops.len() < 2 {
             return None;
         }
@@ -852,7 +853,18 @@ impl Walk {
                         hop.ready_at = at.max(now + MIN_PAUSE);
                         hop.recovers_at = Some(at);
                     }
-                    None => hop.done = true,
+                    None => {
+                        hop.done = true;
+                        // Larger than the limit itself: no wait makes it fit, so this hop
+                        // can never take the request (the caller's to fix, not a 503).
+                        if let RejectReason::TooLarge { dimension } = reason {
+                            hop.refused = Some(format!(
+                                "it needs more {} than the upstream's per-minute limit \
+                                 allows at all: lower max_tokens or shorten the input",
+                                dimension.as_str()
+                            ));
+                        }
+                    }
                 }
                 return Visit::Continue;
             }

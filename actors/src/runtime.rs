@@ -11,11 +11,11 @@ use ractor::{Actor, ActorCell, ActorRef};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::breaker::{BreakerMsg, BreakerStatus};
-use crate::call::{Call, Reply, Source, StreamReply};
+use crate::call::{Call, Digest, Reply, Source, StreamReply};
 use crate::error::Error;
 use crate::events::Event;
 use crate::governor::{Bulkhead, GovernorArgs, GovernorMsg, UpstreamBudget, UpstreamStatus};
-use crate::idempotency::{Claim, IdempotencyMsg};
+use crate::idempotency::{Claim, IdempotencyConfig, IdempotencyMsg};
 use crate::monitor::{
     MonitorArgs, MonitorMsg, MonitoredChain, MonitoredModel, Price, ProbeConfig, Readiness,
     SlaReport,
@@ -23,6 +23,7 @@ use crate::monitor::{
 use crate::policy::alert::AlertConfig;
 use crate::policy::breaker::BreakerConfig;
 use crate::policy::bucket::Limits;
+use crate::policy::pins::PinLimits;
 use crate::policy::retry_budget::RetryBudgetConfig;
 use crate::policy::sla::{SlaConfig, SlaTarget};
 use crate::queue::{Job, JobStore, QueueArgs, QueueConfig, QueueMsg, Runner};
@@ -77,7 +78,8 @@ pub struct Builder {
     interactive_reserve: f64,
     transit_allowance: Duration,
     retry_budget: RetryBudgetConfig,
-    idempotency_ttl: Option<Duration>,
+    idempotency: Option<IdempotencyConfig>,
+    pins: PinLimits,
     response_cache: Option<(u64, Duration)>,
     queue: Option<(Arc<dyn JobStore>, QueueConfig)>,
     breaker_defaults: BreakerConfig,
@@ -105,7 +107,8 @@ impl Builder {
             interactive_reserve: 0.0,
             transit_allowance: DEFAULT_TRANSIT_ALLOWANCE,
             retry_budget: RetryBudgetConfig::default(),
-            idempotency_ttl: None,
+            idempotency: None,
+            pins: PinLimits::default(),
             response_cache: None,
             queue: None,
             breaker_defaults: BreakerConfig::default(),
@@ -251,8 +254,24 @@ impl Builder {
     /// `Call::idempotent_by_content`): concurrent identical calls share one upstream call, and a
     /// finished one is answered again from its stored result (`Source::Replay`) for `ttl`.
     /// Successes and permanent rejections are stored; transient failures are not.
-    pub fn idempotency(mut self, ttl: Duration) -> Self {
-        self.idempotency_ttl = Some(ttl);
+    ///
+    /// Keys are scoped to the call's tenant ([`Call::tenant`]) and bound to the request: the same
+    /// key with a different request is refused (`Error::InvalidCall`), never replayed. The table
+    /// is bounded with the default limits of [`IdempotencyConfig::new`].
+    pub fn idempotency(self, ttl: Duration) -> Self {
+        self.idempotency_config(IdempotencyConfig::new(ttl))
+    }
+
+    /// Bounds of the conversation pins (see [`Call::conversation`]): per primary model, at most
+    /// `max_pins` pins, and at most `max_per_tenant` of one tenant. Default: 100 000 and 10 000.
+    pub fn pin_limits(mut self, limits: PinLimits) -> Self {
+        self.pins = limits;
+        self
+    }
+
+    /// Like [`Builder::idempotency`], with the table's bounds chosen.
+    pub fn idempotency_config(mut self, config: IdempotencyConfig) -> Self {
+        self.idempotency = Some(config);
         self
     }
 
@@ -439,7 +458,8 @@ impl Builder {
                 .collect(),
             governor: plan.governor,
             monitor,
-            idempotency_ttl: plan.idempotency_ttl,
+            idempotency: plan.idempotency,
+            pins: plan.pins,
             queue: queue.map(|(store, config)| QueueArgs {
                 store,
                 config,
@@ -511,6 +531,10 @@ impl Builder {
             .validate()
             .map_err(|e| cfg(format!("retry policy: {e}")))?;
         self.retry_budget.validate().map_err(cfg)?;
+        if let Some(c) = &self.idempotency {
+            c.validate().map_err(cfg)?;
+        }
+        self.pins.validate().map_err(cfg)?;
 
         let mut models: Vec<ModelInfo> = Vec::new();
         let mut breakers: Vec<BreakerConfig> = Vec::new();
@@ -793,7 +817,8 @@ impl Builder {
             },
             feature_ids,
             retry_budget: self.retry_budget,
-            idempotency_ttl: self.idempotency_ttl,
+            idempotency: self.idempotency,
+            pins: self.pins,
             intensity: self.intensity,
         })
     }
@@ -818,7 +843,8 @@ struct Plan {
     governor: GovernorArgs,
     feature_ids: HashMap<String, usize>,
     retry_budget: RetryBudgetConfig,
-    idempotency_ttl: Option<Duration>,
+    idempotency: Option<IdempotencyConfig>,
+    pins: PinLimits,
     intensity: RestartIntensity,
 }
 
@@ -833,7 +859,7 @@ fn seed() -> u64 {
 /// task ends without one.
 struct FinishGuard {
     table: ActorRef<IdempotencyMsg>,
-    key: String,
+    key: Digest,
     done: bool,
 }
 
@@ -841,7 +867,7 @@ impl FinishGuard {
     fn finish(&mut self, result: Result<Reply, Error>) {
         self.done = true;
         let _ = self.table.cast(IdempotencyMsg::Finish {
-            key: std::mem::take(&mut self.key),
+            key: self.key,
             result,
         });
     }
@@ -851,7 +877,7 @@ impl Drop for FinishGuard {
     fn drop(&mut self) {
         if !self.done {
             let _ = self.table.cast(IdempotencyMsg::Finish {
-                key: std::mem::take(&mut self.key),
+                key: self.key,
                 result: Err(Error::Internal("the leading call was lost".into())),
             });
         }
@@ -891,7 +917,7 @@ impl Seawall {
     /// Run one call through its chain and return the first good answer, or the honest error.
     pub async fn complete(&self, call: Call) -> Result<Reply, Error> {
         let table = self.inner.shared.directory.idempotency();
-        match (call.effective_idempotency_key(), table) {
+        match (call.idempotency_digest(), table) {
             (Some(key), Some(table)) => self.complete_once(call, key, table).await,
             _ => self.complete_now(call).await,
         }
@@ -901,13 +927,19 @@ impl Seawall {
     async fn complete_once(
         &self,
         call: Call,
-        key: String,
+        key: Digest,
         table: ActorRef<IdempotencyMsg>,
     ) -> Result<Reply, Error> {
+        // A malformed call is refused before it can claim a key.
+        call.validate()?;
+        let tenant = call.tenant_digest();
+        let fingerprint = call.fingerprint();
         let claim = table
             .call(
                 |reply| IdempotencyMsg::Begin {
-                    key: key.clone(),
+                    key,
+                    tenant,
+                    fingerprint,
                     reply,
                 },
                 Some(Duration::from_secs(5)),
@@ -944,7 +976,13 @@ impl Seawall {
                 }
                 reply
             }),
-            // The table is being restarted: answer without deduplication rather than not at all.
+            Ok(CallResult::Success(Claim::Conflict)) => Err(Error::InvalidCall(
+                "this idempotency key was already used with a different request: a key names \
+                 one request; use a new key for a new request"
+                    .into(),
+            )),
+            // The tenant's share of the table is all calls in flight, or the table is being
+            // restarted: answer without deduplication rather than not at all.
             _ => self.complete_now(call).await,
         }
     }
@@ -1050,6 +1088,32 @@ impl Seawall {
             // Unknown id (the waiter was dropped unanswered), or time is up: say how it stands.
             _ => self.job(id).await,
         }
+    }
+
+    /// Like [`Seawall::job`], for one tenant: a job queued by another tenant is `None`, as if
+    /// it did not exist (the gateway reads jobs so).
+    pub async fn job_for(&self, id: &str, tenant: Option<&str>) -> Result<Option<Job>, Error> {
+        Ok(self
+            .job(id)
+            .await?
+            .filter(|job| job.tenant.as_deref() == tenant))
+    }
+
+    /// Like [`Seawall::wait_job`], for one tenant (see [`Seawall::job_for`]).
+    pub async fn wait_job_for(
+        &self,
+        id: &str,
+        tenant: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Option<Job>, Error> {
+        // Another tenant's job is answered at once, as an unknown id would be.
+        if self.job_for(id, tenant).await?.is_none() {
+            return Ok(None);
+        }
+        Ok(self
+            .wait_job(id, timeout)
+            .await?
+            .filter(|job| job.tenant.as_deref() == tenant))
     }
 
     /// Jobs waiting in the queue and replays running now.

@@ -20,9 +20,10 @@ use crate::breaker::{BreakerActor, BreakerArgs, BreakerMsg};
 use crate::clock;
 use crate::events::{Event, EventSender};
 use crate::governor::{GovernorActor, GovernorArgs, GovernorMsg};
-use crate::idempotency::{IdempotencyActor, IdempotencyMsg};
+use crate::idempotency::{IdempotencyActor, IdempotencyConfig, IdempotencyMsg};
 use crate::monitor::{MonitorActor, MonitorArgs, MonitorMsg};
 use crate::policy::breaker::BreakerConfig;
+use crate::policy::pins::PinLimits;
 use crate::policy::retry_budget::RetryBudgetConfig;
 use crate::queue::{QueueActor, QueueArgs, QueueMsg};
 
@@ -94,8 +95,10 @@ pub struct SupervisorArgs {
     pub governor: GovernorArgs,
     /// The monitor's subjects and settings.
     pub monitor: MonitorArgs,
-    /// How long finished idempotency keys are kept (`None`: no idempotency table).
-    pub idempotency_ttl: Option<std::time::Duration>,
+    /// Bounds of every breaker's conversation pins.
+    pub pins: PinLimits,
+    /// The idempotency table's bounds (`None`: no idempotency table).
+    pub idempotency: Option<IdempotencyConfig>,
     /// The durable queue, when configured.
     pub queue: Option<QueueArgs>,
     /// The directory to keep current.
@@ -180,6 +183,7 @@ impl Supervisor {
                     events: state.args.events.clone(),
                     directory: state.args.directory.clone(),
                     probe_grace,
+                    pins: state.args.pins,
                 };
                 let (actor, _) = Actor::spawn_linked(None, BreakerActor, args, cell).await?;
                 state.children.insert(actor.get_id(), child);
@@ -210,8 +214,11 @@ impl Supervisor {
                 state.args.directory.monitor.insert((), actor);
             }
             Child::Idempotency => {
-                let ttl = state.args.idempotency_ttl.unwrap_or_default();
-                let (actor, _) = Actor::spawn_linked(None, IdempotencyActor, ttl, cell).await?;
+                let config = state
+                    .args
+                    .idempotency
+                    .ok_or("no idempotency table is configured")?;
+                let (actor, _) = Actor::spawn_linked(None, IdempotencyActor, config, cell).await?;
                 state.children.insert(actor.get_id(), child);
                 state.args.directory.idempotency.insert((), actor);
             }
@@ -269,7 +276,7 @@ impl Actor for Supervisor {
         }
         // Last: its first probes need the breakers and the governor in the directory.
         Self::spawn_child(&myself, &mut state, Child::Monitor).await?;
-        if state.args.idempotency_ttl.is_some() {
+        if state.args.idempotency.is_some() {
             Self::spawn_child(&myself, &mut state, Child::Idempotency).await?;
         }
         if state.args.queue.is_some() {

@@ -6,15 +6,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State as Extract;
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
-use seawall_actors::upstream::Attempt;
+use axum::Extension;
+use seawall_actors::upstream::{Attempt, ForwardHeaders};
 use seawall_actors::{Call, Error, Lane};
 use serde_json::{json, Value};
 
+use super::auth::Tenant;
 use super::reply::{self, api_error};
 use super::State;
 
@@ -23,10 +24,13 @@ const SEAWALL_ESTIMATE: HeaderName = HeaderName::from_static("seawall-estimate")
 /// The longest deadline a client's `x-stainless-timeout` may set: a day.
 const MAX_CLIENT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
-/// The API-shaped answer to a body that could not be read.
-fn body_rejection(state: &State, rejection: &BytesRejection) -> Response {
-    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        api_error(
+/// Read a request body within the gateway's size limit and body read timeout; the error is the
+/// API-shaped answer (413 over the limit, 408 when the body is too slow, 400 when it breaks).
+async fn read_body(state: &State, body: Body) -> Result<Bytes, Response> {
+    let read = axum::body::to_bytes(body, state.max_body_bytes);
+    match tokio::time::timeout(state.body_read_timeout, read).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(e)) if is_length_limit(&e) => Err(api_error(
             StatusCode::PAYLOAD_TOO_LARGE,
             "request_too_large",
             &format!(
@@ -34,38 +38,103 @@ fn body_rejection(state: &State, rejection: &BytesRejection) -> Response {
                 state.max_body_bytes
             ),
             &state.ids.next(),
-        )
-    } else {
-        api_error(
+        )),
+        Ok(Err(e)) => Err(api_error(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
-            &format!("the request body could not be read: {rejection}"),
+            &format!("the request body could not be read: {e}"),
             &state.ids.next(),
-        )
+        )),
+        Err(_) => Err(api_error(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout_error",
+            &format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(state.body_read_timeout)
+            ),
+            &state.ids.next(),
+        )),
     }
 }
 
-fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get(name)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim)
+/// True when reading a body failed because it is over the limit.
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = source {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = err.source();
+    }
+    false
+}
+
+/// The longest value, in bytes, of each request header the gateway reads or forwards. A client
+/// that sends more gets a 400 naming the header: a value the gateway would pass on is never
+/// allowed to make the upstream choke (which would count against a model everyone shares),
+/// and a key the runtime keeps costs bounded memory.
+const HEADER_LIMITS: [(&str, usize); 7] = [
+    ("idempotency-key", 255),
+    ("seawall-conversation", 255),
+    ("seawall-feature", 128),
+    ("seawall-lane", 32),
+    ("anthropic-version", 64),
+    ("anthropic-beta", 1024),
+    ("x-stainless-timeout", 64),
+];
+
+/// A request header the gateway reads: absent or blank is `None`; too long or not visible
+/// ASCII is an error that says what to fix.
+fn read_header<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, Error> {
+    let Some(value) = headers.get(name) else {
+        return Ok(None);
+    };
+    let limit = HEADER_LIMITS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map_or(255, |(_, l)| *l);
+    if value.len() > limit {
+        return Err(Error::InvalidCall(format!(
+            "the {name} header is {} bytes long, over this gateway's limit of {limit}: shorten it",
+            value.len()
+        )));
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| Error::InvalidCall(format!("the {name} header must be visible ASCII text")))?;
+    Ok(Some(text.trim()).filter(|t| !t.is_empty()))
 }
 
 /// The call's deadline from the client's own timeout (`x-stainless-timeout`, seconds), less a
 /// margin (a tenth, at most 1 s) so the answer arrives before the client gives up.
 pub(crate) fn client_deadline(headers: &HeaderMap) -> Option<Duration> {
-    let secs: f64 = header(headers, "x-stainless-timeout")?.parse().ok()?;
+    let secs: f64 = read_header(headers, "x-stainless-timeout")
+        .ok()
+        .flatten()?
+        .parse()
+        .ok()?;
     if !(secs.is_finite() && secs > 0.0) {
         return None;
     }
-    let total = Duration::from_secs_f64(secs).min(MAX_CLIENT_TIMEOUT);
+    // Clamp before converting: a huge value (1e20) does not fit a Duration.
+    let total = if secs >= MAX_CLIENT_TIMEOUT.as_secs_f64() {
+        MAX_CLIENT_TIMEOUT
+    } else {
+        Duration::try_from_secs_f64(secs).ok()?
+    };
+    if total.is_zero() {
+        return None;
+    }
     let margin = (total / 10).min(Duration::from_secs(1));
     Some(total - margin)
 }
 
 /// Apply the request headers the gateway reads to `call`.
-fn apply_headers(call: &mut Call, headers: &HeaderMap) -> Result<(), Error> {
+fn apply_headers(
+    call: &mut Call,
+    headers: &HeaderMap,
+    tenant: Option<&Tenant>,
+) -> Result<(), Error> {
     // For a stream the SDK's timeout bounds each read, not the whole answer: a stream keeps
     // its chain's deadline (and first-token timeout).
     if !call.wants_stream() {
@@ -73,24 +142,20 @@ fn apply_headers(call: &mut Call, headers: &HeaderMap) -> Result<(), Error> {
             call.timeout = Some(timeout);
         }
     }
-    if let Some(key) = header(headers, "idempotency-key").filter(|k| !k.is_empty()) {
+    call.tenant = tenant.map(|t| t.0.clone());
+    if let Some(key) = read_header(headers, "idempotency-key")? {
         call.idempotency_key = Some(key.to_owned());
     }
     // The client's API version and betas reach the upstream unchanged (server-side
     // `fallbacks` and other betas keep working behind seawall).
-    call.forward.version = header(headers, "anthropic-version")
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned);
-    call.forward.beta = header(headers, "anthropic-beta")
-        .filter(|v| !v.is_empty())
-        .map(str::to_owned);
-    if let Some(feature) = header(headers, "seawall-feature").filter(|f| !f.is_empty()) {
+    call.forward = forwarded(headers)?;
+    if let Some(feature) = read_header(headers, "seawall-feature")? {
         call.feature = Some(feature.to_owned());
     }
-    if let Some(c) = header(headers, "seawall-conversation").filter(|c| !c.is_empty()) {
+    if let Some(c) = read_header(headers, "seawall-conversation")? {
         call.conversation = Some(c.to_owned());
     }
-    if let Some(lane) = header(headers, "seawall-lane") {
+    if let Some(lane) = read_header(headers, "seawall-lane")? {
         call.lane = match lane {
             "interactive" => Lane::Interactive,
             "background" => Lane::Background,
@@ -104,22 +169,32 @@ fn apply_headers(call: &mut Call, headers: &HeaderMap) -> Result<(), Error> {
     Ok(())
 }
 
+/// The client's `anthropic-version` and `anthropic-beta`, checked, to forward unchanged.
+fn forwarded(headers: &HeaderMap) -> Result<ForwardHeaders, Error> {
+    Ok(ForwardHeaders {
+        version: read_header(headers, "anthropic-version")?.map(str::to_owned),
+        beta: read_header(headers, "anthropic-beta")?.map(str::to_owned),
+    })
+}
+
 /// `POST /v1/messages`.
 pub(crate) async fn messages(
     Extract(state): Extract<Arc<State>>,
+    tenant: Option<Extension<Tenant>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
     let started = Instant::now();
-    let body = match body {
+    let body = match read_body(&state, body).await {
         Ok(b) => b,
-        Err(rejection) => return body_rejection(&state, &rejection),
+        Err(response) => return response,
     };
     let mut call = match Call::from_json(&body) {
         Ok(c) => c,
         Err(e) => return reply::error(&e, &state.ids),
     };
-    if let Err(e) = apply_headers(&mut call, &headers) {
+    let tenant = tenant.map(|Extension(t)| t);
+    if let Err(e) = apply_headers(&mut call, &headers, tenant.as_ref()) {
         return reply::error(&e, &state.ids);
     }
     let requested = call.model().to_owned();
@@ -198,11 +273,15 @@ fn spent(deadline: Option<(Duration, Duration)>, elapsed: Duration) -> bool {
 pub(crate) async fn count_tokens(
     Extract(state): Extract<Arc<State>>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Body,
 ) -> Response {
-    let body = match body {
+    let body = match read_body(&state, body).await {
         Ok(b) => b,
-        Err(rejection) => return body_rejection(&state, &rejection),
+        Err(response) => return response,
+    };
+    let forward = match forwarded(&headers) {
+        Ok(f) => f,
+        Err(e) => return reply::error(&e, &state.ids),
     };
     // count_tokens has no max_tokens: lend one so the call's own validation applies.
     let value = match serde_json::from_slice::<Value>(&body) {
@@ -241,7 +320,7 @@ pub(crate) async fn count_tokens(
         retry_count: 0,
         timeout,
         idempotency_key: None,
-        forward: Default::default(),
+        forward,
     };
     let counted = match entry.upstream.count_tokens(attempt) {
         Some(count) => match count.await {
@@ -312,6 +391,7 @@ mod tests {
     #[test]
     fn client_timeout_becomes_the_deadline_less_a_margin() {
         let d = |v| client_deadline(&with("x-stainless-timeout", v));
+        assert_eq!(d("1e-300"), None, "rounds to zero: no deadline");
         assert_eq!(d("600"), Some(Duration::from_secs(599)));
         assert_eq!(d("600.0"), Some(Duration::from_secs(599)));
         assert_eq!(d("2"), Some(Duration::from_millis(1800)));
@@ -319,6 +399,13 @@ mod tests {
         assert_eq!(d("-3"), None);
         assert_eq!(d("NaN"), None);
         assert_eq!(d("soon"), None);
+        // Values past what a Duration holds are clamped to a day, not a panic.
+        let day = MAX_CLIENT_TIMEOUT - Duration::from_secs(1);
+        assert_eq!(d("1e20"), Some(day));
+        assert_eq!(d("1e300"), Some(day));
+        assert_eq!(d("18446744073709551616"), Some(day));
+        assert_eq!(d("86400"), Some(day));
+        assert_eq!(d("inf"), None);
         assert_eq!(client_deadline(&HeaderMap::new()), None);
     }
 }

@@ -58,19 +58,20 @@
 //! calls in flight finish for `shutdown_grace`, then stops the runtime.
 
 mod auth;
+mod guard;
 mod messages;
 pub mod metrics;
 mod ops;
 mod reply;
+mod server;
 
 use std::collections::HashMap;
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use seawall_actors::upstream::Upstream;
@@ -105,6 +106,14 @@ struct ModelEntry {
 struct State {
     seawall: Seawall,
     tokens: Vec<ClientToken>,
+    /// The tenant label of each token (same order): a digest, never the token.
+    tenants: Vec<String>,
+    /// Browser origins served without tokens.
+    allowed_origins: Vec<String>,
+    /// What one connection may cost.
+    conn_limits: server::ConnLimits,
+    /// The longest a request body may take to arrive.
+    body_read_timeout: Duration,
     /// Model names in config order (for /readyz, /metrics, /status).
     order: Vec<String>,
     models: HashMap<String, ModelEntry>,
@@ -113,7 +122,7 @@ struct State {
     /// Time allowed to a `count_tokens` exchange.
     count_timeout: Duration,
     metrics: metrics::Metrics,
-    ids: reply::RequestIds,
+    ids: Arc<reply::RequestIds>,
     /// Round-robin start of `count_tokens` key choice.
     next_key: AtomicUsize,
     /// Set when shutdown begins: /readyz answers 503.
@@ -172,17 +181,26 @@ impl Gateway {
             );
         }
         let max_body_bytes = usize::try_from(config.gateway.max_body_bytes()).unwrap_or(usize::MAX);
+        let tenants = runtime.tokens.iter().map(auth::tenant_label).collect();
         Self {
             state: Arc::new(State {
                 seawall: runtime.seawall,
                 tokens: runtime.tokens,
+                tenants,
+                allowed_origins: config.gateway.allowed_origins.clone(),
+                conn_limits: server::ConnLimits {
+                    max_connections: config.gateway.max_connections(),
+                    header_read_timeout: config.gateway.header_read_timeout(),
+                    max_header_bytes: config.gateway.max_header_bytes(),
+                },
+                body_read_timeout: config.gateway.body_read_timeout(),
                 order,
                 models,
                 max_body_bytes,
                 shutdown_grace: config.gateway.shutdown_grace(),
                 count_timeout: config.retry_defaults().attempt_timeout,
                 metrics: metrics::Metrics::default(),
-                ids: reply::RequestIds::new(),
+                ids: Arc::new(reply::RequestIds::new()),
                 next_key: AtomicUsize::new(0),
                 draining: AtomicBool::new(false),
             }),
@@ -242,7 +260,19 @@ impl Gateway {
             .merge(open)
             .fallback(ops::not_found)
             .method_not_allowed_fallback(ops::method_not_allowed)
-            .layer(DefaultBodyLimit::max(state.max_body_bytes))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&state),
+                guard::body_size,
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&state),
+                guard::loopback_clients,
+            ))
+            .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+                guard::PanicAnswer {
+                    ids: Arc::clone(&state.ids),
+                },
+            ))
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&state),
                 ops::observe,
@@ -269,13 +299,8 @@ impl Gateway {
         if self.state.tokens.is_empty() && !addr.ip().is_loopback() {
             return Err(ServeError::Unauthenticated { addr });
         }
-        let (stop_tx, mut stop_rx) = watch::channel(false);
-        let server = axum::serve(listener, self.router())
-            .with_graceful_shutdown(async move {
-                // An error means the sender is gone: stop as well.
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            })
-            .into_future();
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let server = server::run(listener, self.router(), self.state.conn_limits, stop_rx);
         let mut server = tokio::spawn(server);
         tokio::select! {
             () = shutdown => {}

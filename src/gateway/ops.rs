@@ -237,9 +237,12 @@ const MAX_JOB_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// prompts, and the caller has it.
 pub(crate) async fn job(
     Extract(state): Extract<Arc<State>>,
+    tenant: Option<axum::Extension<super::auth::Tenant>>,
     axum::extract::Path(id): axum::extract::Path<String>,
     uri: axum::http::Uri,
 ) -> Response {
+    // Another client's job is "no job", as an unknown id is.
+    let tenant = tenant.map(|axum::Extension(t)| t.0);
     let wait = match uri
         .query()
         .unwrap_or("")
@@ -260,8 +263,8 @@ pub(crate) async fn job(
         },
     };
     let found = match wait {
-        Some(d) => state.seawall.wait_job(&id, d).await,
-        None => state.seawall.job(&id).await,
+        Some(d) => state.seawall.wait_job_for(&id, tenant.as_deref(), d).await,
+        None => state.seawall.job_for(&id, tenant.as_deref()).await,
     };
     match found {
         Ok(Some(job)) => json_response(StatusCode::OK, &job_json(&job)),

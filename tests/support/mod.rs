@@ -1,4 +1,8 @@
-//! Helpers shared by the integration tests (each test binary includes this as `mod support;`).
+//! Helpers shared by the integration tests (each test binary includes this as `mod support;`
+//! and uses what it needs).
+#![allow(dead_code)]
+
+pub mod gateway;
 
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock};

@@ -25,7 +25,8 @@ pub enum Class {
     Timeout,
     /// Connect failure, reset, truncated or unparseable body.
     Network,
-    /// 400, 413, 422: this request is wrong and will be wrong everywhere.
+    /// 400, 413, 422, and any 4xx not listed apart (431, 414, 415, ...): this request is wrong
+    /// and will be wrong everywhere. Never held against a model's health.
     InvalidRequest,
     /// 401: this API key is not valid.
     Authentication,
@@ -35,7 +36,8 @@ pub enum Class {
     Permission,
     /// 404: unknown model or path.
     NotFound,
-    /// Any other status, unknown to this classifier.
+    /// A status outside 2xx, 4xx and 5xx (a redirect, an informational answer): unknown to
+    /// this classifier.
     Other,
 }
 
@@ -182,6 +184,10 @@ pub fn classify_response(resp: &UpstreamResponse, now: SystemTime) -> Verdict {
         }
         529 => (Class::Overloaded, Disposition::Retry),
         500..=599 => (Class::ServerError, Disposition::Retry),
+        // Any other 4xx (431 headers too large, 414, 415, ...) is about this request, which the
+        // client chose: it ends the call and says nothing about the model's health, so no
+        // client can open a breaker that every tenant shares.
+        400..=499 => (Class::InvalidRequest, Disposition::Fail(Scope::Request)),
         _ => (Class::Other, Disposition::Fail(Scope::Request)),
     };
     // The server's explicit word wins over the status (the SDK obeys it the same way).
@@ -291,6 +297,13 @@ mod tests {
             (402, Class::Billing, Scope::Organization),
             (403, Class::Permission, Scope::Model),
             (404, Class::NotFound, Scope::Model),
+            // A client's own input: request-scoped, and never a health failure.
+            (431, Class::InvalidRequest, Scope::Request),
+            (414, Class::InvalidRequest, Scope::Request),
+            (415, Class::InvalidRequest, Scope::Request),
+            (451, Class::InvalidRequest, Scope::Request),
+            // Outside 4xx and 5xx: unknown.
+            (302, Class::Other, Scope::Request),
         ];
         for (status, class, scope) in cases {
             assert_eq!(

@@ -6,6 +6,7 @@ pub mod backoff;
 pub mod breaker;
 pub mod bucket;
 pub mod classify;
+pub mod pins;
 pub mod retry_budget;
 pub mod sla;
 pub mod window;
