@@ -343,7 +343,7 @@ async fn invalid_bodies_get_400_and_unknown_models_404() {
 }
 
 #[tokio::test]
-async fn count_tokens_uses_the_runtimes_estimate_rule() {
+async fn count_tokens_uses_the_simulators_own_count() {
     let sim = start(&one_model("")).await;
     let b = json!({
         "model": MODEL,
@@ -354,17 +354,24 @@ async fn count_tokens_uses_the_runtimes_estimate_rule() {
     let resp = post(&sim, "/v1/messages/count_tokens", Some(KEY), &b).await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
+    // The documented rule: system (34 bytes) + tool name (6) and schema {"type":"object"} (17)
+    // + the message (34 bytes, "✈" is three) = 91 bytes -> 23 tokens, plus 3 for the message.
+    assert_eq!(v, json!({"input_tokens": 26}));
+    assert_eq!(seawall::sim::estimate_input_tokens(&b), Some(26));
+    // Never above the runtime's estimate, which reserves for it.
     let mut with_max = b.clone();
     with_max["max_tokens"] = json!(64);
-    let call = Call::from_value(with_max.clone()).unwrap();
-    let expected = call.estimate_input_tokens();
-    assert_eq!(v, json!({"input_tokens": expected}));
-    assert_eq!(seawall::sim::estimate_input_tokens(&b), Some(expected));
+    let call = Call::from_value(with_max).unwrap();
+    assert!(26 <= call.estimate_input_tokens());
 
-    // The same count in usage, through seawall's transport with the runtime's own hop body.
+    // The same count in usage, through seawall's transport with the runtime's own hop body:
+    // "be brief" + "hello there, how are you?" = 33 bytes -> 9 tokens, plus 3.
     let call = Call::new(MODEL, 64)
         .system("be brief")
         .user("hello there, how are you?");
+    let hop: Value = serde_json::from_slice(&call.body_for(MODEL)).unwrap();
+    assert_eq!(seawall::sim::estimate_input_tokens(&hop), Some(12));
+    assert!(12 <= call.estimate_input_tokens());
     let resp = upstream(&sim, AuthStyle::XApiKey)
         .send(Attempt {
             body: call.body_for(MODEL),
@@ -373,7 +380,7 @@ async fn count_tokens_uses_the_runtimes_estimate_rule() {
         .await
         .unwrap();
     let v: Value = serde_json::from_slice(&resp.body).unwrap();
-    assert_eq!(v["usage"]["input_tokens"], call.estimate_input_tokens());
+    assert_eq!(v["usage"]["input_tokens"], 12);
     assert_eq!(sim.count(MODEL), 2);
 }
 

@@ -24,13 +24,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use seawall_actors::policy::backoff::SplitMix64;
-use seawall_actors::policy::bucket::{Buckets, Dimension, Limits, Reservation};
-use seawall_actors::upstream::Cost;
 use seawall_actors::{Call, Error as CoreError};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
+use super::limiter::{Admission, Cost, Dimension, Limiter, Refusal};
+use super::rng::Rng;
 use super::scenario::{Fault, FaultKind, Scenario, ScenarioError};
+use super::tokens::count_input_tokens;
 use super::wire::{self, SseEvent, StreamError, StreamSpec};
 use super::LogEntry;
 
@@ -147,13 +147,6 @@ struct Hints {
     stream: bool,
 }
 
-/// A model's buckets and the limits they were built from (to keep them across a scenario
-/// change that does not touch the limits).
-struct ModelBuckets {
-    limits: Limits,
-    buckets: Buckets,
-}
-
 struct State {
     scenario: Arc<Scenario>,
     /// Sim time zero: start or the last reset.
@@ -161,7 +154,9 @@ struct State {
     next_seq: u64,
     log: VecDeque<LogEntry>,
     counts: HashMap<String, usize>,
-    buckets: HashMap<String, ModelBuckets>,
+    /// Each limited model's limiter (the limits it was built from are kept in it, to keep its
+    /// levels across a scenario change that does not touch them).
+    limiters: HashMap<String, Limiter>,
 }
 
 impl State {
@@ -175,22 +170,19 @@ impl State {
         self.log.push_back(entry);
     }
 
-    /// Rebuild the buckets for the current scenario; models whose limits did not change keep
+    /// Rebuild the limiters for the current scenario; models whose limits did not change keep
     /// their levels unless `fresh`.
-    fn rebuild_buckets(&mut self, fresh: bool, now: Instant) {
-        let mut old = std::mem::take(&mut self.buckets);
+    fn rebuild_limiters(&mut self, fresh: bool, now: Instant) {
+        let mut old = std::mem::take(&mut self.limiters);
         for model in &self.scenario.models {
             let Some(limits) = self.scenario.limits_for(model) else {
                 continue;
             };
             let kept = old
                 .remove(&model.name)
-                .filter(|b| !fresh && b.limits == limits);
-            let entry = kept.unwrap_or_else(|| ModelBuckets {
-                limits,
-                buckets: Buckets::new(limits, now),
-            });
-            self.buckets.insert(model.name.clone(), entry);
+                .filter(|l| !fresh && l.limits() == limits);
+            let limiter = kept.unwrap_or_else(|| Limiter::new(limits, now));
+            self.limiters.insert(model.name.clone(), limiter);
         }
     }
 }
@@ -214,9 +206,9 @@ impl Engine {
             next_seq: 0,
             log: VecDeque::new(),
             counts: HashMap::new(),
-            buckets: HashMap::new(),
+            limiters: HashMap::new(),
         };
-        state.rebuild_buckets(true, now);
+        state.rebuild_limiters(true, now);
         let nonce = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
@@ -235,7 +227,7 @@ impl Engine {
 
     fn new_id(&self, prefix: &str) -> String {
         let n = self.ids.fetch_add(1, Ordering::Relaxed);
-        let r = SplitMix64::new(self.nonce ^ n.rotate_left(29)).next_u64();
+        let r = Rng::new(self.nonce ^ n.rotate_left(29)).next_u64();
         format!("{prefix}{r:016x}{n:08x}")
     }
 
@@ -262,7 +254,7 @@ impl Engine {
         st.next_seq = 0;
         st.log.clear();
         st.counts.clear();
-        st.rebuild_buckets(true, now);
+        st.rebuild_limiters(true, now);
     }
 
     /// Replace the scenario, keeping the clock, the log and the buckets of models whose limits
@@ -271,7 +263,7 @@ impl Engine {
         scenario.validate()?;
         let mut st = self.lock();
         st.scenario = Arc::new(scenario);
-        st.rebuild_buckets(false, Instant::now());
+        st.rebuild_limiters(false, Instant::now());
         Ok(())
     }
 
@@ -397,14 +389,14 @@ impl Engine {
                     .headers
                     .push(("x-request-id".into(), request_id.clone()));
             }
-            let limited = entry.model.as_ref().and_then(|m| st.buckets.get_mut(m));
-            if let Some(mb) = limited {
-                let levels = mb.buckets.levels(now);
+            let limited = entry.model.as_ref().and_then(|m| st.limiters.get(m));
+            if let Some(limiter) = limited {
+                let left = limiter.remaining(now);
                 match face {
                     Face::Anthropic => {
-                        wire::anthropic_ratelimit_headers(&levels, &mut response.headers)
+                        wire::anthropic_ratelimit_headers(&left, &mut response.headers)
                     }
-                    Face::OpenAi => wire::openai_ratelimit_headers(&levels, &mut response.headers),
+                    Face::OpenAi => wire::openai_ratelimit_headers(&left, &mut response.headers),
                 }
             }
         }
@@ -469,7 +461,7 @@ impl Engine {
         }
 
         // 4. Faults: deterministic for a seed and a sequence number.
-        let mut rng = SplitMix64::new(scenario.seed ^ entry.seq);
+        let mut rng = Rng::new(scenario.seed ^ entry.seq);
         let fault = spec.faults.iter().find(|f| {
             f.active_at(d.sim_time)
                 && applies(f, parsed.stream, face)
@@ -531,14 +523,9 @@ impl Engine {
                 m.min(u64::from(spec.output_tokens))
             });
         let cost = Cost::request(parsed.input_tokens, output_tokens);
-        if let Some(mb) = st.buckets.get_mut(&spec.name) {
-            if let Reservation::Refused {
-                earliest,
-                dimension,
-            } = mb.buckets.reserve(cost, Duration::ZERO, d.now)
-            {
-                let response =
-                    rate_limited(face, &mb.limits, cost, dimension, earliest, d.now, rid);
+        if let Some(limiter) = st.limiters.get_mut(&spec.name) {
+            if let Admission::Refused(refusal) = limiter.admit(cost, d.now) {
+                let response = rate_limited(face, refusal, rid);
                 entry.status = (!truncate).then_some(429);
                 entry.outcome = if truncate {
                     "truncated"
@@ -551,6 +538,12 @@ impl Engine {
                     response,
                     truncate,
                 };
+            }
+            // Output is charged as produced: a stream that breaks after N deltas produced N
+            // tokens, so the rest of the charge goes back. The simulator knows this now, so it
+            // settles at once rather than when the stream breaks.
+            if let Some(e) = &stream_error {
+                limiter.settle_output(output_tokens, e.after_deltas.min(output_tokens), d.now);
             }
         }
 
@@ -731,7 +724,8 @@ fn authenticate(scenario: &Scenario, key: Option<&str>, face: Face) -> Result<()
 }
 
 /// Parse and validate a body with the runtime's own rules ([`Call::from_value`]), so a body
-/// the runtime accepts is one the simulator accepts, and token counts agree.
+/// the runtime accepts is one the simulator accepts; input tokens are the simulator's own
+/// count ([`count_input_tokens`]), not the runtime's estimate.
 fn parse(endpoint: Endpoint, body: &[u8]) -> (Hints, Result<Parsed, String>) {
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
@@ -759,12 +753,15 @@ fn validate(endpoint: Endpoint, value: Value) -> Result<Parsed, String> {
     };
     match endpoint {
         Endpoint::Messages => {
+            let input_tokens = count_input_tokens(&value);
             let call = Call::from_value(value).map_err(invalid)?;
             Ok(Parsed {
                 model: call.model().to_owned(),
                 max_tokens: Some(call.max_tokens()),
                 stream,
-                input_tokens: call.estimate_input_tokens(),
+                // The runtime's validation requires a non-empty `messages` array, so this is
+                // always counted.
+                input_tokens: input_tokens.unwrap_or(1),
             })
         }
         Endpoint::CountTokens | Endpoint::ChatCompletions => {
@@ -788,12 +785,14 @@ fn validate(endpoint: Endpoint, value: Value) -> Result<Parsed, String> {
             // max_tokens is not part of these requests: a placeholder lets the runtime's
             // validation check `model` and `messages` only.
             body.insert("max_tokens".into(), Value::from(1));
-            let call = Call::from_value(Value::Object(body)).map_err(invalid)?;
+            let body = Value::Object(body);
+            let input_tokens = count_input_tokens(&body);
+            let call = Call::from_value(body).map_err(invalid)?;
             Ok(Parsed {
                 model: call.model().to_owned(),
                 max_tokens,
                 stream,
-                input_tokens: call.estimate_input_tokens(),
+                input_tokens: input_tokens.unwrap_or(1),
             })
         }
     }
@@ -804,22 +803,6 @@ fn invalid(err: CoreError) -> String {
         CoreError::InvalidCall(message) => message,
         other => other.to_string(),
     }
-}
-
-/// `Call::estimate_input_tokens` for any body with a non-empty `messages` array; see
-/// [`crate::sim::estimate_input_tokens`].
-pub(crate) fn estimate(body: &Value) -> Option<u64> {
-    let mut probe = Map::new();
-    probe.insert("model".into(), Value::from("sim"));
-    probe.insert("max_tokens".into(), Value::from(1));
-    for key in ["system", "messages", "tools"] {
-        if let Some(v) = body.get(key) {
-            probe.insert(key.into(), v.clone());
-        }
-    }
-    Call::from_value(Value::Object(probe))
-        .ok()
-        .map(|c| c.estimate_input_tokens())
 }
 
 /// An error in the shape of the request's API.
@@ -877,27 +860,15 @@ fn format_number(x: f64) -> String {
 
 /// A truthful 429: `retry-after` is the whole seconds (rounded up) until the same request
 /// would be admitted.
-fn rate_limited(
-    face: Face,
-    limits: &Limits,
-    cost: Cost,
-    dimension: Dimension,
-    earliest: Option<Instant>,
-    now: Instant,
-    request_id: &str,
-) -> Response {
-    let (limit, unit) = match dimension {
-        Dimension::Requests => (limits.requests_per_minute, "requests"),
-        Dimension::InputTokens => (limits.input_tokens_per_minute, "input tokens"),
-        Dimension::OutputTokens => (limits.output_tokens_per_minute, "output tokens"),
-    };
-    let limit = limit.unwrap_or(0);
-    let wanted = match dimension {
-        Dimension::Requests => cost.requests,
-        Dimension::InputTokens => cost.input_tokens,
-        Dimension::OutputTokens => cost.output_tokens,
-    };
-    let Some(at) = earliest else {
+fn rate_limited(face: Face, refusal: Refusal, request_id: &str) -> Response {
+    let Refusal {
+        dimension,
+        limit,
+        wanted,
+        retry_after,
+    } = refusal;
+    let unit = dimension.unit();
+    let Some(wait) = retry_after else {
         // More than the whole limit: waiting never helps, so say so and forbid retries.
         let message = format!(
             "This request needs {wanted} {unit} but your organization's rate limit is {limit} \
@@ -907,9 +878,9 @@ fn rate_limited(
         return error_response(face, 429, &message, None, Some(kind), request_id)
             .header("x-should-retry", "false");
     };
-    let wait = at.saturating_duration_since(now).as_secs_f64();
-    // Refused means the wait is positive, so this is at least 1.
-    let retry_after = (wait.ceil() as u64).max(1);
+    // Whole seconds, rounded up so a client that waits them is admitted; a refusal always
+    // waits, so at least 1.
+    let retry_after = (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1);
     let message = format!(
         "This request would exceed your organization's rate limit of {limit} {unit} per minute \
          (simulated). Retry after {retry_after} s."
@@ -953,11 +924,14 @@ mod tests {
     }
 
     #[test]
-    fn estimate_matches_the_runtime() {
+    fn validation_counts_with_the_simulators_own_rule() {
         let body = json!({"model": "m", "max_tokens": 5, "system": "be brief",
                           "messages": [{"role": "user", "content": "hello there"}]});
-        let call = Call::from_value(body.clone()).unwrap();
-        assert_eq!(estimate(&body), Some(call.estimate_input_tokens()));
-        assert_eq!(estimate(&json!({"messages": []})), None);
+        let parsed = validate(Endpoint::Messages, body.clone()).unwrap();
+        // "be brief" + "hello there": 19 bytes -> 5 tokens, plus 3 for the message.
+        assert_eq!(parsed.input_tokens, 8);
+        assert_eq!(Some(parsed.input_tokens), count_input_tokens(&body));
+        let parsed = validate(Endpoint::CountTokens, body).unwrap();
+        assert_eq!(parsed.input_tokens, 8);
     }
 }

@@ -51,26 +51,43 @@
 //! before the limits are consulted and take nothing from them; `slow_first_byte`, `truncated`
 //! and `mid_stream_error` change how the admitted answer (or the 429) is delivered.
 //!
+//! # An independent check of the runtime
+//!
+//! The simulator keeps its own truth: its rate limiter, its token count and its random
+//! generator are written here from the API's documentation and share no code with the runtime
+//! (`seawall-actors`) they are used to test. A runtime bug in its buckets or its estimates
+//! therefore shows up as upstream 429s in the chaos suite instead of being reproduced by the
+//! simulator. (Bodies are still validated with the runtime's [`crate::core::Call`] rules, so a
+//! body one accepts is one the other accepts.)
+//!
 //! # Tokens and limits
 //!
-//! Input tokens are counted with the runtime's own rule ([`estimate_input_tokens`]), so a client
-//! configured with the simulator's limits predicts its buckets exactly. An answer has
-//! `min(max_tokens, output_tokens)` words, one token each. Limits are continuous-refill token
-//! buckets ([`seawall_actors::policy::bucket::Buckets`]), one set per model (the API limits each
-//! model class apart) shared by every key (one organization). A request is admitted only if
-//! requests, input tokens and output tokens all fit; a refused one takes nothing and gets a
-//! `retry-after` of the whole seconds, rounded up, until it would fit.
+//! Input tokens are the simulator's own count ([`estimate_input_tokens`]: the text the model
+//! reads, four bytes a token, plus three tokens per message), never more than the runtime's
+//! estimate, so a runtime that reserves by its estimate and settles with the reported usage
+//! stays within the simulator's limits. An answer has `min(max_tokens, output_tokens)` words,
+//! one token each. Limits are continuously refilled token buckets, one set per model (the API
+//! limits each model class apart) shared by every key (one organization): capacity is the
+//! per-minute limit, refilled at a sixtieth of it per second, starting full. A request is
+//! admitted only if requests, input tokens and the output tokens it will generate all fit; a
+//! refused one takes nothing and gets a `retry-after` of the whole seconds, rounded up, until
+//! it would fit (or `x-should-retry: false` when it is larger than a limit). Output is charged
+//! as produced: a stream cut by a `mid_stream_error` gets back the tokens it never sent.
 //!
 //! # Clock and randomness
 //!
 //! Sim time is the wall-clock time since start or the last reset; fault windows are on it.
 //! Each request has a sequence number (0, 1, ... since start or reset) and its draws (one per
-//! candidate fault, then the latency jitter) come from `SplitMix64(seed ^ seq)`, so the same
-//! seed and the same request sequence give the same outcomes.
+//! candidate fault, then the latency jitter) come from the splitmix64 generator seeded with
+//! `seed ^ seq` (the top 53 bits of each output as a float in `[0, 1)`), so the same seed and
+//! the same request sequence give the same outcomes.
 
 mod engine;
+mod limiter;
+mod rng;
 mod scenario;
 mod server;
+mod tokens;
 mod wire;
 
 use std::net::SocketAddr;
@@ -258,12 +275,19 @@ impl SimHandle {
     }
 }
 
-/// Input tokens of a Messages API body, by the runtime's own rule
-/// ([`seawall_actors::Call::estimate_input_tokens`]: the JSON text of `system`, `messages` and
-/// `tools`, one token per four bytes, rounded up, at least 1). The simulator counts with this
-/// very function, for `usage.input_tokens`, `count_tokens` and the input-token bucket.
+/// Input tokens of a Messages API (or chat completions) body, by the simulator's own count,
+/// independent of the runtime's estimate. The simulator counts with this very function, for
+/// `usage.input_tokens` (`prompt_tokens`), `count_tokens` and the input-token bucket.
+///
+/// The rule, a rough tokenizer: the UTF-8 bytes of the text the model reads (the `system`
+/// string or its text blocks; each message's `content` string or blocks: text, thinking, a
+/// tool use's name and its input as JSON, a tool result's content, any other block as its JSON
+/// text; each tool's name, description and input schema as JSON), divided by 4 and rounded up,
+/// plus 3 tokens per message, at least 1. It never exceeds the runtime's estimate (the JSON
+/// text of `system`, `messages` and `tools` divided by 4), since every byte it counts is in that
+/// text and each message object brings more punctuation than its 3 tokens stand for.
 ///
 /// `None` unless `messages` is a non-empty array (the runtime refuses such a body).
 pub fn estimate_input_tokens(body: &serde_json::Value) -> Option<u64> {
-    engine::estimate(body)
+    tokens::count_input_tokens(body)
 }

@@ -11,7 +11,6 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use seawall_actors::policy::bucket::Limits;
 use serde::{Deserialize, Serialize};
 
 /// Largest `output_tokens` a model may declare: answers are generated word by word, and a
@@ -69,7 +68,8 @@ impl fmt::Debug for Redacted {
     }
 }
 
-/// Per-minute limits, enforced as continuously refilled token buckets (the API's algorithm).
+/// Per-minute limits, enforced as continuously refilled token buckets (the API's algorithm), by
+/// the simulator's own limiter: it shares no code with the runtime's governor, so it checks it.
 ///
 /// Each model has its own buckets, as the API limits each model class separately; all keys
 /// share them, as the keys of one organization do.
@@ -83,24 +83,16 @@ pub struct RateLimits {
     /// [`crate::sim::estimate_input_tokens`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub input_tokens_per_minute: Option<u64>,
-    /// Output tokens per minute (a request costs the tokens it will generate).
+    /// Output tokens per minute (a request costs the tokens it will generate; a stream cut by
+    /// a `mid_stream_error` gets back those it never sent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_tokens_per_minute: Option<u64>,
 }
 
 impl RateLimits {
-    /// The same limits in the runtime's bucket type.
-    pub fn to_limits(self) -> Limits {
-        Limits {
-            requests_per_minute: self.requests_per_minute,
-            input_tokens_per_minute: self.input_tokens_per_minute,
-            output_tokens_per_minute: self.output_tokens_per_minute,
-        }
-    }
-
     /// True when no dimension is limited.
     pub fn is_unlimited(&self) -> bool {
-        self.to_limits() == Limits::default()
+        *self == Self::default()
     }
 }
 
@@ -425,12 +417,8 @@ impl Scenario {
     }
 
     /// The limits in force for `model`: its own, else the scenario's; `None` when unlimited.
-    pub fn limits_for(&self, model: &ModelSpec) -> Option<Limits> {
-        model
-            .limits
-            .or(self.limits)
-            .filter(|l| !l.is_unlimited())
-            .map(RateLimits::to_limits)
+    pub fn limits_for(&self, model: &ModelSpec) -> Option<RateLimits> {
+        model.limits.or(self.limits).filter(|l| !l.is_unlimited())
     }
 
     /// Check every value; the error names the first key that is wrong.

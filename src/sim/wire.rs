@@ -3,8 +3,9 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use seawall_actors::policy::bucket::{Dimension, Level};
 use serde_json::{json, Value};
+
+use super::limiter::{Dimension, Remaining};
 
 /// The words answers are made of: one word is one output token, so usage is exact.
 const WORDS: [&str; 24] = [
@@ -284,39 +285,8 @@ pub(crate) fn stream_events(spec: &StreamSpec<'_>) -> Vec<SseEvent> {
     out
 }
 
-/// What is left in one limited dimension, ready for headers.
-struct Left {
-    dimension: Dimension,
-    limit: u64,
-    remaining: u64,
-    /// Time until the bucket is full again.
-    until_full: Duration,
-}
-
-fn left(levels: &[Level]) -> Vec<Left> {
-    levels
-        .iter()
-        .map(|l| {
-            let available = l.available.max(0.0);
-            let missing = (l.capacity as f64 - available).max(0.0);
-            // Refill runs at capacity per minute, so a missing share `x` of it takes x * 60 s.
-            let secs = if l.capacity == 0 {
-                0.0
-            } else {
-                missing * 60.0 / l.capacity as f64
-            };
-            Left {
-                dimension: l.dimension,
-                limit: l.capacity,
-                remaining: available.floor() as u64,
-                until_full: Duration::try_from_secs_f64(secs).unwrap_or(Duration::MAX),
-            }
-        })
-        .collect()
-}
-
 /// The most restrictive of the token dimensions: the one with the fewest tokens left.
-fn tightest_tokens(left: &[Left]) -> Option<&Left> {
+fn tightest_tokens(left: &[Remaining]) -> Option<&Remaining> {
     left.iter()
         .filter(|l| l.dimension != Dimension::Requests)
         .min_by_key(|l| l.remaining)
@@ -324,10 +294,9 @@ fn tightest_tokens(left: &[Left]) -> Option<&Left> {
 
 /// `anthropic-ratelimit-*` headers. `reset` is the RFC 3339 instant (whole seconds, rounded
 /// up, as the API sends it) at which the bucket is full again.
-pub(crate) fn anthropic_ratelimit_headers(levels: &[Level], out: &mut Vec<(String, String)>) {
+pub(crate) fn anthropic_ratelimit_headers(left: &[Remaining], out: &mut Vec<(String, String)>) {
     let now = SystemTime::now();
-    let left = left(levels);
-    let mut push = |name: &str, l: &Left| {
+    let mut push = |name: &str, l: &Remaining| {
         let reset = rfc3339_ceil(now, l.until_full);
         out.push((
             format!("anthropic-ratelimit-{name}-limit"),
@@ -339,7 +308,7 @@ pub(crate) fn anthropic_ratelimit_headers(levels: &[Level], out: &mut Vec<(Strin
         ));
         out.push((format!("anthropic-ratelimit-{name}-reset"), reset));
     };
-    for l in &left {
+    for l in left {
         let name = match l.dimension {
             Dimension::Requests => "requests",
             Dimension::InputTokens => "input-tokens",
@@ -347,17 +316,16 @@ pub(crate) fn anthropic_ratelimit_headers(levels: &[Level], out: &mut Vec<(Strin
         };
         push(name, l);
     }
-    if let Some(l) = tightest_tokens(&left) {
+    if let Some(l) = tightest_tokens(left) {
         push("tokens", l);
     }
 }
 
 /// `x-ratelimit-{limit,remaining,reset}-{requests,tokens}` as OpenAI sends them, resets as Go
 /// durations (`1s`, `6m0s`). `tokens` is the most restrictive token dimension.
-pub(crate) fn openai_ratelimit_headers(levels: &[Level], out: &mut Vec<(String, String)>) {
-    let left = left(levels);
+pub(crate) fn openai_ratelimit_headers(left: &[Remaining], out: &mut Vec<(String, String)>) {
     let requests = left.iter().find(|l| l.dimension == Dimension::Requests);
-    for (name, l) in [("requests", requests), ("tokens", tightest_tokens(&left))] {
+    for (name, l) in [("requests", requests), ("tokens", tightest_tokens(left))] {
         if let Some(l) = l {
             out.push((format!("x-ratelimit-limit-{name}"), l.limit.to_string()));
             out.push((
