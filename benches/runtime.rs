@@ -15,12 +15,11 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use hdrhistogram::Histogram;
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
-use seawall::core::breaker::{Admission, BreakerMsg};
-use seawall::core::governor::{Decision, GovernorMsg, ReserveRequest, ServerLimits};
-use seawall::core::policy::breaker::{Acquire, Breaker};
+use seawall::core::policy::breaker::{Acquire, Admission, Breaker};
 use seawall::core::policy::bucket::Buckets;
+use seawall::core::policy::lanes::{Decision, ReserveRequest, ServerLimits, Settlement};
+use seawall::core::protocol::{BreakerMsg, GovernorMsg, Reply, SupervisorMsg};
 use seawall::core::scripted::ok_response;
-use seawall::core::supervisor::SupervisorMsg;
 use seawall::core::{
     Attempt, BreakerConfig, Call, Class, Cost, Job, JobState, JobStore, Lane, Limits,
     MemoryJobStore, Seawall, Upstream, UpstreamFuture, UpstreamResponse,
@@ -78,7 +77,7 @@ async fn breaker_ref(sw: &Seawall) -> ActorRef<BreakerMsg> {
             |reply| SupervisorMsg::BreakerRef {
                 model: 0,
                 stale: None,
-                reply,
+                reply: Reply::port(reply),
             },
             None,
         )
@@ -93,7 +92,10 @@ async fn governor_ref(sw: &Seawall) -> ActorRef<GovernorMsg> {
     match sw
         .supervisor()
         .call(
-            |reply| SupervisorMsg::GovernorRef { stale: None, reply },
+            |reply| SupervisorMsg::GovernorRef {
+                stale: None,
+                reply: Reply::port(reply),
+            },
             None,
         )
         .await
@@ -116,20 +118,20 @@ async fn reserve_settle(g: &ActorRef<GovernorMsg>) {
                         feature: None,
                         max_wait: Duration::ZERO,
                     },
-                    reply,
+                    Reply::port(reply),
                 )
             },
             None,
         )
         .await;
     if let Ok(CallResult::Success(Decision::Grant { ticket, .. })) = d {
-        let _ = g.cast(GovernorMsg::Settle {
+        let _ = g.cast(GovernorMsg::Settle(Settlement {
             ticket,
             actual: Cost::request(90, 40),
             server: ServerLimits::default(),
             key_bad: false,
             key_pause: None,
-        });
+        }));
     } else {
         panic!("governor refused");
     }
@@ -140,7 +142,7 @@ async fn acquire_record(b: &ActorRef<BreakerMsg>) {
         .call(
             |reply| BreakerMsg::Acquire {
                 retry: false,
-                reply,
+                reply: Reply::port(reply),
             },
             None,
         )

@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use redb::{Database, ReadableTable, TableDefinition};
-use seawall_actors::queue::finished_ms;
+use seawall_actors::job::finished_ms;
 use seawall_actors::{Job, JobStore};
 
 const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");

@@ -123,6 +123,7 @@ fn the_example_parses_and_every_key_lands() {
             estimate: Estimate::Heuristic,
             refusal_fallback: false,
             degrade: Vec::new(),
+            max_hedges: 1,
         }
     );
     assert_eq!(c.retry_for(&c.models[0]).deadline, Duration::from_secs(90));

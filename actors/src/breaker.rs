@@ -6,7 +6,7 @@
 //! microseconds. Time-driven transitions (open elapsed, half-open max wait) are scheduled with
 //! `send_after`, tagged with a timer epoch so a stale timer is ignored.
 //!
-//! When the model is probed (see [`crate::monitor::ProbeConfig`]), the half-open trials belong to
+//! When the model is probed (the monitor's `ProbeConfig`), the half-open trials belong to
 //! the probes: a user `Acquire` in half-open is turned away as if every trial slot were taken, so
 //! no user request is spent to find out the model is still down. Should probes stop coming for
 //! longer than the probe's grace (the monitor restarting), users may take the trials again.
@@ -15,123 +15,16 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::clock;
-use crate::digest::Digest;
+use crate::directory::Directory;
 use crate::events::{Event, EventSender};
-use crate::monitor::MonitorMsg;
-use crate::policy::breaker::{Acquire, Breaker, BreakerConfig, Permit, StateKind};
-use crate::policy::classify::Class;
+use crate::policy::breaker::{Acquire, Admission, Breaker, BreakerConfig, StateKind};
 use crate::policy::pins::{PinLimits, Pins};
-use crate::policy::retry_budget::{RetryBudget, RetryBudgetConfig, RetryBudgetStats};
-use crate::policy::window::WindowStats;
-use crate::supervisor::Directory;
+use crate::policy::retry_budget::{RetryBudget, RetryBudgetConfig};
+use crate::protocol::{BreakerMsg, BreakerStatus, MonitorMsg, ProbeAdmission};
 use crate::timer::Timer;
-
-/// The answer to [`BreakerMsg::Acquire`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admission {
-    /// Go; report the result under this permit.
-    Permitted(Permit),
-    /// The breaker is open until then (`None`: half-open with every trial slot taken).
-    Open {
-        /// When the open state ends.
-        until: Option<Instant>,
-    },
-    /// A retry, and the model's retry budget is spent: move on instead.
-    RetryBudgetSpent,
-}
-
-/// The answer to [`BreakerMsg::Probe`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ProbeAdmission {
-    /// Half-open: this probe is a trial call; its result decides like any trial's.
-    Trial(Permit),
-    /// Closed: a health check, recorded like any attempt.
-    Check(Permit),
-    /// Open until then (`None`: half-open with every trial slot taken, or closed when only a
-    /// trial was asked for).
-    Denied {
-        /// When the open state ends.
-        until: Option<Instant>,
-    },
-}
-
-/// Messages a breaker actor understands.
-pub enum BreakerMsg {
-    /// May an attempt go to this model now? `retry`: it is a re-attempt of the same call on
-    /// this model, which the retry budget must allow.
-    Acquire {
-        /// A re-attempt on the same model.
-        retry: bool,
-        /// Where the answer goes.
-        reply: RpcReplyPort<Admission>,
-    },
-    /// The result of a permitted call.
-    Record {
-        /// The permit the call was made under.
-        permit: Permit,
-        /// How the answer was classified.
-        class: Class,
-        /// How long the attempt took.
-        latency: Duration,
-    },
-    /// A permitted call was never made (no budget, deadline): give the permit back.
-    Release(Permit),
-    /// May a health probe go to this model now? `trial_only`: only as a half-open trial (a
-    /// probe run continuing after a successful trial).
-    Probe {
-        /// Only a half-open trial is wanted.
-        trial_only: bool,
-        /// Where the answer goes.
-        reply: RpcReplyPort<ProbeAdmission>,
-    },
-    /// A conversation was served by `model`, a later hop of a chain this breaker's model heads:
-    /// keep it there until this breaker has closed again. `model` being this breaker's own
-    /// model unpins it.
-    Pin {
-        /// The digest of (tenant, conversation key).
-        conversation: Digest,
-        /// The digest of the tenant, for its share of the pins.
-        tenant: Digest,
-        /// The model that served it.
-        model: usize,
-    },
-    /// Where a conversation is pinned, if anywhere (never while this breaker is closed).
-    Pinned {
-        /// The digest of (tenant, conversation key).
-        conversation: Digest,
-        /// The pinned model.
-        reply: RpcReplyPort<Option<usize>>,
-    },
-    /// Cast the current state to this monitor (a restarted monitor asks).
-    ReportTo(ActorRef<MonitorMsg>),
-    /// Current state, for status pages and tests.
-    Status(RpcReplyPort<BreakerStatus>),
-    /// A scheduled timer fired.
-    #[doc(hidden)]
-    Timer(u64),
-    /// Fault injection for supervision tests and chaos drills: the actor panics.
-    #[doc(hidden)]
-    InjectPanic,
-}
-
-/// A breaker's state as reported by [`BreakerMsg::Status`].
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct BreakerStatus {
-    /// The model.
-    pub model: String,
-    /// Closed, open or half-open.
-    pub state: StateKind,
-    /// Time left in the open state.
-    pub open_for: Option<Duration>,
-    /// The current sliding window.
-    #[serde(skip)]
-    pub stats: WindowStats,
-    /// The model's retry budget.
-    pub retry_budget: RetryBudgetStats,
-}
 
 /// Start arguments: the model and its policy, plus where to publish transitions.
 pub struct BreakerArgs {
@@ -346,11 +239,9 @@ impl Actor for BreakerActor {
                         }
                     }
                 };
-                // A caller that gave up has dropped its port; a permit it never receives is
-                // given back so a half-open slot is not lost.
-                if let Err(ractor::MessagingErr::SendErr(Admission::Permitted(p))) =
-                    reply.send(answer)
-                {
+                // A caller that is gone never receives its permit: give it back so a half-open
+                // slot is not lost.
+                if let Some(Admission::Permitted(p)) = reply.send(answer) {
                     state.breaker.release(p, now);
                 }
             }

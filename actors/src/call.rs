@@ -7,7 +7,7 @@ use serde_json::{Map, Value};
 
 use crate::error::Error;
 use crate::policy::classify::Class;
-use crate::upstream::{ForwardHeaders, Headers, SseEvent, Usage};
+use crate::wire::{ForwardHeaders, Headers, Usage};
 
 /// Which queue a call waits in when budget is short. Interactive calls go first.
 #[derive(
@@ -636,34 +636,4 @@ mod tests {
         };
         assert_eq!(reply.text(), "ab");
     }
-}
-
-/// A streaming answer, handed over once the first content event is ready: from then on the call
-/// is committed to `model`.
-///
-/// `events` yields the upstream's events in order, starting with the ones that preceded the
-/// first content (`message_start`, `content_block_start`, `ping`). It ends after
-/// `message_stop`; if the stream breaks after content (an upstream `error` event, a reset, the
-/// deadline), the last event is an `error` event in the API's shape: never a silent cut.
-#[derive(Debug)]
-pub struct StreamReply {
-    /// The model that is serving the stream.
-    pub model: String,
-    /// Where it comes from: live, or (degraded) the cache or the chain's static answer,
-    /// replayed as the API's event sequence.
-    pub source: Source,
-    /// For a cached answer: how old it is.
-    pub age: Option<Duration>,
-    /// HTTP status (2xx).
-    pub status: u16,
-    /// Response headers from the upstream.
-    pub headers: Headers,
-    /// Upstream attempts made before this stream was committed.
-    pub attempts: u32,
-    /// Every step of the call up to the commit.
-    pub trail: Vec<AttemptRecord>,
-    /// Time from the call to the first content event.
-    pub time_to_first_token: Duration,
-    /// The events.
-    pub events: tokio::sync::mpsc::Receiver<SseEvent>,
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use crate::call::AttemptRecord;
-use crate::upstream::Headers;
+use crate::wire::Headers;
 
 /// Everything that can go wrong with a call or with building the runtime.
 #[derive(Clone, Debug, thiserror::Error)]

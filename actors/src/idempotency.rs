@@ -24,12 +24,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
-use crate::call::{Digest, Reply, Source};
+use crate::call::{Reply, Source};
 use crate::clock;
+use crate::digest::Digest;
 use crate::error::Error;
+use crate::protocol::{Claim, IdempotencyMsg};
 use crate::timer::Timer;
 
 /// How the idempotency table is bounded.
@@ -66,48 +68,6 @@ impl IdempotencyConfig {
         }
         Ok(())
     }
-}
-
-/// What a call with an idempotency key should do.
-#[derive(Debug)]
-pub enum Claim {
-    /// Run it, then send `Finish` with the result.
-    Lead,
-    /// Another call with this key is running: its result arrives here.
-    Wait(oneshot::Receiver<Result<Reply, Error>>),
-    /// Already answered: the stored result.
-    Done(Result<Reply, Error>),
-    /// The key was used with a different request: refuse this one.
-    Conflict,
-    /// The tenant holds its whole share of running keys: run without deduplication.
-    Bypass,
-}
-
-/// Messages the idempotency actor understands.
-pub enum IdempotencyMsg {
-    /// Claim `key` for a call.
-    Begin {
-        /// The digest of (tenant, idempotency key).
-        key: Digest,
-        /// The digest of the tenant, for its share of the table.
-        tenant: Digest,
-        /// The request's fingerprint.
-        fingerprint: Digest,
-        /// Where the claim goes.
-        reply: RpcReplyPort<Claim>,
-    },
-    /// The leader of `key` finished.
-    Finish {
-        /// The digest of (tenant, idempotency key).
-        key: Digest,
-        /// Its result.
-        result: Result<Reply, Error>,
-    },
-    /// Keys held now: (running, stored).
-    Count(RpcReplyPort<(usize, usize)>),
-    /// A scheduled timer fired.
-    #[doc(hidden)]
-    Timer(u64),
 }
 
 enum Stage {
@@ -352,6 +312,7 @@ impl Actor for IdempotencyActor {
                     return Ok(()); // a stale timer: the next expiry moved
                 }
             }
+            IdempotencyMsg::InjectPanic => panic!("injected panic in the idempotency table"),
         }
         let next = state.expiries.front().map(|(at, _)| *at);
         state.timer.rearm(&myself, next, now, IdempotencyMsg::Timer);
@@ -362,8 +323,8 @@ impl Actor for IdempotencyActor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::call::digest_of;
-    use crate::upstream::{Headers, Usage};
+    use crate::digest::digest_of;
+    use crate::wire::{Headers, Usage};
 
     fn reply() -> Result<Reply, Error> {
         Ok(Reply {

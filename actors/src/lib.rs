@@ -3,22 +3,28 @@
 //! No HTTP, no files, no clocks of its own: the outside is reached only through
 //! [`upstream::Upstream`], and time is tokio's, so every actor test runs on paused time.
 //!
-//! - [`policy`]: pure state machines (classify, backoff, breaker, buckets, windows).
-//! - [`breaker`], [`governor`], [`request`], [`monitor`], [`supervisor`]: the actors that drive
-//!   them.
+//! - [`policy`]: pure state machines, time passed in (classify, backoff, breaker, buckets,
+//!   the governor's lanes, the chain walk, windows, SLA, alerts, pins).
+//! - [`protocol`]: the messages the actors exchange; [`directory`]: where they find each other.
+//! - [`breaker`], [`governor`], [`request`], [`monitor`], [`idempotency`], [`queue`],
+//!   [`supervisor`]: the actors that drive the policies.
 //! - [`runtime`]: the facade, [`Seawall`].
+//! - Plain data: [`call`], [`wire`], [`job`], [`error`], [`events`], [`digest`].
 
 pub mod assemble;
 pub mod breaker;
 pub mod call;
 pub mod clock;
 pub mod digest;
+pub mod directory;
 pub mod error;
 pub mod events;
 pub mod governor;
 pub mod idempotency;
+pub mod job;
 pub mod monitor;
 pub mod policy;
+pub mod protocol;
 pub mod queue;
 pub mod request;
 pub mod runtime;
@@ -26,27 +32,28 @@ pub mod scripted;
 pub mod supervisor;
 pub mod timer;
 pub mod upstream;
+pub mod wire;
 
-pub use call::{AttemptRecord, Call, Lane, Outcome, Reply, Source, StreamReply};
+pub use call::{AttemptRecord, Call, Lane, Outcome, Reply, Source};
 pub use error::Error;
 pub use events::{AlertKind, Event};
-pub use governor::Bulkhead;
 pub use idempotency::IdempotencyConfig;
-pub use monitor::{ChainReadiness, Price, ProbeConfig, ProbeKind, Readiness, SlaEntry, SlaReport};
+pub use job::{Job, JobState, JobStore, MemoryJobStore, QueueConfig};
+pub use monitor::{ProbeConfig, ProbeKind};
 pub use policy::alert::AlertConfig;
 pub use policy::backoff::{Backoff, Jitter};
 pub use policy::breaker::{BreakerConfig, OpenBackoff, StateKind, Trip};
 pub use policy::bucket::Limits;
+pub use policy::chain::{Degrade, Estimate, RetryPolicy};
 pub use policy::classify::Class;
+pub use policy::lanes::Bulkhead;
 pub use policy::pins::PinLimits;
 pub use policy::retry_budget::RetryBudgetConfig;
 pub use policy::sla::{SlaConfig, SlaStats, SlaTarget, SlaViolation};
 pub use policy::window::WindowKind;
-pub use queue::{Job, JobState, JobStore, MemoryJobStore, QueueConfig};
-pub use request::{Degrade, Estimate, RetryPolicy};
+pub use protocol::{BreakerStatus, ChainReadiness, Readiness, SlaEntry, SlaReport};
+pub use request::StreamReply;
 pub use runtime::{Builder, HopSpec, Seawall, ShutdownReport};
 pub use supervisor::RestartIntensity;
-pub use upstream::{
-    Attempt, Cost, Headers, SseEvent, StreamBody, StreamResponse, TransportError, Upstream,
-    UpstreamFuture, UpstreamResponse, Usage,
-};
+pub use upstream::{StreamBody, StreamResponse, Upstream, UpstreamFuture};
+pub use wire::{Attempt, Cost, Headers, Price, SseEvent, TransportError, UpstreamResponse, Usage};

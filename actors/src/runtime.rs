@@ -10,29 +10,32 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorCell, ActorRef};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::breaker::{BreakerMsg, BreakerStatus};
-use crate::call::{Call, Digest, Reply, Source, StreamReply};
+use crate::call::{Call, Digest, Reply, Source};
+use crate::directory::Directory;
 use crate::error::Error;
 use crate::events::Event;
-use crate::governor::{Bulkhead, GovernorArgs, GovernorMsg, UpstreamBudget, UpstreamStatus};
-use crate::idempotency::{Claim, IdempotencyConfig, IdempotencyMsg};
-use crate::monitor::{
-    MonitorArgs, MonitorMsg, MonitoredChain, MonitoredModel, Price, ProbeConfig, Readiness,
-    SlaReport,
-};
+use crate::idempotency::IdempotencyConfig;
+use crate::job::{Job, JobStore, QueueConfig};
+use crate::monitor::{MonitorArgs, MonitoredChain, MonitoredModel, ProbeConfig};
 use crate::policy::alert::AlertConfig;
 use crate::policy::breaker::BreakerConfig;
 use crate::policy::bucket::Limits;
+use crate::policy::chain::{Degrade, RetryPolicy};
+use crate::policy::lanes::{Bulkhead, GovernorArgs, UpstreamBudget, UpstreamStatus};
 use crate::policy::pins::PinLimits;
 use crate::policy::retry_budget::RetryBudgetConfig;
 use crate::policy::sla::{SlaConfig, SlaTarget};
-use crate::queue::{Job, JobStore, QueueArgs, QueueConfig, QueueMsg, Runner};
-use crate::request::{
-    Chain, Degrade, InFlight, ModelInfo, ReplyTo, RequestActor, RequestArgs, ResponseCache,
-    RetryPolicy, Shared,
+use crate::protocol::{
+    BreakerMsg, BreakerStatus, Claim, GovernorMsg, IdempotencyMsg, MonitorMsg, QueueMsg, Readiness,
+    SlaReport, SupervisorMsg,
 };
-use crate::supervisor::{Directory, RestartIntensity, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::queue::{QueueArgs, Runner};
+use crate::request::{
+    Chain, InFlight, ModelInfo, ReplyTo, RequestArgs, ResponseCache, Shared, StreamReply,
+};
+use crate::supervisor::{RestartIntensity, Supervisor, SupervisorArgs};
 use crate::upstream::Upstream;
+use crate::wire::Price;
 
 /// Default [`Builder::transit_allowance`].
 pub const DEFAULT_TRANSIT_ALLOWANCE: Duration = Duration::from_millis(250);
@@ -488,6 +491,7 @@ impl Builder {
             log_prompts: plan.log_prompts,
             in_flight: Arc::new(InFlight::default()),
             seed: AtomicU64::new(seed()),
+            panic_next: AtomicBool::new(false),
         });
         let sw = Seawall {
             inner: Arc::new(Inner {
@@ -637,7 +641,7 @@ impl Builder {
                     name: m.name.clone(),
                     hops: vec![id],
                     patches: vec![None],
-                    policy: self.policy.clone(),
+                    policy: Arc::new(self.policy.clone()),
                 };
                 (m.name.clone(), chain)
             })
@@ -652,7 +656,7 @@ impl Builder {
                 name: name.clone(),
                 hops,
                 patches,
-                policy: policy.unwrap_or_else(|| self.policy.clone()),
+                policy: Arc::new(policy.unwrap_or_else(|| self.policy.clone())),
             };
             chains.insert(name, chain);
         }
@@ -728,6 +732,8 @@ impl Builder {
                     class_limits: vec![Limits::default()],
                     key_labels: (0..keys).map(|k| up.key_label(k)).collect(),
                     key_orgs: vec![0; keys],
+                    org_names: vec!["default".into()],
+                    class_names: vec!["default".into()],
                 }
             })
             .collect();
@@ -744,6 +750,7 @@ impl Builder {
         for (upstream, class, class_models, limits) in self.class_limits {
             let u = upstream_id(&upstream, "class_limits")?;
             budgets[u].class_limits.push(limits);
+            budgets[u].class_names.push(class.clone());
             let class_id = budgets[u].class_limits.len() - 1;
             for m in class_models {
                 let id = *model_ids.get(&m).ok_or_else(|| {
@@ -779,6 +786,7 @@ impl Builder {
                     }
                 })
                 .collect();
+            budgets[u].org_names = names.into_iter().cloned().collect();
         }
         let mut feature_ids = HashMap::new();
         for (i, (name, b)) in self.bulkheads.iter().enumerate() {
@@ -1035,10 +1043,7 @@ impl Seawall {
             reply,
             guard: self.inner.shared.in_flight.enter(),
         };
-        Actor::spawn(None, RequestActor, args)
-            .await
-            .map_err(|e| Error::Internal(format!("could not start a request actor: {e}")))?;
-        Ok(())
+        crate::request::spawn(args, &self.inner.supervisor).await
     }
 
     /// Breaker transitions and supervision restarts, as they happen.
@@ -1214,25 +1219,53 @@ impl Seawall {
         self.inner.supervisor.clone()
     }
 
-    /// Make a child actor panic (`"governor"`, `"monitor"` or a model name): a chaos drill for
-    /// supervision.
+    /// Make an actor panic (`"governor"`, `"monitor"`, `"idempotency"`, `"queue"`, a model
+    /// name for its breaker, or `"request"` for the next request actor to handle a message): a
+    /// chaos drill for supervision.
     #[doc(hidden)]
     pub async fn inject_panic(&self, target: &str) -> Result<(), Error> {
-        let sent = if target == "monitor" {
-            self.monitor_ref()?.cast(MonitorMsg::InjectPanic).is_ok()
-        } else if target == "governor" {
-            self.governor_ref()
+        let directory = &self.inner.shared.directory;
+        let sent = match target {
+            "monitor" => self.monitor_ref()?.cast(MonitorMsg::InjectPanic).is_ok(),
+            "governor" => self
+                .governor_ref()
                 .await?
                 .cast(GovernorMsg::InjectPanic)
-                .is_ok()
-        } else {
-            self.breaker_ref(target)
+                .is_ok(),
+            "idempotency" => directory
+                .idempotency()
+                .is_some_and(|r| r.cast(IdempotencyMsg::InjectPanic).is_ok()),
+            "queue" => directory
+                .queue()
+                .is_some_and(|r| r.cast(QueueMsg::InjectPanic).is_ok()),
+            "request" => {
+                self.inner
+                    .shared
+                    .panic_next
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                true
+            }
+            model => self
+                .breaker_ref(model)
                 .await?
                 .cast(BreakerMsg::InjectPanic)
-                .is_ok()
+                .is_ok(),
         };
         sent.then_some(())
             .ok_or_else(|| Error::Internal(format!("{target} is not running")))
+    }
+
+    /// Request actors that failed so far (each such call got an internal error).
+    pub async fn request_failures(&self) -> Result<u64, Error> {
+        match self
+            .inner
+            .supervisor
+            .call(SupervisorMsg::RequestFailures, Some(Duration::from_secs(5)))
+            .await
+        {
+            Ok(CallResult::Success(n)) => Ok(n),
+            _ => Err(Error::ShuttingDown),
+        }
     }
 
     async fn breaker_ref(&self, model: &str) -> Result<ActorRef<BreakerMsg>, Error> {
@@ -1248,7 +1281,7 @@ impl Seawall {
                 |reply| SupervisorMsg::BreakerRef {
                     model: id,
                     stale: None,
-                    reply,
+                    reply: crate::protocol::Reply::port(reply),
                 },
                 Some(Duration::from_secs(5)),
             )
@@ -1264,7 +1297,10 @@ impl Seawall {
             .inner
             .supervisor
             .call(
-                |reply| SupervisorMsg::GovernorRef { stale: None, reply },
+                |reply| SupervisorMsg::GovernorRef {
+                    stale: None,
+                    reply: crate::protocol::Reply::port(reply),
+                },
                 Some(Duration::from_secs(5)),
             )
             .await

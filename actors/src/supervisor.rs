@@ -11,61 +11,21 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dashmap::DashMap;
-use ractor::{
-    Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, RpcReplyPort, SupervisionEvent,
-};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, ActorStatus, SupervisionEvent};
 
-use crate::breaker::{BreakerActor, BreakerArgs, BreakerMsg};
+use crate::breaker::{BreakerActor, BreakerArgs};
 use crate::clock;
+use crate::directory::Directory;
 use crate::events::{Event, EventSender};
-use crate::governor::{GovernorActor, GovernorArgs, GovernorMsg};
-use crate::idempotency::{IdempotencyActor, IdempotencyConfig, IdempotencyMsg};
-use crate::monitor::{MonitorActor, MonitorArgs, MonitorMsg};
+use crate::governor::GovernorActor;
+use crate::idempotency::{IdempotencyActor, IdempotencyConfig};
+use crate::monitor::{MonitorActor, MonitorArgs};
 use crate::policy::breaker::BreakerConfig;
+use crate::policy::lanes::GovernorArgs;
 use crate::policy::pins::PinLimits;
 use crate::policy::retry_budget::RetryBudgetConfig;
-use crate::queue::{QueueActor, QueueArgs, QueueMsg};
-
-/// Where request actors find the live breaker of each model, the governor and the monitor.
-///
-/// Only the supervisor writes it (at spawn and on every restart); readers clone a ref out.
-/// It is a directory of addresses, not coordination state: that lives in the actors' mailboxes.
-#[derive(Default)]
-pub struct Directory {
-    breakers: DashMap<usize, ActorRef<BreakerMsg>>,
-    governor: DashMap<(), ActorRef<GovernorMsg>>,
-    monitor: DashMap<(), ActorRef<MonitorMsg>>,
-    idempotency: DashMap<(), ActorRef<IdempotencyMsg>>,
-    queue: DashMap<(), ActorRef<QueueMsg>>,
-}
-
-impl Directory {
-    /// The current breaker of model `model`.
-    pub fn breaker(&self, model: usize) -> Option<ActorRef<BreakerMsg>> {
-        self.breakers.get(&model).map(|r| r.value().clone())
-    }
-
-    /// The current governor.
-    pub fn governor(&self) -> Option<ActorRef<GovernorMsg>> {
-        self.governor.get(&()).map(|r| r.value().clone())
-    }
-
-    /// The current idempotency table, when idempotency is on.
-    pub fn idempotency(&self) -> Option<ActorRef<IdempotencyMsg>> {
-        self.idempotency.get(&()).map(|r| r.value().clone())
-    }
-
-    /// The current job queue, when a queue is configured.
-    pub fn queue(&self) -> Option<ActorRef<QueueMsg>> {
-        self.queue.get(&()).map(|r| r.value().clone())
-    }
-
-    /// The current monitor.
-    pub fn monitor(&self) -> Option<ActorRef<MonitorMsg>> {
-        self.monitor.get(&()).map(|r| r.value().clone())
-    }
-}
+use crate::protocol::{BreakerMsg, GovernorMsg, Reply, SupervisorMsg};
+use crate::queue::{QueueActor, QueueArgs};
 
 /// How many restarts in what time a supervisor tolerates before failing itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,28 +69,6 @@ pub struct SupervisorArgs {
     pub intensity: RestartIntensity,
 }
 
-/// Messages the supervisor understands.
-pub enum SupervisorMsg {
-    /// The live breaker of a model; answered after the restart if it is being restarted.
-    BreakerRef {
-        /// Model id.
-        model: usize,
-        /// The ref the caller found dead, if any: never answer with it again.
-        stale: Option<ActorId>,
-        /// Where the ref goes.
-        reply: RpcReplyPort<ActorRef<BreakerMsg>>,
-    },
-    /// The live governor; answered after the restart if it is being restarted.
-    GovernorRef {
-        /// The ref the caller found dead, if any: never answer with it again.
-        stale: Option<ActorId>,
-        /// Where the ref goes.
-        reply: RpcReplyPort<ActorRef<GovernorMsg>>,
-    },
-    /// Total restarts so far.
-    Restarts(RpcReplyPort<u64>),
-}
-
 /// A child that is starting or running is live; one that is stopping, stopped, or that the
 /// caller already found dead (its mailbox may close a moment before its status changes) is about
 /// to be replaced.
@@ -154,10 +92,12 @@ pub struct Supervisor;
 pub struct SupervisorState {
     args: SupervisorArgs,
     children: HashMap<ActorId, Child>,
-    waiting_breaker: Vec<(usize, RpcReplyPort<ActorRef<BreakerMsg>>)>,
-    waiting_governor: Vec<RpcReplyPort<ActorRef<GovernorMsg>>>,
+    waiting_breaker: Vec<(usize, Reply<ActorRef<BreakerMsg>>)>,
+    waiting_governor: Vec<Reply<ActorRef<GovernorMsg>>>,
     recent: VecDeque<Instant>,
     total_restarts: u64,
+    /// Request actors that failed (a bug: each such call was answered with an internal error).
+    request_failures: u64,
 }
 
 impl Supervisor {
@@ -269,6 +209,7 @@ impl Actor for Supervisor {
             waiting_governor: Vec::new(),
             recent: VecDeque::new(),
             total_restarts: 0,
+            request_failures: 0,
         };
         Self::spawn_child(&myself, &mut state, Child::Governor).await?;
         for model in 0..state.args.breakers.len() {
@@ -313,6 +254,9 @@ impl Actor for Supervisor {
             SupervisorMsg::Restarts(reply) => {
                 let _ = reply.send(state.total_restarts);
             }
+            SupervisorMsg::RequestFailures(reply) => {
+                let _ = reply.send(state.request_failures);
+            }
         }
         Ok(())
     }
@@ -323,15 +267,23 @@ impl Actor for Supervisor {
         evt: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, error) = match evt {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
+        let (cell, error, failed) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string(), true),
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()))
+                (cell, reason.unwrap_or_else(|| "stopped".into()), false)
             }
             _ => return Ok(()),
         };
         let Some(child) = state.children.remove(&cell.get_id()) else {
-            return Ok(()); // not one of ours (or an old incarnation already replaced)
+            // Not a restartable child: a request actor (linked so its failure is noticed; its
+            // caller got an internal error when its reply channel dropped), or an old
+            // incarnation already replaced. A request actor is never restarted: its call is over.
+            if failed {
+                state.request_failures += 1;
+                metrics::counter!("seawall_request_actor_failures_total").increment(1);
+                tracing::error!(%error, "a request actor failed: its call was answered with an internal error");
+            }
+            return Ok(());
         };
         let now = clock::now();
         let within = state.args.intensity.within;

@@ -726,10 +726,11 @@ async fn governor_traffic(snapshotter: &Snapshotter) {
         ),
         1
     );
+    // Labels name things: the upstream, the key organization's label, the model class.
     let level = [
         ("upstream", "g"),
-        ("org", "0"),
-        ("model_class", "0"),
+        ("org", "default"),
+        ("model_class", "default"),
         ("dimension", "requests"),
     ];
     match find(&s, "seawall_bucket_level", &level) {

@@ -722,3 +722,28 @@ async fn a_retry_budget_bounds_attempts_under_a_total_failure_burst() {
     let budget = sw.breaker_status("m").await.unwrap().retry_budget;
     assert!(budget.refused_total > 100);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_panicking_request_actor_answers_its_caller_with_an_error_and_nothing_else_breaks() {
+    let up = ScriptedUpstream::new();
+    up.healthy("m", 10 * MS);
+    let sw = runtime(&up, &["m"]).await;
+    let mut events = sw.subscribe();
+    sw.inject_panic("request").await.unwrap();
+    let started = Instant::now();
+    let err = sw.complete(call("m")).await.unwrap_err();
+    assert!(matches!(err, Error::Internal(_)), "{err:?}");
+    assert!(
+        started.elapsed() < secs(1),
+        "answered at once, not at the deadline"
+    );
+    // The supervisor noticed, restarted nothing and counts it apart from restarts.
+    assert_eq!(sw.request_failures().await.unwrap(), 1);
+    assert_eq!(sw.restarts().await.unwrap(), 0);
+    assert!(events.try_recv().is_err(), "no restart event");
+    // The runtime goes on serving, and the in-flight count came back down.
+    sw.complete(call("m"))
+        .await
+        .expect("the next call is served");
+    assert_eq!(sw.in_flight(), 0);
+}

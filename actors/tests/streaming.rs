@@ -252,3 +252,40 @@ async fn an_open_breaker_is_skipped_for_streams_too() {
         StateKind::Open
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_settles_the_input_tokens_its_message_start_reports() {
+    // The input-token count of a stream arrives in `message_start`, before the first content
+    // event: it must reach the governor, or concurrent streams over-admit input tokens.
+    let up = ScriptedUpstream::new();
+    up.on_stream("m", |_, _| StreamAnswer::message("m", &["a", "b"], MS));
+    let sw = Seawall::builder()
+        .upstream("s", up.clone())
+        .model("m", BreakerConfig::default())
+        .limits(
+            "s",
+            seawall_actors::Limits {
+                requests_per_minute: None,
+                input_tokens_per_minute: Some(600),
+                output_tokens_per_minute: None,
+            },
+        )
+        .transit_allowance(Duration::ZERO)
+        .spawn()
+        .await
+        .unwrap();
+    let reply = sw.stream(call("m")).await.unwrap();
+    drain(reply).await;
+    // Let the settlement land. The stream took 2 ms, which refills 600/min x 2 ms = 0.02.
+    tokio::task::yield_now().await;
+    let status = sw.governor_status().await.unwrap();
+    let input = status[0].buckets[0]
+        .levels
+        .iter()
+        .find(|l| l.dimension.as_str() == "input_tokens")
+        .expect("an input bucket")
+        .available;
+    // The scripted stream reports 12 input tokens in its message_start: exactly those are
+    // charged (not 0, and not the reservation's estimate).
+    assert!((input - (600.0 - 12.0)).abs() < 0.05, "{input}");
+}

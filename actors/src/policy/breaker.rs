@@ -181,6 +181,14 @@ pub struct Permit {
     epoch: u64,
 }
 
+impl Permit {
+    /// A permit for tests of the policies that carry permits without a breaker.
+    #[cfg(test)]
+    pub(crate) fn for_test(epoch: u64) -> Self {
+        Self { epoch }
+    }
+}
+
 /// The answer to [`Breaker::try_acquire`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Acquire {
@@ -192,6 +200,21 @@ pub enum Acquire {
         /// call ends.
         until: Option<Instant>,
     },
+}
+
+/// A breaker actor's answer to "may an attempt go to this model now?": the breaker's
+/// [`Acquire`] joined with the model's retry budget for re-attempts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Go; report the result under this permit.
+    Permitted(Permit),
+    /// The breaker is open until then (`None`: half-open with every trial slot taken).
+    Open {
+        /// When the open state ends.
+        until: Option<Instant>,
+    },
+    /// A retry, and the model's retry budget is spent: move on instead.
+    RetryBudgetSpent,
 }
 
 /// What one answer says about the model's health.

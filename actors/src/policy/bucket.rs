@@ -14,7 +14,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::upstream::Cost;
+use crate::wire::Cost;
 
 /// Slack, in tokens, when comparing a level with a cost: refill is computed in `f64` and waits are
 /// rounded to whole nanoseconds, so a caller arriving exactly at the promised instant must not miss

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use crate::upstream::{Headers, TransportError, UpstreamResponse};
+use crate::wire::{Headers, TransportError, UpstreamResponse};
 
 /// The kind of answer, fine enough for the breaker, the governor and the chain walker to act on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -42,6 +42,41 @@ pub enum Class {
 }
 
 impl Class {
+    /// Every class, in [`Class::index`] order.
+    pub const ALL: [Class; 12] = [
+        Class::Success,
+        Class::RateLimited,
+        Class::Overloaded,
+        Class::ServerError,
+        Class::Timeout,
+        Class::Network,
+        Class::InvalidRequest,
+        Class::Authentication,
+        Class::Billing,
+        Class::Permission,
+        Class::NotFound,
+        Class::Other,
+    ];
+
+    /// This class's place in [`Class::ALL`]: the index of per-class tables (counters, metric
+    /// handles), so they are arrays rather than maps.
+    pub fn index(self) -> usize {
+        match self {
+            Class::Success => 0,
+            Class::RateLimited => 1,
+            Class::Overloaded => 2,
+            Class::ServerError => 3,
+            Class::Timeout => 4,
+            Class::Network => 5,
+            Class::InvalidRequest => 6,
+            Class::Authentication => 7,
+            Class::Billing => 8,
+            Class::Permission => 9,
+            Class::NotFound => 10,
+            Class::Other => 11,
+        }
+    }
+
     /// True for the capacity signals (429, 529) that the SDK's fallback middleware also treats
     /// as a reason to move to another model.
     pub fn is_capacity(self) -> bool {
@@ -314,6 +349,13 @@ mod tests {
         }
         assert!(verdict(resp(401, "")).key_is_bad());
         assert!(!verdict(resp(403, "")).key_is_bad());
+    }
+
+    #[test]
+    fn the_class_table_and_its_index_agree() {
+        for (i, c) in Class::ALL.iter().enumerate() {
+            assert_eq!(c.index(), i, "{c:?}");
+        }
     }
 
     #[test]

@@ -252,39 +252,7 @@ impl Streaks {
     }
 }
 
-const CLASSES: usize = 12;
-
-fn class_index(c: Class) -> usize {
-    match c {
-        Class::Success => 0,
-        Class::RateLimited => 1,
-        Class::Overloaded => 2,
-        Class::ServerError => 3,
-        Class::Timeout => 4,
-        Class::Network => 5,
-        Class::InvalidRequest => 6,
-        Class::Authentication => 7,
-        Class::Billing => 8,
-        Class::Permission => 9,
-        Class::NotFound => 10,
-        Class::Other => 11,
-    }
-}
-
-const CLASS_OF: [Class; CLASSES] = [
-    Class::Success,
-    Class::RateLimited,
-    Class::Overloaded,
-    Class::ServerError,
-    Class::Timeout,
-    Class::Network,
-    Class::InvalidRequest,
-    Class::Authentication,
-    Class::Billing,
-    Class::Permission,
-    Class::NotFound,
-    Class::Other,
-];
+const CLASSES: usize = Class::ALL.len();
 
 /// Latencies are kept in microseconds with 2 significant digits (at most 1 % off): enough for
 /// an SLA, and a bucket's histogram stays a few KiB (it grows only to the largest value seen).
@@ -399,7 +367,7 @@ impl SlaWindow {
         };
         let bucket = &mut self.buckets[pos];
         if let Some(c) = class {
-            bucket.by_class[class_index(c)] += 1;
+            bucket.by_class[c.index()] += 1;
         }
         match outcome {
             SlaOutcome::Excluded => bucket.excluded += 1,
@@ -451,13 +419,13 @@ impl SlaWindow {
         }
         stats.max_consecutive_failures = streaks.longest;
         stats.consecutive_failures = streaks.trailing;
-        let mut classes: Vec<(Class, u64)> = CLASS_OF
+        let mut classes: Vec<(Class, u64)> = Class::ALL
             .iter()
             .zip(by_class)
             .filter(|(_, n)| *n > 0)
             .map(|(c, n)| (*c, n))
             .collect();
-        classes.sort_by(|a, b| b.1.cmp(&a.1).then(class_index(a.0).cmp(&class_index(b.0))));
+        classes.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.index().cmp(&b.0.index())));
         stats.by_class = classes;
         stats
     }

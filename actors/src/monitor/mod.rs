@@ -22,58 +22,30 @@
 //! - **Alerts.** Fire once when a figure crosses its threshold and clear once it has recovered,
 //!   published as [`Event::Alert`] and logged with `tracing::warn!`.
 
-use std::collections::HashMap;
+mod metrics;
+mod probe;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::rpc::CallResult;
-use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
 
-use crate::breaker::{BreakerMsg, ProbeAdmission};
-use crate::call::{Call, Lane};
 use crate::clock;
+use crate::directory::Directory;
 use crate::events::{AlertKind, Event, EventSender};
-use crate::governor::{Decision, GovernorMsg, ReserveRequest, ServerLimits};
 use crate::policy::alert::{AlarmChange, AlertConfig, DownAlarm, RateAlarm};
 use crate::policy::breaker::StateKind;
-use crate::policy::classify::{classify, classify_transport, Class, Verdict};
-use crate::policy::sla::{SlaConfig, SlaOutcome, SlaStats, SlaTarget, SlaViolation, SlaWindow};
-use crate::supervisor::Directory;
+use crate::policy::classify::Class;
+use crate::policy::sla::{SlaConfig, SlaOutcome, SlaTarget, SlaWindow};
+use crate::protocol::{
+    AttemptSample, BreakerMsg, CallRecord, CallStatus, ChainReadiness, MonitorMsg, Readiness,
+    SlaEntry, SlaReport,
+};
 use crate::timer::Timer;
-use crate::upstream::{Attempt, Cost, TransportError, Upstream, Usage};
-
-/// A model's price in USD per million tokens, for the cost metric and the call log line.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
-pub struct Price {
-    /// USD per million input tokens.
-    pub input_per_mtok: f64,
-    /// USD per million output tokens.
-    pub output_per_mtok: f64,
-}
-
-impl Price {
-    /// What `usage` costs, in USD. Cache reads and writes are not priced apart: only
-    /// `input_tokens` and `output_tokens` are charged.
-    pub fn cost(&self, usage: &Usage) -> f64 {
-        (usage.input_tokens as f64 * self.input_per_mtok
-            + usage.output_tokens as f64 * self.output_per_mtok)
-            / 1e6
-    }
-
-    /// Check the settings; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
-        for (field, v) in [
-            ("input_per_mtok", self.input_per_mtok),
-            ("output_per_mtok", self.output_per_mtok),
-        ] {
-            // Written so that NaN fails too.
-            if !(v >= 0.0 && v.is_finite()) {
-                return Err(format!("{field} must be a finite price >= 0, got {v}"));
-            }
-        }
-        Ok(())
-    }
-}
+use crate::upstream::Upstream;
+use crate::wire::{Price, Usage};
+use metrics::{ChainMetrics, ModelMetrics};
+use probe::ProbeTask;
 
 /// What a probe sends.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -127,68 +99,6 @@ impl ProbeConfig {
     }
 }
 
-/// One upstream attempt (or probe), as the monitor records it.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct AttemptSample {
-    /// Model id.
-    pub model: usize,
-    /// How the answer was classified.
-    pub class: Class,
-    /// HTTP status; `None` for a transport failure.
-    pub status: Option<u16>,
-    /// How long it took.
-    pub latency: Duration,
-    /// When it ended.
-    pub at: Instant,
-    /// A re-attempt of the same call on the same model.
-    pub retry: bool,
-    /// Tokens it used (successes only).
-    pub usage: Usage,
-}
-
-/// How a call ended, as the SLA sees it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum CallStatus {
-    /// Answered live by hop `hop` (0: the chain's first choice), model `model`.
-    Answered {
-        /// The chain hop that served it.
-        hop: usize,
-        /// Its model id.
-        model: usize,
-    },
-    /// An error returned to the caller: `unavailable`, `deadline_exceeded`, `rejected` (a
-    /// 401/402/403/404 that ended every hop) or `internal`.
-    Failed(&'static str),
-    /// The caller's fault (a malformed request passed through, an invalid call): not counted.
-    Invalid,
-}
-
-impl CallStatus {
-    /// The `status` label of the call metrics: `ok`, `error` or `invalid`.
-    pub fn label(&self) -> &'static str {
-        match self {
-            CallStatus::Answered { .. } => "ok",
-            CallStatus::Failed(_) => "error",
-            CallStatus::Invalid => "invalid",
-        }
-    }
-}
-
-/// One call, cast by its request actor when it ends.
-#[derive(Clone, Debug, PartialEq)]
-pub struct CallRecord {
-    /// Chain id.
-    pub chain: usize,
-    /// How it ended.
-    pub status: CallStatus,
-    /// From the call to its answer (streams: to the first content event).
-    pub latency: Duration,
-    /// When it ended.
-    pub at: Instant,
-    /// Its upstream attempts in order.
-    pub attempts: Vec<AttemptSample>,
-}
-
 /// A model as the monitor sees it.
 #[derive(Clone, Debug)]
 pub struct MonitoredModel {
@@ -239,225 +149,8 @@ pub struct MonitorArgs {
     pub events: EventSender,
 }
 
-/// One subject's SLA as reported.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct SlaEntry {
-    /// The model or chain.
-    pub name: String,
-    /// Its figures over the window.
-    pub stats: SlaStats,
-    /// Its target.
-    pub target: SlaTarget,
-    /// Where it falls short (empty: healthy, or too few calls to judge).
-    pub violations: Vec<SlaViolation>,
-}
-
-impl SlaEntry {
-    /// True when it meets its target (or has too few calls to be judged).
-    pub fn is_healthy(&self) -> bool {
-        self.violations.is_empty()
-    }
-}
-
-/// The SLA of every model and chain over the window, from `Seawall::sla_report`.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct SlaReport {
-    /// How far back the figures look.
-    pub window: Duration,
-    /// Per model (every attempt and probe), by name.
-    pub models: Vec<SlaEntry>,
-    /// Per chain (every call), by name.
-    pub chains: Vec<SlaEntry>,
-}
-
-impl SlaReport {
-    /// True when every model and chain meets its target.
-    pub fn is_healthy(&self) -> bool {
-        self.models
-            .iter()
-            .chain(&self.chains)
-            .all(SlaEntry::is_healthy)
-    }
-
-    /// A model's entry.
-    pub fn model(&self, name: &str) -> Option<&SlaEntry> {
-        self.models.iter().find(|e| e.name == name)
-    }
-
-    /// A chain's entry.
-    pub fn chain(&self, name: &str) -> Option<&SlaEntry> {
-        self.chains.iter().find(|e| e.name == name)
-    }
-}
-
-/// Whether the runtime can serve, from `Seawall::ready`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct Readiness {
-    /// Every entry chain has a usable model.
-    pub ready: bool,
-    /// Per entry chain.
-    pub chains: Vec<ChainReadiness>,
-}
-
-/// One chain's readiness.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct ChainReadiness {
-    /// The chain.
-    pub chain: String,
-    /// At least one of its models is usable.
-    pub ready: bool,
-    /// Its models that user calls may reach now: breaker closed, or half-open with trials open
-    /// to users (not reserved for probes).
-    pub usable: Vec<String>,
-}
-
-/// Messages the monitor understands.
-pub enum MonitorMsg {
-    /// A call ended.
-    Call(CallRecord),
-    /// A model's breaker changed state (or reports it, after a restart of either side).
-    Breaker {
-        /// Model id.
-        model: usize,
-        /// Its state now.
-        state: StateKind,
-        /// When the open state ends, while open.
-        open_until: Option<Instant>,
-    },
-    /// A probe's result.
-    ProbeSample(AttemptSample),
-    /// A probe task ended; `retry_at`: the breaker said when to come back.
-    ProbeDone {
-        /// Model id.
-        model: usize,
-        /// When the breaker's open state ends, if it refused the probe for that.
-        retry_at: Option<Instant>,
-    },
-    /// The SLA report.
-    Report(RpcReplyPort<SlaReport>),
-    /// Readiness.
-    Ready(RpcReplyPort<Readiness>),
-    /// A scheduled timer fired.
-    #[doc(hidden)]
-    Timer(u64),
-    /// Fault injection for supervision tests and chaos drills: the actor panics.
-    #[doc(hidden)]
-    InjectPanic,
-}
-
 /// The actor.
 pub struct MonitorActor;
-
-/// Metric handles of one family per class, made on first use. A handle is registered once, so
-/// recording is an atomic add rather than a key built and looked up per call. (So the exporter
-/// must be installed before the runtime is spawned, as `metrics` expects anyway.)
-struct PerClass {
-    metric: &'static str,
-    counters: [Option<metrics::Counter>; CLASS_COUNT],
-    histograms: [Option<metrics::Histogram>; CLASS_COUNT],
-}
-
-const CLASS_COUNT: usize = 12;
-
-fn class_slot(c: Class) -> usize {
-    match c {
-        Class::Success => 0,
-        Class::RateLimited => 1,
-        Class::Overloaded => 2,
-        Class::ServerError => 3,
-        Class::Timeout => 4,
-        Class::Network => 5,
-        Class::InvalidRequest => 6,
-        Class::Authentication => 7,
-        Class::Billing => 8,
-        Class::Permission => 9,
-        Class::NotFound => 10,
-        Class::Other => 11,
-    }
-}
-
-impl PerClass {
-    fn new(metric: &'static str) -> Self {
-        Self {
-            metric,
-            counters: Default::default(),
-            histograms: Default::default(),
-        }
-    }
-
-    fn counter(&mut self, model: &str, class: Class) -> &metrics::Counter {
-        let metric = self.metric;
-        self.counters[class_slot(class)].get_or_insert_with(
-            || metrics::counter!(metric, "model" => model.to_owned(), "class" => class.as_str()),
-        )
-    }
-
-    fn histogram(&mut self, model: &str, class: Class) -> &metrics::Histogram {
-        let metric = self.metric;
-        self.histograms[class_slot(class)].get_or_insert_with(
-            || metrics::histogram!(metric, "model" => model.to_owned(), "class" => class.as_str()),
-        )
-    }
-}
-
-/// Counters of a model's attempts.
-struct ModelMetrics {
-    attempts: PerClass,
-    probes: PerClass,
-    durations: PerClass,
-    failures: HashMap<(Class, Option<u16>), metrics::Counter>,
-    retries: metrics::Counter,
-    input_tokens: metrics::Counter,
-    output_tokens: metrics::Counter,
-    cost: metrics::Counter,
-}
-
-impl ModelMetrics {
-    fn new(model: &str) -> Self {
-        let label = || model.to_owned();
-        Self {
-            attempts: PerClass::new("seawall_attempts_total"),
-            probes: PerClass::new("seawall_probes_total"),
-            durations: PerClass::new("seawall_attempt_duration_seconds"),
-            failures: HashMap::new(),
-            retries: metrics::counter!("seawall_retries_total", "model" => label()),
-            input_tokens: metrics::counter!("seawall_input_tokens_total", "model" => label()),
-            output_tokens: metrics::counter!("seawall_output_tokens_total", "model" => label()),
-            cost: metrics::counter!("seawall_cost_microdollars_total", "model" => label()),
-        }
-    }
-}
-
-/// Counters of a chain's calls; `calls` and `durations` by status (ok, error, invalid).
-struct ChainMetrics {
-    calls: [metrics::Counter; 3],
-    durations: [metrics::Histogram; 3],
-    failures: HashMap<&'static str, metrics::Counter>,
-    fallbacks: HashMap<usize, metrics::Counter>,
-    degraded_live: metrics::Counter,
-}
-
-impl ChainMetrics {
-    fn new(chain: &str) -> Self {
-        let statuses = ["ok", "error", "invalid"];
-        Self {
-            calls: statuses.map(|status| {
-                metrics::counter!("seawall_calls_total", "chain" => chain.to_owned(), "status" => status)
-            }),
-            durations: statuses.map(|status| {
-                metrics::histogram!("seawall_call_duration_seconds", "chain" => chain.to_owned(), "status" => status)
-            }),
-            failures: HashMap::new(),
-            fallbacks: HashMap::new(),
-            // Answers of a fallback model; the request actor counts cache, static and queued.
-            degraded_live: metrics::counter!(
-                "seawall_degraded_answers_total",
-                "chain" => chain.to_owned(),
-                "source" => "live"
-            ),
-        }
-    }
-}
 
 struct ModelState {
     metrics: ModelMetrics,
@@ -496,14 +189,9 @@ pub struct MonitorState {
 /// A firing rate alarm is judged again this often without traffic, so it can clear as its
 /// window empties.
 const REJUDGE: Duration = Duration::from_secs(1);
-/// How long a breaker or governor may take to answer a probe task.
-const ACTOR_CALL_TIMEOUT: Duration = Duration::from_secs(5);
-/// A probe task stops after this many half-open trials in a row (a breaker decides on
-/// `half_open_calls` of them; the bound only guards against a loop).
-const MAX_TRIALS: usize = 32;
 
 /// How an attempt's class counts toward its model's SLA: as the breaker judges health.
-fn model_outcome(class: Class) -> SlaOutcome {
+pub(crate) fn model_outcome(class: Class) -> SlaOutcome {
     match class {
         Class::Success => SlaOutcome::Success,
         Class::Overloaded | Class::ServerError | Class::Timeout | Class::Network | Class::Other => {
@@ -546,7 +234,7 @@ impl MonitorState {
             mx.failures
                 .entry((s.class, s.status))
                 .or_insert_with(|| {
-                    metrics::counter!(
+                    ::metrics::counter!(
                         "seawall_failures_total",
                         "model" => name.clone(),
                         "class" => s.class.as_str(),
@@ -600,7 +288,7 @@ impl MonitorState {
                                 .get(model)
                                 .map(|m| m.info.name.clone())
                                 .unwrap_or_default();
-                            metrics::counter!(
+                            ::metrics::counter!(
                                 "seawall_fallbacks_total",
                                 "chain" => chain.clone(),
                                 "model" => served
@@ -618,7 +306,7 @@ impl MonitorState {
                     .failures
                     .entry(class)
                     .or_insert_with(|| {
-                        metrics::counter!(
+                        ::metrics::counter!(
                             "seawall_call_failures_total",
                             "chain" => chain.clone(),
                             "class" => class
@@ -696,7 +384,7 @@ impl MonitorState {
                 "alert cleared"
             );
         }
-        metrics::gauge!("seawall_alert_firing", "kind" => kind.as_str(), "subject" => subject.to_owned())
+        ::metrics::gauge!("seawall_alert_firing", "kind" => kind.as_str(), "subject" => subject.to_owned())
             .set(if firing { 1.0 } else { 0.0 });
         // No subscriber is fine: the send error only says nobody listens.
         let _ = self.events.send(Event::Alert {
@@ -986,203 +674,5 @@ impl Actor for MonitorActor {
         }
         state.after(&myself, now);
         Ok(())
-    }
-}
-
-/// One probe run for one model: the only place the monitor's work awaits I/O.
-struct ProbeTask {
-    model: usize,
-    name: String,
-    upstream: Arc<dyn Upstream>,
-    upstream_id: usize,
-    class: usize,
-    cfg: ProbeConfig,
-    directory: Arc<Directory>,
-    monitor: ActorRef<MonitorMsg>,
-}
-
-impl ProbeTask {
-    async fn run(self) {
-        let mut trial_only = false;
-        let mut retry_at = None;
-        for _ in 0..MAX_TRIALS {
-            let Some(breaker) = self.directory.breaker(self.model) else {
-                break;
-            };
-            let admission = match breaker
-                .call(
-                    |reply| BreakerMsg::Probe { trial_only, reply },
-                    Some(ACTOR_CALL_TIMEOUT),
-                )
-                .await
-            {
-                Ok(CallResult::Success(a)) => a,
-                _ => break,
-            };
-            let (permit, trial) = match admission {
-                ProbeAdmission::Trial(p) => (p, true),
-                ProbeAdmission::Check(p) => (p, false),
-                ProbeAdmission::Denied { until } => {
-                    retry_at = until;
-                    break;
-                }
-            };
-            let Some(sample) = self.send().await else {
-                // Nothing was sent (no key or no budget): the slot goes to the next prober.
-                let _ = breaker.cast(BreakerMsg::Release(permit));
-                break;
-            };
-            let _ = breaker.cast(BreakerMsg::Record {
-                permit,
-                class: sample.class,
-                latency: sample.latency,
-            });
-            tracing::debug!(
-                model = %self.name,
-                class = sample.class.as_str(),
-                status = sample.status.unwrap_or(0),
-                latency_ms = sample.latency.as_millis() as u64,
-                trial,
-                "probe"
-            );
-            let _ = self.monitor.cast(MonitorMsg::ProbeSample(sample));
-            // A half-open breaker decides on `half_open_calls` trials, and user calls may not
-            // take them: go again until it decides (it then denies a trial). A closed breaker
-            // needs one check; an answer that says nothing about health (a 429) ends the run.
-            if !trial || model_outcome(sample.class) == SlaOutcome::Excluded {
-                break;
-            }
-            trial_only = true;
-        }
-        let _ = self.monitor.cast(MonitorMsg::ProbeDone {
-            model: self.model,
-            retry_at,
-        });
-    }
-
-    fn attempt(&self, key: usize) -> Attempt {
-        Attempt {
-            model: self.name.clone(),
-            body: Call::new(&self.name, 1).user("ping").body_for(&self.name),
-            key,
-            retry_count: 0,
-            timeout: self.cfg.timeout,
-            idempotency_key: None,
-            forward: Default::default(),
-        }
-    }
-
-    /// Send one probe; `None` when none could be sent.
-    async fn send(&self) -> Option<AttemptSample> {
-        let governor = self.directory.governor()?;
-        if self.cfg.kind == ProbeKind::Auto {
-            let key = match governor
-                .call(
-                    |reply| GovernorMsg::PickKey(self.upstream_id, reply),
-                    Some(ACTOR_CALL_TIMEOUT),
-                )
-                .await
-            {
-                Ok(CallResult::Success(Some(key))) => key,
-                _ => return None,
-            };
-            if let Some(count) = self.upstream.count_tokens(self.attempt(key)) {
-                let start = clock::now();
-                let class = match tokio::time::timeout(self.cfg.timeout, count).await {
-                    Ok(Ok(_)) => Class::Success,
-                    Err(_) | Ok(Err(TransportError::Timeout(_))) => Class::Timeout,
-                    // A counter reports an error status as `Invalid` without the status: for
-                    // a probe, any error answer means the model is not healthy.
-                    Ok(Err(TransportError::Invalid(_))) => Class::ServerError,
-                    Ok(Err(e)) => classify_transport(&e).class(),
-                };
-                let at = clock::now();
-                return Some(self.sample(class, None, at.saturating_duration_since(start), at));
-            }
-        }
-        // A 1-token message, paid for like any attempt (background lane, no waiting): a probe
-        // must never cause a 429.
-        let request = ReserveRequest {
-            upstream: self.upstream_id,
-            class: self.class,
-            cost: Cost::request(8, 1),
-            lane: Lane::Background,
-            feature: None,
-            max_wait: Duration::ZERO,
-        };
-        let ticket = match governor
-            .call(
-                |reply| GovernorMsg::Reserve(request, reply),
-                Some(ACTOR_CALL_TIMEOUT),
-            )
-            .await
-        {
-            Ok(CallResult::Success(Decision::Grant { ticket, .. })) => ticket,
-            _ => return None,
-        };
-        let start = clock::now();
-        let result = match tokio::time::timeout(
-            self.cfg.timeout,
-            self.upstream.send(self.attempt(ticket.key)),
-        )
-        .await
-        {
-            Ok(r) => r,
-            Err(_) => Err(TransportError::Timeout(self.cfg.timeout)),
-        };
-        let at = clock::now();
-        let verdict = classify(&result, std::time::SystemTime::now());
-        let (status, server, usage) = match &result {
-            Ok(r) => (
-                Some(r.status),
-                ServerLimits::from_headers(&r.headers),
-                crate::request::usage_of(&r.body),
-            ),
-            Err(_) => (None, ServerLimits::default(), Usage::default()),
-        };
-        let key_pause = match verdict {
-            Verdict::Retryable {
-                class: Class::RateLimited,
-                hint,
-            } => hint,
-            _ => None,
-        };
-        let _ = governor.cast(GovernorMsg::Settle {
-            ticket,
-            actual: if verdict.class() == Class::Success {
-                usage.cost()
-            } else {
-                Cost::request(0, 0)
-            },
-            server,
-            key_bad: verdict.key_is_bad(),
-            key_pause,
-        });
-        let mut sample = self.sample(
-            verdict.class(),
-            status,
-            at.saturating_duration_since(start),
-            at,
-        );
-        sample.usage = usage;
-        Some(sample)
-    }
-
-    fn sample(
-        &self,
-        class: Class,
-        status: Option<u16>,
-        latency: Duration,
-        at: Instant,
-    ) -> AttemptSample {
-        AttemptSample {
-            model: self.model,
-            class,
-            status,
-            latency,
-            at,
-            retry: false,
-            usage: Usage::default(),
-        }
     }
 }

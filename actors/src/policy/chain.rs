@@ -1,0 +1,1177 @@
+//! The chain walk as a pure state machine: which model of a fallback chain to try, when, and
+//! what the call's answer is.
+//!
+//! Hand-written: chain walking is the product. [`ChainWalk`] is sans-IO in the style of
+//! quinn-proto's `Connection`: the driver (the request actor) feeds it [`Event`]s (a breaker's
+//! admission, the governor's decision, an attempt's classified outcome) with the time they
+//! happened, drains [`Step`]s with [`ChainWalk::poll`] and arms a timer for
+//! [`ChainWalk::poll_timeout`]. No tokio, no ractor, no clock of its own: every rule is a unit
+//! test with hand-set instants.
+//!
+//! The rules:
+//!
+//! - Hops are tried in chain order; a hop is *ready* when nothing (backoff, retry-after, an open
+//!   breaker, budget) tells it to wait. The first ready hop is tried. Hops before a
+//!   conversation's pinned hop are tried only when no later hop can go now.
+//! - A capacity error, an open breaker or a lack of budget on one hop moves to the next ready hop
+//!   at once: no sleep while another model can serve.
+//! - A transient failure schedules the same hop again after backoff (the server's retry hint
+//!   wins). Only when no hop is ready does the walk sleep, until the earliest hop is; and only if
+//!   an attempt could still start before the deadline with `min_attempt` to spare. Otherwise it
+//!   ends at once with the honest error and a retry-after.
+//! - A permanent error is never retried: a request-scoped one (400, 413, 422, any client 4xx)
+//!   ends the call with the upstream's answer; a model-scoped one ends that hop; a key-scoped one
+//!   (401) lets the hop go again with another key; an organization-scoped one (402, spend cap)
+//!   ends every hop on that upstream.
+//! - A refusal (`stop_reason: "refusal"`) with `refusal_fallback` moves on, handing later hops
+//!   the refusal's credit; if no later hop serves, the refusal itself is the answer.
+//! - Several attempts may be in flight: an attempt that has not answered within its hop's
+//!   `hedge_after` starts a hedge on the next candidate (a retry for the budget; no waiting for
+//!   budget). The first success wins and the others are cancelled.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::call::{AttemptRecord, Outcome};
+use crate::policy::backoff::{Backoff, SplitMix64, Step as Backoff_};
+use crate::policy::breaker::{Admission, Permit};
+use crate::policy::classify::{Class, Scope, Verdict};
+use crate::policy::lanes::{Decision, RejectReason, Ticket};
+use crate::wire::{Cost, SseEvent};
+
+/// How a chain retries and how long a call may take.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RetryPolicy {
+    /// Delays between attempts on the same model.
+    pub backoff: Backoff,
+    /// Default total deadline of a call (a call's own `timeout` overrides it).
+    pub deadline: Duration,
+    /// Longest single attempt.
+    pub attempt_timeout: Duration,
+    /// Streaming: longest wait from the start of an attempt to its first content event. Until
+    /// then the call may still move to another model; after it, only the deadline bounds the
+    /// stream.
+    pub first_token_timeout: Duration,
+    /// No attempt starts with less than this left before the deadline: it could not finish.
+    /// A call whose own timeout is short uses at most half of it.
+    pub min_attempt: Duration,
+    /// Upstream attempts per call across all hops (hedges included).
+    pub max_attempts: u32,
+    /// How input tokens are estimated before the governor reserves them.
+    pub estimate: Estimate,
+    /// Move to the next hop when a model answers `stop_reason: "refusal"` (forwarding the
+    /// refusal's `fallback_credit_token`). Streams: only when the refusal came before content.
+    pub refusal_fallback: bool,
+    /// What a call of this chain falls back to, in order, when no model can answer
+    /// (`Error::Unavailable`); never for a rejected request. Empty: the honest error.
+    pub degrade: Vec<Degrade>,
+    /// At most this many hedges in flight per call (0: never hedge).
+    pub max_hedges: u32,
+}
+
+/// A degraded answer a chain may give when no model can answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Degrade {
+    /// The response cache's last live answer to the same request (any model), if one is
+    /// fresh enough; the chain's live answers are stored for it.
+    Cache,
+    /// A fixed text, flagged as static.
+    Static(String),
+    /// Store the call in the durable queue and answer at once with its job id (HTTP 202,
+    /// `Source::Queued`); it runs later on the background lane (see `Builder::queue`).
+    Queue,
+}
+
+/// How a call's input tokens are estimated before budget is reserved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Estimate {
+    /// About four bytes of JSON text per token: instant, usually within 20-30%; settlement with
+    /// the real usage corrects it.
+    #[default]
+    Heuristic,
+    /// Ask the upstream's `count_tokens` endpoint once per call and upstream (falls back to the
+    /// heuristic when the upstream has no counter or the count fails). Exact, costs a round trip.
+    CountTokens,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            backoff: Backoff::default(),
+            deadline: Duration::from_secs(120),
+            attempt_timeout: Duration::from_secs(60),
+            first_token_timeout: Duration::from_secs(60),
+            min_attempt: Duration::from_millis(200),
+            max_attempts: 6,
+            estimate: Estimate::Heuristic,
+            refusal_fallback: false,
+            degrade: Vec::new(),
+            max_hedges: 1,
+        }
+    }
+}
+
+impl RetryPolicy {
+    /// Check the settings; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        self.backoff.validate()?;
+        if self.deadline.is_zero() {
+            return Err("deadline must be greater than zero".into());
+        }
+        if self.attempt_timeout.is_zero() {
+            return Err("attempt_timeout must be greater than zero".into());
+        }
+        if self.first_token_timeout.is_zero() {
+            return Err("first_token_timeout must be greater than zero".into());
+        }
+        if self.min_attempt >= self.deadline {
+            return Err("min_attempt must be shorter than deadline".into());
+        }
+        if self.max_attempts == 0 {
+            return Err("max_attempts must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// What the walk knows of one hop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HopFacts {
+    /// The hop's model id.
+    pub model: usize,
+    /// The model's name (for the trail).
+    pub name: String,
+    /// The model's upstream (an organization-scoped failure ends every hop on it).
+    pub upstream: usize,
+    /// The heuristic input-token estimate of this hop's request.
+    pub input_estimate: u64,
+    /// This hop's `max_tokens`.
+    pub max_tokens: u64,
+    /// This hop's attempt timeout, when it knows better than the policy's (`None`: the
+    /// policy's `attempt_timeout`, or `first_token_timeout` for a stream).
+    pub attempt_timeout: Option<Duration>,
+    /// Start a hedge when an attempt on this hop has not answered after this long.
+    pub hedge_after: Option<Duration>,
+}
+
+/// What the walk knows of the call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CallFacts {
+    /// The chain's hops, first choice first.
+    pub hops: Vec<HopFacts>,
+    /// A streaming call: the walk ends at the first content event.
+    pub stream: bool,
+    /// The call's own total timeout (`None`: the policy's deadline).
+    pub timeout: Option<Duration>,
+    /// The call carries a conversation key: ask where it is pinned before the first hop.
+    pub conversation: bool,
+    /// A replay of a queued job: never degraded (it waits in the queue for a live answer).
+    pub replay: bool,
+    /// Seed of the call's backoff jitter.
+    pub seed: u64,
+}
+
+/// A refusal's credit for the next hop: the token to forward and, with a prefill claim, the
+/// refused partial output to continue from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Credit {
+    /// `stop_details.fallback_credit_token`, forwarded as a top-level `fallback_credit_token`.
+    pub token: Value,
+    /// The refused content blocks, appended as an assistant turn (empty without a claim).
+    pub prefill: Vec<Value>,
+}
+
+/// A model's answer was a refusal (`stop_reason: "refusal"`), with its credit if it minted one.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Refusal {
+    /// The credit, when the refusal carries a `fallback_credit_token`.
+    pub credit: Option<Credit>,
+}
+
+/// Identifies one attempt of a call.
+pub type AttemptId = u32;
+
+/// How one attempt ended, as the driver classified it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptReport {
+    /// The classifier's verdict.
+    pub verdict: Verdict,
+    /// The HTTP status, if one came.
+    pub status: Option<u16>,
+    /// How long the attempt took (a stream: to its first content event).
+    pub latency: Duration,
+    /// The upstream's `request-id`.
+    pub request_id: Option<String>,
+    /// For a success: the answer was a refusal (a stream: before any content).
+    pub refusal: Option<Refusal>,
+    /// Why the transport could not send the request at all, when it could not.
+    pub unsent: Option<String>,
+}
+
+/// What happened, for the walk.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Where the call's conversation is pinned (a model id), if anywhere.
+    Pinned(Option<usize>),
+    /// The breaker of `hop` answered.
+    Admission {
+        /// The hop asked about.
+        hop: usize,
+        /// The answer.
+        admission: Admission,
+    },
+    /// The upstream counted `hop`'s input tokens (`None`: it could not).
+    Counted {
+        /// The hop counted.
+        hop: usize,
+        /// The count.
+        tokens: Option<u64>,
+    },
+    /// The governor answered `hop`'s reservation.
+    Budget {
+        /// The hop.
+        hop: usize,
+        /// The answer.
+        decision: Decision,
+    },
+    /// An attempt ended (a stream: reached its first content event, or failed before).
+    Finished {
+        /// Which attempt.
+        attempt: AttemptId,
+        /// How it went.
+        report: AttemptReport,
+    },
+    /// The runtime could not be asked (an actor did not come back after restarts).
+    Lost(String),
+}
+
+/// What the driver must do next.
+#[derive(Clone, Debug, PartialEq)]
+#[must_use]
+pub enum Step {
+    /// Ask the chain's primary breaker where the conversation is pinned; answer with
+    /// [`Event::Pinned`].
+    AskPin,
+    /// Ask `hop`'s breaker for a permit (`retry`: a re-attempt on this model, which its retry
+    /// budget must allow); answer with [`Event::Admission`].
+    Acquire {
+        /// The hop.
+        hop: usize,
+        /// A re-attempt on the same model.
+        retry: bool,
+    },
+    /// Count `hop`'s input tokens with the upstream's counter; answer with [`Event::Counted`].
+    CountTokens {
+        /// The hop.
+        hop: usize,
+    },
+    /// Reserve budget for `hop`; answer with [`Event::Budget`].
+    Reserve {
+        /// The hop.
+        hop: usize,
+        /// What the attempt is expected to cost.
+        cost: Cost,
+        /// The longest the governor may park the request.
+        max_wait: Duration,
+    },
+    /// Give an unused permit back to `hop`'s breaker (and an unused reservation back to the
+    /// governor).
+    Release {
+        /// The hop.
+        hop: usize,
+        /// The permit.
+        permit: Permit,
+        /// A reservation granted but not used.
+        ticket: Option<Ticket>,
+    },
+    /// Send an attempt; answer with [`Event::Finished`].
+    Send(Send),
+    /// Cancel an attempt in flight (a hedge lost): give its permit back, settle its budget as
+    /// the upstream would charge it; its report, if one still comes, is ignored.
+    Cancel {
+        /// Which attempt.
+        attempt: AttemptId,
+    },
+    /// Pin the conversation to `hop`'s model (the first hop: unpin).
+    Pin {
+        /// The hop that served.
+        hop: usize,
+    },
+    /// The walk is over.
+    Finish(Finish),
+}
+
+/// An attempt to start.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Send {
+    /// Its id.
+    pub attempt: AttemptId,
+    /// Its hop.
+    pub hop: usize,
+    /// The breaker's permit.
+    pub permit: Permit,
+    /// The governor's reservation.
+    pub ticket: Ticket,
+    /// Its time budget (a stream: to the first content event).
+    pub timeout: Duration,
+    /// 0 for the call's first attempt, then 1, 2, ... (the SDK's retry count).
+    pub retry_count: u32,
+    /// A re-attempt on this hop's model.
+    pub retry: bool,
+    /// Started as a hedge of another attempt in flight.
+    pub hedge: bool,
+    /// A refusal's credit to add to the request.
+    pub credit: Option<Credit>,
+}
+
+/// How the call ends.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finish {
+    /// The answer.
+    pub ending: Ending,
+    /// Every step of the call.
+    pub trail: Vec<AttemptRecord>,
+    /// Upstream attempts made.
+    pub attempts: u32,
+}
+
+/// The call's answer.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Ending {
+    /// `attempt` on `hop` served it.
+    Served {
+        /// The attempt whose answer to return.
+        attempt: AttemptId,
+        /// Its hop.
+        hop: usize,
+    },
+    /// No later hop served: the refusal of `attempt` is the answer.
+    Refusal {
+        /// The refused attempt.
+        attempt: AttemptId,
+        /// Its hop.
+        hop: usize,
+    },
+    /// A permanent upstream answer, passed through unchanged.
+    Rejected {
+        /// The attempt whose answer to pass through.
+        attempt: AttemptId,
+        /// Its hop.
+        hop: usize,
+    },
+    /// No hop can take this request at all (why, per hop); nothing more was sent.
+    Invalid(String),
+    /// No model could answer in time.
+    Unavailable {
+        /// When something is expected to recover.
+        retry_after: Option<Duration>,
+        /// The deadline is what ended the walk.
+        deadline_exceeded: bool,
+        /// What the chain may degrade to, in order (already filtered for this call).
+        degrade: Vec<Degrade>,
+    },
+    /// The runtime failed (an actor did not come back).
+    Internal(String),
+}
+
+/// Smallest pause before re-asking a breaker whose state we could not predict.
+const MIN_PAUSE: Duration = Duration::from_millis(1);
+
+#[derive(Clone, Debug)]
+struct HopState {
+    /// Upstream attempts on this hop (a second one is a retry, which the budget must allow).
+    attempts: u32,
+    failures: u32,
+    ready_at: Instant,
+    done: bool,
+    /// When this hop is expected to recover, for the caller's retry-after.
+    recovers_at: Option<Instant>,
+    /// The attempt whose permanent answer ended this hop, kept to pass through.
+    permanent: Option<AttemptId>,
+    /// Why this hop can never take the request (its transport cannot send it, or it is
+    /// larger than a limit allows at all).
+    unfit: Option<String>,
+    /// Before the conversation's pinned hop: tried only when no later hop can go now.
+    deferred: bool,
+    /// The input-token count, once made.
+    counted: Option<u64>,
+}
+
+/// An ask outstanding with the breaker or the governor.
+#[derive(Clone, Copy, Debug)]
+enum Ask {
+    Admission {
+        hop: usize,
+        hedge: bool,
+    },
+    Count {
+        hop: usize,
+        permit: Permit,
+        hedge: bool,
+    },
+    Budget {
+        hop: usize,
+        permit: Permit,
+        hedge: bool,
+    },
+    /// Granted for later: the budget is held for us until `at`.
+    Granted {
+        hop: usize,
+        permit: Permit,
+        ticket: Ticket,
+        at: Instant,
+        hedge: bool,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Flight {
+    attempt: AttemptId,
+    hop: usize,
+    /// When to hedge it, if it is still in flight then.
+    hedge_at: Option<Instant>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Start,
+    Pinning,
+    Walking,
+    Done,
+}
+
+/// One call's walk of its chain.
+#[derive(Debug)]
+pub struct ChainWalk {
+    facts: CallFacts,
+    policy: Arc<RetryPolicy>,
+    now: Instant,
+    deadline: Instant,
+    min_attempt: Duration,
+    hops: Vec<HopState>,
+    trail: Vec<AttemptRecord>,
+    /// Upstream attempts sent.
+    sent: u32,
+    next_attempt: AttemptId,
+    rng: SplitMix64,
+    phase: Phase,
+    ask: Option<Ask>,
+    flights: Vec<Flight>,
+    hedges: u32,
+    /// Nothing is ready before this: the walk sleeps until then.
+    wake: Option<Instant>,
+    /// A refusal kept as the answer if no later hop serves: (attempt, hop).
+    refusal: Option<(AttemptId, usize)>,
+    credit: Option<Credit>,
+    /// The pinned hop, when the conversation was pinned to a later one.
+    pinned: Option<usize>,
+    out: VecDeque<Step>,
+}
+
+impl ChainWalk {
+    /// A walk of `facts.hops` under `policy`, starting at `now`.
+    pub fn new(facts: CallFacts, policy: Arc<RetryPolicy>, now: Instant) -> Self {
+        let total = facts.timeout.unwrap_or(policy.deadline);
+        let hops = facts
+            .hops
+            .iter()
+            .map(|_| HopState {
+                attempts: 0,
+                failures: 0,
+                ready_at: now,
+                done: false,
+                recovers_at: None,
+                permanent: None,
+                unfit: None,
+                deferred: false,
+                counted: None,
+            })
+            .collect();
+        Self {
+            rng: SplitMix64::new(facts.seed),
+            deadline: now + total,
+            min_attempt: policy.min_attempt.min(total / 2),
+            facts,
+            policy,
+            now,
+            hops,
+            trail: Vec::new(),
+            sent: 0,
+            next_attempt: 0,
+            phase: Phase::Start,
+            ask: None,
+            flights: Vec::new(),
+            hedges: 0,
+            wake: None,
+            refusal: None,
+            credit: None,
+            pinned: None,
+            out: VecDeque::new(),
+        }
+    }
+
+    /// The call's deadline.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// True once the walk has finished.
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Done && self.out.is_empty()
+    }
+
+    /// Attempts in flight now.
+    pub fn in_flight(&self) -> usize {
+        self.flights.len()
+    }
+
+    /// When the walk wants [`ChainWalk::handle_timeout`] to be called, if ever.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        if self.phase != Phase::Walking {
+            return None;
+        }
+        let granted = match self.ask {
+            Some(Ask::Granted { at, .. }) => Some(at),
+            _ => None,
+        };
+        let hedge = if self.ask.is_none() && self.can_hedge() {
+            self.flights.iter().filter_map(|f| f.hedge_at).min()
+        } else {
+            None
+        };
+        [self.wake, granted, hedge].into_iter().flatten().min()
+    }
+
+    /// Time passed: the clock is now `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.now = self.now.max(now);
+    }
+
+    /// Take in what happened at `now`.
+    pub fn handle(&mut self, event: Event, now: Instant) {
+        self.now = self.now.max(now);
+        if self.phase == Phase::Done {
+            return; // late news (a cancelled attempt's report) changes nothing
+        }
+        match event {
+            Event::Pinned(model) => self.on_pinned(model),
+            Event::Admission { hop, admission } => self.on_admission(hop, admission),
+            Event::Counted { hop, tokens } => self.on_counted(hop, tokens),
+            Event::Budget { hop, decision } => self.on_budget(hop, decision),
+            Event::Finished { attempt, report } => self.on_finished(attempt, report),
+            Event::Lost(why) => self.end(Ending::Internal(why)),
+        }
+    }
+
+    /// The next thing to do, if any; call until `None`, then wait for an event or the timeout.
+    pub fn poll(&mut self) -> Option<Step> {
+        if self.out.is_empty() {
+            self.advance();
+        }
+        self.out.pop_front()
+    }
+
+    // ---- the walk ----
+
+    fn advance(&mut self) {
+        match self.phase {
+            Phase::Done | Phase::Pinning => return,
+            Phase::Start => {
+                if self.facts.conversation && self.facts.hops.len() > 1 {
+                    self.phase = Phase::Pinning;
+                    self.out.push_back(Step::AskPin);
+                    return;
+                }
+                self.phase = Phase::Walking;
+            }
+            Phase::Walking => {}
+        }
+        let now = self.now;
+        if let Some(Ask::Granted {
+            hop,
+            permit,
+            ticket,
+            at,
+            hedge,
+        }) = self.ask
+        {
+            if at <= now {
+                self.ask = None;
+                self.send(hop, permit, ticket, hedge);
+            }
+            return;
+        }
+        if self.ask.is_some() {
+            return; // waiting for an answer
+        }
+        if !self.flights.is_empty() {
+            self.maybe_hedge();
+            return;
+        }
+        self.wake = None;
+        if self.sent >= self.policy.max_attempts {
+            return self.give_up(false);
+        }
+        // Hops before a pinned one are the last resort: only when no later hop can go now.
+        let ready = self
+            .hops
+            .iter()
+            .position(|h| !h.done && !h.deferred && h.ready_at <= now)
+            .or_else(|| self.hops.iter().position(|h| !h.done && h.ready_at <= now));
+        let Some(hop) = ready else {
+            let next = self
+                .hops
+                .iter()
+                .filter(|h| !h.done)
+                .map(|h| h.ready_at)
+                .min();
+            match next {
+                Some(at) if at + self.min_attempt <= self.deadline => self.wake = Some(at),
+                // Nothing can start in time: say so now rather than sleep into the deadline.
+                Some(_) => self.give_up(true),
+                None => self.give_up(false),
+            }
+            return;
+        };
+        if self.deadline.saturating_duration_since(now) < self.min_attempt {
+            return self.give_up(true);
+        }
+        self.acquire(hop, false);
+    }
+
+    fn acquire(&mut self, hop: usize, hedge: bool) {
+        let retry = hedge || self.hops[hop].attempts > 0;
+        self.ask = Some(Ask::Admission { hop, hedge });
+        self.out.push_back(Step::Acquire { hop, retry });
+    }
+
+    fn can_hedge(&self) -> bool {
+        self.hedges < self.policy.max_hedges
+            && self.sent < self.policy.max_attempts
+            && self.deadline.saturating_duration_since(self.now) >= self.min_attempt
+    }
+
+    /// An attempt in flight past its hedge delay starts a hedge on the next candidate: a later
+    /// ready hop not in flight, or the same model when the chain has only one.
+    fn maybe_hedge(&mut self) {
+        let now = self.now;
+        if !self.can_hedge() {
+            return;
+        }
+        let Some(due) = self
+            .flights
+            .iter()
+            .position(|f| f.hedge_at.is_some_and(|at| at <= now))
+        else {
+            return;
+        };
+        // One hedge per attempt: whatever happens next, this one is not hedged again.
+        self.flights[due].hedge_at = None;
+        let busy: Vec<usize> = self.flights.iter().map(|f| f.hop).collect();
+        let candidate = (0..self.hops.len())
+            .find(|&h| {
+                let s = &self.hops[h];
+                !s.done && !s.deferred && s.ready_at <= now && !busy.contains(&h)
+            })
+            .or_else(|| {
+                (0..self.hops.len()).find(|&h| {
+                    let s = &self.hops[h];
+                    !s.done && s.ready_at <= now && !busy.contains(&h)
+                })
+            })
+            .or_else(|| (self.hops.len() == 1 && !self.hops[0].done).then_some(0));
+        if let Some(hop) = candidate {
+            self.hedges += 1;
+            self.acquire(hop, true);
+        }
+    }
+
+    fn on_pinned(&mut self, model: Option<usize>) {
+        if self.phase != Phase::Pinning {
+            return;
+        }
+        self.phase = Phase::Walking;
+        let hop = model.and_then(|m| {
+            self.facts
+                .hops
+                .iter()
+                .position(|h| h.model == m)
+                .filter(|&k| k > 0)
+        });
+        if let Some(k) = hop {
+            for h in &mut self.hops[..k] {
+                h.deferred = true;
+            }
+            self.pinned = Some(k);
+        }
+    }
+
+    fn note(&mut self, hop: usize, outcome: Outcome) {
+        self.trail.push(AttemptRecord {
+            model: self.facts.hops[hop].name.clone(),
+            outcome,
+        });
+    }
+
+    /// `hop` must wait until `until`, or (`None`) cannot go again in this call.
+    fn hold(&mut self, hop: usize, until: Option<Instant>) {
+        let now = self.now;
+        let h = &mut self.hops[hop];
+        match until {
+            Some(at) => {
+                h.ready_at = at.max(now + MIN_PAUSE);
+                h.recovers_at = Some(at);
+            }
+            None => h.done = true,
+        }
+    }
+
+    fn on_admission(&mut self, hop: usize, admission: Admission) {
+        let Some(Ask::Admission { hop: asked, hedge }) = self.ask else {
+            return;
+        };
+        if asked != hop {
+            return;
+        }
+        self.ask = None;
+        match admission {
+            Admission::Permitted(permit) => {
+                let count = self.policy.estimate == Estimate::CountTokens;
+                if count && self.hops[hop].counted.is_none() {
+                    self.ask = Some(Ask::Count { hop, permit, hedge });
+                    self.out.push_back(Step::CountTokens { hop });
+                } else {
+                    self.reserve(hop, permit, hedge);
+                }
+            }
+            Admission::Open { until } => {
+                self.note(hop, Outcome::BreakerOpen);
+                // Half-open with every trial slot taken (`None`): others are finding out.
+                self.hold(hop, until);
+            }
+            Admission::RetryBudgetSpent => {
+                // Retrying this model would feed a retry storm: move on (or degrade) instead.
+                self.note(hop, Outcome::RetryBudgetSpent);
+                if !hedge {
+                    self.hops[hop].done = true;
+                }
+            }
+        }
+    }
+
+    fn on_counted(&mut self, hop: usize, tokens: Option<u64>) {
+        let Some(Ask::Count {
+            hop: asked,
+            permit,
+            hedge,
+        }) = self.ask
+        else {
+            return;
+        };
+        if asked != hop {
+            return;
+        }
+        self.ask = None;
+        self.hops[hop].counted = Some(tokens.unwrap_or(self.facts.hops[hop].input_estimate));
+        self.reserve(hop, permit, hedge);
+    }
+
+    fn reserve(&mut self, hop: usize, permit: Permit, hedge: bool) {
+        let now = self.now;
+        let others_ready = self
+            .hops
+            .iter()
+            .enumerate()
+            .any(|(j, h)| j != hop && !h.done && h.ready_at <= now);
+        // A hedge never waits for budget; a hop with another ready behind it moves on instead.
+        let max_wait = if hedge || others_ready {
+            Duration::ZERO
+        } else {
+            self.deadline
+                .saturating_duration_since(now)
+                .saturating_sub(self.min_attempt)
+        };
+        let facts = &self.facts.hops[hop];
+        let input = self.hops[hop].counted.unwrap_or(facts.input_estimate);
+        let cost = Cost::request(input, facts.max_tokens);
+        self.ask = Some(Ask::Budget { hop, permit, hedge });
+        self.out.push_back(Step::Reserve {
+            hop,
+            cost,
+            max_wait,
+        });
+    }
+
+    fn on_budget(&mut self, hop: usize, decision: Decision) {
+        let Some(Ask::Budget {
+            hop: asked,
+            permit,
+            hedge,
+        }) = self.ask
+        else {
+            return;
+        };
+        if asked != hop {
+            return;
+        }
+        self.ask = None;
+        match decision {
+            Decision::Grant { ticket, at } if at > self.now => {
+                // The budget is already held for us: waiting in line is fair and bounded.
+                self.ask = Some(Ask::Granted {
+                    hop,
+                    permit,
+                    ticket,
+                    at,
+                    hedge,
+                });
+            }
+            Decision::Grant { ticket, .. } => self.send(hop, permit, ticket, hedge),
+            Decision::Reject { reason, earliest } => {
+                self.out.push_back(Step::Release {
+                    hop,
+                    permit,
+                    ticket: None,
+                });
+                self.note(
+                    hop,
+                    Outcome::NoBudget {
+                        reason: reason.to_string(),
+                    },
+                );
+                if hedge {
+                    return; // no hedge when budget is short; the hop itself is fine
+                }
+                self.hold(hop, earliest);
+                // Larger than the limit itself: no wait makes it fit, so this hop can never
+                // take the request (the caller's to fix, not a 503).
+                if let (None, RejectReason::TooLarge { dimension }) = (earliest, reason) {
+                    self.hops[hop].unfit = Some(format!(
+                        "it needs more {} than the upstream's per-minute limit allows at all: \
+                         lower max_tokens or shorten the input",
+                        dimension.as_str()
+                    ));
+                }
+            }
+        }
+    }
+
+    fn send(&mut self, hop: usize, permit: Permit, ticket: Ticket, hedge: bool) {
+        let now = self.now;
+        let facts = &self.facts.hops[hop];
+        let limit = facts.attempt_timeout.unwrap_or(if self.facts.stream {
+            self.policy.first_token_timeout
+        } else {
+            self.policy.attempt_timeout
+        });
+        let timeout = limit.min(self.deadline.saturating_duration_since(now));
+        let hedge_after = facts.hedge_after;
+        let attempt = self.next_attempt;
+        self.next_attempt += 1;
+        let retry_count = self.sent;
+        self.sent += 1;
+        self.hops[hop].attempts += 1;
+        self.flights.push(Flight {
+            attempt,
+            hop,
+            hedge_at: hedge_after.map(|d| now + d),
+        });
+        self.out.push_back(Step::Send(Send {
+            attempt,
+            hop,
+            permit,
+            ticket,
+            timeout,
+            retry_count,
+            retry: self.hops[hop].attempts > 1,
+            hedge,
+            credit: self.credit.clone(),
+        }));
+    }
+
+    /// Is any hop other than `hop` still able to serve?
+    fn others_left(&self, hop: usize) -> bool {
+        self.hops
+            .iter()
+            .enumerate()
+            .any(|(j, h)| j != hop && !h.done)
+    }
+
+    fn on_finished(&mut self, attempt: AttemptId, report: AttemptReport) {
+        let Some(i) = self.flights.iter().position(|f| f.attempt == attempt) else {
+            return;
+        };
+        let hop = self.flights.remove(i).hop;
+        let now = self.now;
+        let class = report.verdict.class();
+        self.note(
+            hop,
+            Outcome::Attempted {
+                status: report.status,
+                class,
+                latency: report.latency,
+                request_id: report.request_id.clone(),
+            },
+        );
+        if let (Verdict::Success, Some(refusal)) = (report.verdict, &report.refusal) {
+            if self.policy.refusal_fallback && self.others_left(hop) {
+                // A refusal is a healthy answer: keep it in case no later hop serves, and hand
+                // the next hop the refusal's credit.
+                self.note(hop, Outcome::Refused);
+                self.hops[hop].done = true;
+                if let Some(credit) = &refusal.credit {
+                    self.credit = Some(credit.clone());
+                }
+                if self.refusal.is_none() {
+                    self.refusal = Some((attempt, hop));
+                }
+                return;
+            }
+        }
+        match report.verdict {
+            Verdict::Success => self.end(Ending::Served { attempt, hop }),
+            Verdict::Permanent {
+                scope: Scope::Request,
+                ..
+            } => self.end(Ending::Rejected { attempt, hop }),
+            Verdict::Permanent { scope, .. } => {
+                let kept = report.status.map(|_| attempt);
+                match scope {
+                    // The key is quarantined on settle (before our next reservation): the same
+                    // model may go again with another key, refused at once when none is left.
+                    Scope::Key => self.hops[hop].permanent = kept,
+                    // Nothing on this upstream can be paid for: end every hop that uses it.
+                    Scope::Organization => {
+                        let upstream = self.facts.hops[hop].upstream;
+                        for (h, f) in self.hops.iter_mut().zip(&self.facts.hops) {
+                            if f.upstream == upstream {
+                                h.done = true;
+                                h.permanent = h.permanent.or(kept);
+                            }
+                        }
+                    }
+                    Scope::Model | Scope::Request => {
+                        let h = &mut self.hops[hop];
+                        h.done = true;
+                        h.permanent = kept;
+                        h.unfit = report.unsent;
+                    }
+                }
+            }
+            Verdict::Retryable { hint, .. } => {
+                let remaining = self.deadline.saturating_duration_since(now);
+                let r = self.rng.next_f64();
+                let h = &mut self.hops[hop];
+                h.failures += 1;
+                match self.policy.backoff.next(
+                    h.failures,
+                    hint,
+                    Some(remaining),
+                    self.min_attempt,
+                    r,
+                ) {
+                    Backoff_::Retry(delay) => {
+                        h.ready_at = now + delay;
+                        h.recovers_at = Some(now + delay);
+                    }
+                    Backoff_::Exhausted => {
+                        h.done = true;
+                        h.recovers_at = hint.map(|d| now + d);
+                    }
+                    Backoff_::BeyondDeadline { wanted } => {
+                        h.done = true;
+                        h.recovers_at = Some(now + wanted);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The retry delay a retryable failure of `hop` set, if it is waiting (for traces).
+    pub fn retry_delay(&self, hop: usize) -> Option<Duration> {
+        let h = self.hops.get(hop)?;
+        (!h.done && h.ready_at > self.now).then(|| h.ready_at - self.now)
+    }
+
+    /// End the walk: cancel what is still in flight, pin the conversation by who served, and
+    /// hand out the answer.
+    fn end(&mut self, ending: Ending) {
+        for f in std::mem::take(&mut self.flights) {
+            self.out.push_back(Step::Cancel { attempt: f.attempt });
+        }
+        if let Some(ask) = self.ask.take() {
+            // A permit we hold but will not use goes back.
+            match ask {
+                Ask::Count { hop, permit, .. } | Ask::Budget { hop, permit, .. } => {
+                    self.out.push_back(Step::Release {
+                        hop,
+                        permit,
+                        ticket: None,
+                    });
+                }
+                Ask::Granted {
+                    hop,
+                    permit,
+                    ticket,
+                    ..
+                } => {
+                    self.out.push_back(Step::Release {
+                        hop,
+                        permit,
+                        ticket: Some(ticket),
+                    });
+                }
+                // Its answer, when it comes, is released by the driver (the walk is over).
+                Ask::Admission { .. } => {}
+            }
+        }
+        let served = match ending {
+            Ending::Served { hop, .. } | Ending::Refusal { hop, .. } => Some(hop),
+            _ => None,
+        };
+        // Served by a later hop: pin there. Served by the first: unpin (if it was pinned).
+        if let Some(hop) = served {
+            if self.facts.conversation && (hop > 0 || self.pinned.is_some()) {
+                self.out.push_back(Step::Pin { hop });
+            }
+        }
+        self.phase = Phase::Done;
+        self.out.push_back(Step::Finish(Finish {
+            ending,
+            trail: std::mem::take(&mut self.trail),
+            attempts: self.sent,
+        }));
+    }
+
+    /// Nothing more can be tried: a kept refusal is an honest answer; every hop permanently
+    /// refused passes the first such answer through; otherwise the honest error.
+    fn give_up(&mut self, deadline_exceeded: bool) {
+        let now = self.now;
+        if let Some((attempt, hop)) = self.refusal {
+            return self.end(Ending::Refusal { attempt, hop });
+        }
+        let all_permanent = self
+            .hops
+            .iter()
+            .all(|h| h.done && (h.permanent.is_some() || h.unfit.is_some()));
+        if all_permanent {
+            if let Some((hop, attempt)) = self
+                .hops
+                .iter()
+                .enumerate()
+                .find_map(|(i, h)| h.permanent.map(|a| (i, a)))
+            {
+                return self.end(Ending::Rejected { attempt, hop });
+            }
+            let reasons: Vec<String> = self
+                .hops
+                .iter()
+                .zip(&self.facts.hops)
+                .filter_map(|(h, f)| h.unfit.as_ref().map(|r| format!("{}: {r}", f.name)))
+                .collect();
+            return self.end(Ending::Invalid(reasons.join("; ")));
+        }
+        let deadline_exceeded = deadline_exceeded || now + self.min_attempt > self.deadline;
+        let retry_after = self
+            .hops
+            .iter()
+            .filter_map(|h| h.recovers_at)
+            .min()
+            .map(|at| at.saturating_duration_since(now));
+        let degrade = if self.facts.replay {
+            Vec::new()
+        } else {
+            self.policy
+                .degrade
+                .iter()
+                // A stream is never queued: its caller is reading now.
+                .filter(|d| !(self.facts.stream && **d == Degrade::Queue))
+                .cloned()
+                .collect()
+        };
+        self.end(Ending::Unavailable {
+            retry_after,
+            deadline_exceeded,
+            degrade,
+        });
+    }
+}
+
+/// `Some(refusal)` when a whole Messages answer is a refusal (`stop_reason: "refusal"`).
+pub fn refusal_in_message(v: &Value) -> Option<Refusal> {
+    if v.get("stop_reason").and_then(Value::as_str) != Some("refusal") {
+        return None;
+    }
+    Some(Refusal {
+        credit: credit_of(v.get("stop_details"), v.get("content")),
+    })
+}
+
+/// `Some(refusal)` when a stream event announces a refusal (`message_delta` with
+/// `stop_reason: "refusal"`; the token rides in its `stop_details`).
+pub fn refusal_in_event(ev: &SseEvent) -> Option<Refusal> {
+    if ev.event != "message_delta" {
+        return None;
+    }
+    let v: Value = serde_json::from_str(&ev.data).ok()?;
+    if v.pointer("/delta/stop_reason").and_then(Value::as_str) != Some("refusal") {
+        return None;
+    }
+    let details = v
+        .pointer("/delta/stop_details")
+        .or_else(|| v.get("stop_details"));
+    Some(Refusal {
+        credit: credit_of(details, None),
+    })
+}
+
+fn credit_of(details: Option<&Value>, content: Option<&Value>) -> Option<Credit> {
+    let details = details?;
+    let token = details.get("fallback_credit_token")?;
+    if token.is_null() {
+        return None;
+    }
+    let prefill = if details
+        .get("fallback_has_prefill_claim")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        content
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    Some(Credit {
+        token: token.clone(),
+        prefill,
+    })
+}
+
+/// How a stream's `error` event classifies: the HTTP status it stands for.
+pub fn stream_error_status(data: &str) -> u16 {
+    match crate::policy::classify::error_type(data.as_bytes()).as_deref() {
+        Some("overloaded_error") => 529,
+        Some("rate_limit_error") => 429,
+        Some("timeout_error") | Some("gateway_timeout_error") => 504,
+        Some("invalid_request_error") => 400,
+        _ => 500,
+    }
+}
+
+/// The class of a stream's `error` event after content.
+pub fn stream_error_class(data: &str) -> Class {
+    match stream_error_status(data) {
+        529 => Class::Overloaded,
+        429 => Class::RateLimited,
+        400 => Class::InvalidRequest,
+        _ => Class::ServerError,
+    }
+}
+
+#[cfg(test)]
+mod tests;

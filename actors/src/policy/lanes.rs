@@ -1,0 +1,1195 @@
+//! The governor's rules, sans I/O: who gets budget, when, and with which key.
+//!
+//! Hand-written: rate governance is the product. [`Lanes`] owns every token bucket, the key pool,
+//! the priority lanes and the bulkheads; it deals in waiter ids, never in reply ports, so the
+//! actor that drives it (`GovernorActor`) keeps only the id -> port map, the timer and the
+//! metrics. Time is an argument.
+//!
+//! - **Buckets** ([`Buckets`]: requests, input and output tokens per minute, continuous refill)
+//!   exist per upstream, per key organization and per model class. Keys of one organization
+//!   share them; keys of different organizations have their own.
+//! - **Reserve** grants at once when budget, a usable key and the feature's bulkhead allow it, and
+//!   nobody of the same or a higher lane is already waiting (FIFO within a lane; interactive
+//!   before background). Otherwise the request is parked in its lane until the refill (or a
+//!   settle) lets it through, which paces a burst across the refill instead of firing it at once.
+//!   A wait that could not end within the caller's `max_wait` is refused at once, not parked.
+//! - **Lanes**: interactive calls are granted before background ones; background may not dip
+//!   into the interactive lane's reserved share of a bucket.
+//! - **Bulkheads**: a feature may have at most N calls in flight and at most a share of each
+//!   bucket, so a runaway batch job cannot starve chat.
+//! - **Keys**: the least-loaded usable key is chosen; a 429 with `retry-after` pauses that key
+//!   until then, shifting traffic to the other keys; a 401 quarantines it.
+//! - **Server truth**: `anthropic-ratelimit-*-remaining` lowers a bucket to what the server says
+//!   is left (a shared organization, another client).
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use crate::call::Lane;
+use crate::policy::bucket::{Buckets, Dimension, Level, Limits, Reservation};
+use crate::wire::{Cost, Headers};
+
+/// One upstream as the governor sees it.
+#[derive(Clone, Debug)]
+pub struct UpstreamBudget {
+    /// The upstream's name (for status and logs).
+    pub name: String,
+    /// Limits per model class; class 0 is the upstream's default.
+    pub class_limits: Vec<Limits>,
+    /// Non-secret labels of its keys, one per key slot.
+    pub key_labels: Vec<String>,
+    /// The organization of each key slot (an index; keys with the same index share buckets).
+    pub key_orgs: Vec<usize>,
+    /// The organizations' labels, by index (for metrics and status).
+    pub org_names: Vec<String>,
+    /// The model classes' names, by index (class 0: `default`).
+    pub class_names: Vec<String>,
+}
+
+/// A feature's bulkhead.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Bulkhead {
+    /// At most this many calls of the feature in flight at once.
+    pub max_concurrent: Option<u32>,
+    /// At most this share (0, 1] of every bucket.
+    pub budget_share: Option<f64>,
+}
+
+impl Bulkhead {
+    /// Check the settings; the message names the field.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.max_concurrent == Some(0) {
+            return Err("max_concurrent must be at least 1".into());
+        }
+        if let Some(s) = self.budget_share {
+            if !(s > 0.0 && s <= 1.0) {
+                return Err(format!("budget_share must be in (0, 1], got {s}"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the governor is built from.
+#[derive(Clone, Debug, Default)]
+pub struct GovernorArgs {
+    /// One entry per upstream, indexed like the runtime's upstream list.
+    pub upstreams: Vec<UpstreamBudget>,
+    /// Bulkheads, indexed by feature id.
+    pub bulkheads: Vec<(String, Bulkhead)>,
+    /// Share (0..1) of every bucket that background calls may not use: the interactive lane's
+    /// reserve.
+    pub interactive_reserve: f64,
+    /// Transit allowance of the organization buckets (see [`Buckets::with_transit_allowance`]).
+    pub transit_allowance: Duration,
+}
+
+/// Proof of a reservation, handed back in a settlement. It carries what was reserved, so the
+/// governor keeps no table of open reservations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ticket {
+    upstream: usize,
+    class: usize,
+    /// The key slot to use.
+    pub key: usize,
+    feature: Option<usize>,
+    reserved: Cost,
+    generation: u64,
+}
+
+impl Ticket {
+    /// What this reservation took from the buckets.
+    pub fn reserved(&self) -> Cost {
+        self.reserved
+    }
+
+    /// A ticket for tests of the policies that handle tickets without a governor.
+    #[cfg(test)]
+    pub(crate) fn for_test(key: usize, reserved: Cost) -> Self {
+        Self {
+            upstream: 0,
+            class: 0,
+            key,
+            feature: None,
+            reserved,
+            generation: 0,
+        }
+    }
+}
+
+/// Why the governor refused a reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum RejectReason {
+    /// Not enough budget within the allowed wait.
+    NoBudget {
+        /// The dimension that was short.
+        dimension: Dimension,
+    },
+    /// The cost is larger than the limit itself: it can never be granted.
+    TooLarge {
+        /// The dimension it exceeds.
+        dimension: Dimension,
+    },
+    /// Every key of the upstream is quarantined.
+    NoUsableKey,
+    /// Every usable key is paused by a 429's retry-after.
+    KeysPaused,
+    /// The feature's bulkhead is full.
+    Bulkhead,
+}
+
+impl RejectReason {
+    /// A short stable name for logs and metrics.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            RejectReason::NoBudget { .. } => "no_budget",
+            RejectReason::TooLarge { .. } => "too_large",
+            RejectReason::NoUsableKey => "no_usable_key",
+            RejectReason::KeysPaused => "keys_paused",
+            RejectReason::Bulkhead => "bulkhead",
+        }
+    }
+
+    /// True when no wait can make the request fit.
+    fn is_final(&self) -> bool {
+        matches!(
+            self,
+            RejectReason::NoUsableKey | RejectReason::TooLarge { .. }
+        )
+    }
+}
+
+impl std::fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RejectReason::NoBudget { dimension } => {
+                write!(f, "no {} budget in time", dimension.as_str())
+            }
+            RejectReason::TooLarge { dimension } => {
+                write!(
+                    f,
+                    "the call exceeds the {} limit itself",
+                    dimension.as_str()
+                )
+            }
+            RejectReason::NoUsableKey => write!(f, "every API key is quarantined"),
+            RejectReason::KeysPaused => write!(f, "every API key is paused by a 429"),
+            RejectReason::Bulkhead => write!(f, "the feature's bulkhead is full"),
+        }
+    }
+}
+
+/// The governor's answer to a reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// Go now with the ticket's key; the budget is taken.
+    Grant {
+        /// The reservation.
+        ticket: Ticket,
+        /// When the attempt may start (the grant instant).
+        at: Instant,
+    },
+    /// No budget for this call within the allowed wait; nothing was taken.
+    Reject {
+        /// Why.
+        reason: RejectReason,
+        /// When the call could have been granted, if known.
+        earliest: Option<Instant>,
+    },
+}
+
+/// What a request asks of the governor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReserveRequest {
+    /// Upstream index.
+    pub upstream: usize,
+    /// Model class within the upstream (0: the default class).
+    pub class: usize,
+    /// Estimated cost.
+    pub cost: Cost,
+    /// Priority lane.
+    pub lane: Lane,
+    /// Feature id, for bulkheads.
+    pub feature: Option<usize>,
+    /// The longest the caller accepts to wait (zero: now or never).
+    pub max_wait: Duration,
+}
+
+/// The server's view of the remaining budget, read from `anthropic-ratelimit-*` headers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerLimits {
+    /// (limit, remaining) for requests.
+    pub requests: Option<(Option<u64>, u64)>,
+    /// (limit, remaining) for input tokens.
+    pub input_tokens: Option<(Option<u64>, u64)>,
+    /// (limit, remaining) for output tokens.
+    pub output_tokens: Option<(Option<u64>, u64)>,
+}
+
+impl ServerLimits {
+    /// Read the `anthropic-ratelimit-{requests,input-tokens,output-tokens}-{limit,remaining}`
+    /// headers. Missing or malformed values are simply absent.
+    pub fn from_headers(headers: &Headers) -> Self {
+        let dim = |name: &str| {
+            let num = |suffix: &str| {
+                headers
+                    .get(&format!("anthropic-ratelimit-{name}-{suffix}"))
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            };
+            num("remaining").map(|remaining| (num("limit"), remaining))
+        };
+        Self {
+            requests: dim("requests"),
+            input_tokens: dim("input-tokens"),
+            output_tokens: dim("output-tokens"),
+        }
+    }
+}
+
+/// What an attempt really cost and what the server said, to correct its reservation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settlement {
+    /// The reservation.
+    pub ticket: Ticket,
+    /// What the attempt really cost (`Cost::default()` when no request was sent).
+    pub actual: Cost,
+    /// The server's rate-limit headers.
+    pub server: ServerLimits,
+    /// The key was refused (401): quarantine it.
+    pub key_bad: bool,
+    /// A 429 said to come back after this long: pause the key until then.
+    pub key_pause: Option<Duration>,
+}
+
+impl Settlement {
+    /// Nothing was sent: the whole reservation comes back.
+    pub fn unused(ticket: Ticket) -> Self {
+        Self {
+            ticket,
+            actual: Cost::default(),
+            server: ServerLimits::default(),
+            key_bad: false,
+            key_pause: None,
+        }
+    }
+}
+
+/// What a settlement changed about a key, for the log.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyNews {
+    /// The key just quarantined: (upstream name, key label).
+    pub quarantined: Option<(String, String)>,
+    /// The key just paused: (upstream name, key label, pause).
+    pub paused: Option<(String, String, Duration)>,
+}
+
+/// Identifies a parked reservation's caller; the driver maps it to its reply port.
+pub type WaiterId = u64;
+
+/// The answer to [`Lanes::reserve`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reserved {
+    /// Answered now.
+    Now(Decision),
+    /// Parked in its lane: the answer comes from a later [`Lanes::pump`].
+    Parked,
+}
+
+/// A decision for a parked waiter, as [`Lanes::pump`] hands them out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Answer {
+    /// Whose it is.
+    pub waiter: WaiterId,
+    /// The decision.
+    pub decision: Decision,
+    /// The request it answers.
+    pub request: ReserveRequest,
+    /// When it was parked.
+    pub since: Instant,
+}
+
+/// One upstream's budget as reported by [`Lanes::status`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UpstreamStatus {
+    /// The upstream's name.
+    pub upstream: String,
+    /// Bucket levels per (organization, class) that has been used.
+    pub buckets: Vec<GroupStatus>,
+    /// Labels of quarantined keys.
+    pub quarantined_keys: Vec<String>,
+    /// Labels of keys paused by a 429, with the time left.
+    pub paused_keys: Vec<(String, Duration)>,
+    /// Attempts in flight per key slot.
+    pub in_flight: Vec<u32>,
+    /// Requests waiting for budget: (interactive, background).
+    pub waiting: (usize, usize),
+}
+
+/// The levels of one bucket group.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct GroupStatus {
+    /// Organization index.
+    pub org: usize,
+    /// Model class index.
+    pub class: usize,
+    /// Levels of the limited dimensions.
+    pub levels: Vec<Level>,
+}
+
+/// A bucket group: (upstream, organization, model class).
+pub type Group = (usize, usize, usize);
+
+struct KeySlot {
+    label: String,
+    org: usize,
+    quarantined: bool,
+    paused_until: Option<Instant>,
+    in_flight: u32,
+}
+
+impl KeySlot {
+    fn usable(&self, now: Instant) -> bool {
+        !self.quarantined && self.paused_until.is_none_or(|t| t <= now)
+    }
+}
+
+struct UpstreamState {
+    name: String,
+    class_limits: Vec<Limits>,
+    keys: Vec<KeySlot>,
+    /// Buckets per (org, class), created on first use.
+    buckets: HashMap<(usize, usize), Buckets>,
+}
+
+struct FeatureState {
+    bulkhead: Bulkhead,
+    in_flight: u32,
+    /// The feature's share of each (upstream, org, class) group.
+    buckets: HashMap<Group, Buckets>,
+}
+
+struct Parked {
+    req: ReserveRequest,
+    waiter: WaiterId,
+    expires: Instant,
+    since: Instant,
+}
+
+/// Why a request could not be granted now.
+#[derive(Clone, Copy, Debug)]
+struct Blocked {
+    reason: RejectReason,
+    /// When budget could allow it (None: unknown or never).
+    earliest: Option<Instant>,
+}
+
+/// The governor's state and rules.
+pub struct Lanes {
+    upstreams: Vec<UpstreamState>,
+    features: Vec<FeatureState>,
+    interactive_reserve: f64,
+    transit_allowance: Duration,
+    interactive: VecDeque<Parked>,
+    background: VecDeque<Parked>,
+    generation: u64,
+    /// The next instant worth a look, as the last pump found it.
+    next: Option<Instant>,
+    /// Groups whose levels changed since the driver last asked.
+    touched: Vec<Group>,
+}
+
+fn scaled(limits: Limits, share: f64) -> Limits {
+    let s = |v: Option<u64>| v.map(|v| ((v as f64 * share).floor() as u64).max(1));
+    Limits {
+        requests_per_minute: s(limits.requests_per_minute),
+        input_tokens_per_minute: s(limits.input_tokens_per_minute),
+        output_tokens_per_minute: s(limits.output_tokens_per_minute),
+    }
+}
+
+/// `share` of each limited dimension, as a cost that must stay in the bucket.
+fn floor_cost(limits: Limits, share: f64) -> Cost {
+    let f = |v: Option<u64>| v.map(|v| (v as f64 * share).ceil() as u64).unwrap_or(0);
+    Cost {
+        requests: f(limits.requests_per_minute),
+        input_tokens: f(limits.input_tokens_per_minute),
+        output_tokens: f(limits.output_tokens_per_minute),
+    }
+}
+
+fn plus(a: Cost, b: Cost) -> Cost {
+    Cost {
+        requests: a.requests.saturating_add(b.requests),
+        input_tokens: a.input_tokens.saturating_add(b.input_tokens),
+        output_tokens: a.output_tokens.saturating_add(b.output_tokens),
+    }
+}
+
+/// Can `cost` be taken from `buckets` now while leaving `floor` in it? Ok, or when it could.
+fn fits(buckets: &mut Buckets, cost: Cost, floor: Cost, now: Instant) -> Result<(), Blocked> {
+    let short = |buckets: &mut Buckets, at: Option<Instant>| Blocked {
+        reason: RejectReason::NoBudget {
+            dimension: short_dimension(buckets, cost, now),
+        },
+        earliest: at,
+    };
+    match buckets.earliest(plus(cost, floor), now) {
+        Some(at) if at <= now => Ok(()),
+        Some(at) => Err(short(buckets, Some(at))),
+        // Too large with the floor: the floor does not apply to a call that only a full bucket
+        // can hold (it would never go otherwise).
+        None => match buckets.earliest(cost, now) {
+            Some(at) if at <= now && floor == Cost::default() => Ok(()),
+            Some(at) => Err(short(buckets, Some(at))),
+            None => Err(Blocked {
+                reason: RejectReason::TooLarge {
+                    dimension: short_dimension(buckets, cost, now),
+                },
+                earliest: None,
+            }),
+        },
+    }
+}
+
+fn short_dimension(buckets: &mut Buckets, cost: Cost, now: Instant) -> Dimension {
+    match buckets.reserve(cost, Duration::ZERO, now) {
+        Reservation::Refused { dimension, .. } => dimension,
+        Reservation::Granted { .. } => {
+            // Only a probe: give it straight back.
+            buckets.settle(cost, Cost::default(), now);
+            Dimension::Requests
+        }
+    }
+}
+
+/// The earlier of two optional instants.
+fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, None) => a,
+        (None, b) => b,
+    }
+}
+
+impl Lanes {
+    /// A governor for `args`; `generation` tags its tickets so a settlement meant for an
+    /// earlier incarnation is ignored.
+    pub fn new(args: GovernorArgs, generation: u64) -> Self {
+        Self {
+            upstreams: args
+                .upstreams
+                .into_iter()
+                .map(|u| UpstreamState {
+                    name: u.name,
+                    class_limits: u.class_limits,
+                    keys: u
+                        .key_labels
+                        .into_iter()
+                        .enumerate()
+                        .map(|(i, label)| KeySlot {
+                            label,
+                            org: u.key_orgs.get(i).copied().unwrap_or(0),
+                            quarantined: false,
+                            paused_until: None,
+                            in_flight: 0,
+                        })
+                        .collect(),
+                    buckets: HashMap::new(),
+                })
+                .collect(),
+            features: args
+                .bulkheads
+                .into_iter()
+                .map(|(_, bulkhead)| FeatureState {
+                    bulkhead,
+                    in_flight: 0,
+                    buckets: HashMap::new(),
+                })
+                .collect(),
+            interactive_reserve: args.interactive_reserve.clamp(0.0, 1.0),
+            transit_allowance: args.transit_allowance,
+            interactive: VecDeque::new(),
+            background: VecDeque::new(),
+            generation,
+            next: None,
+            touched: Vec::new(),
+        }
+    }
+
+    /// The name of upstream `upstream` (for logs and metrics).
+    pub fn upstream_name(&self, upstream: usize) -> Option<&str> {
+        self.upstreams.get(upstream).map(|u| u.name.as_str())
+    }
+
+    /// True when a reservation waits in a lane.
+    pub fn has_waiters(&self) -> bool {
+        !(self.interactive.is_empty() && self.background.is_empty())
+    }
+
+    /// The next instant worth a [`Lanes::pump`], as the last pump found it.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next
+    }
+
+    /// Groups whose levels changed since the last call (for the level gauges).
+    pub fn take_touched(&mut self) -> Vec<Group> {
+        std::mem::take(&mut self.touched)
+    }
+
+    fn buckets(
+        &mut self,
+        upstream: usize,
+        org: usize,
+        class: usize,
+        now: Instant,
+    ) -> Option<&mut Buckets> {
+        let lag = self.transit_allowance;
+        let up = self.upstreams.get_mut(upstream)?;
+        let limits = up
+            .class_limits
+            .get(class)
+            .or_else(|| up.class_limits.first())
+            .copied()
+            .unwrap_or_default();
+        Some(
+            up.buckets
+                .entry((org, class))
+                .or_insert_with(|| Buckets::new(limits, now).with_transit_allowance(lag)),
+        )
+    }
+
+    /// What is left in each dimension of a group now (`None`: unlimited).
+    pub fn available(&mut self, group: Group, now: Instant) -> [Option<f64>; 3] {
+        let (upstream, org, class) = group;
+        match self.buckets(upstream, org, class, now) {
+            Some(b) => Dimension::ALL.map(|dim| b.available(dim, now)),
+            None => [None; 3],
+        }
+    }
+
+    /// Grant `req` now if everything allows it.
+    fn try_grant(&mut self, req: &ReserveRequest, now: Instant) -> Result<Ticket, Blocked> {
+        if let Some(f) = req.feature.and_then(|f| self.features.get(f)) {
+            if f.bulkhead.max_concurrent.is_some_and(|m| f.in_flight >= m) {
+                return Err(Blocked {
+                    reason: RejectReason::Bulkhead,
+                    earliest: None,
+                });
+            }
+        }
+        let Some(up) = self.upstreams.get(req.upstream) else {
+            return Err(Blocked {
+                reason: RejectReason::NoUsableKey,
+                earliest: None,
+            });
+        };
+        // Least-loaded usable keys first.
+        let mut keys: Vec<(usize, u32, usize)> = up
+            .keys
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.usable(now))
+            .map(|(i, k)| (i, k.in_flight, k.org))
+            .collect();
+        if keys.is_empty() {
+            let paused = up
+                .keys
+                .iter()
+                .filter(|k| !k.quarantined)
+                .filter_map(|k| k.paused_until)
+                .min();
+            return Err(Blocked {
+                reason: if paused.is_some() {
+                    RejectReason::KeysPaused
+                } else {
+                    RejectReason::NoUsableKey
+                },
+                earliest: paused,
+            });
+        }
+        keys.sort_by_key(|&(i, load, _)| (load, i));
+        let reserve = match req.lane {
+            Lane::Interactive => 0.0,
+            Lane::Background => self.interactive_reserve,
+        };
+        let mut blocked: Option<Blocked> = None;
+        for (key, _, org) in keys {
+            let (upstream, class) = (req.upstream, req.class);
+            let Some(buckets) = self.buckets(upstream, org, class, now) else {
+                continue;
+            };
+            let limits = buckets.limits();
+            let floor = floor_cost(limits, reserve);
+            let group = fits(buckets, req.cost, floor, now);
+            let share = match (group, req.feature) {
+                (Ok(()), Some(f)) => {
+                    self.feature_fits(f, (upstream, org, class), limits, req.cost, now)
+                }
+                (r, _) => r,
+            };
+            match share {
+                Ok(()) => return Ok(self.take(req, key, org, now)),
+                Err(b) => {
+                    blocked = Some(match blocked {
+                        Some(prev) => Blocked {
+                            reason: prev.reason,
+                            earliest: earlier(prev.earliest, b.earliest),
+                        },
+                        None => b,
+                    });
+                }
+            }
+        }
+        Err(blocked.unwrap_or(Blocked {
+            reason: RejectReason::NoUsableKey,
+            earliest: None,
+        }))
+    }
+
+    fn feature_fits(
+        &mut self,
+        feature: usize,
+        group: Group,
+        limits: Limits,
+        cost: Cost,
+        now: Instant,
+    ) -> Result<(), Blocked> {
+        let Some(f) = self.features.get_mut(feature) else {
+            return Ok(());
+        };
+        let Some(share) = f.bulkhead.budget_share else {
+            return Ok(());
+        };
+        let buckets = f
+            .buckets
+            .entry(group)
+            .or_insert_with(|| Buckets::new(scaled(limits, share), now));
+        fits(buckets, cost, Cost::default(), now)
+    }
+
+    /// Take the budget for a grant that `try_grant` found possible.
+    fn take(&mut self, req: &ReserveRequest, key: usize, org: usize, now: Instant) -> Ticket {
+        if let Some(b) = self.buckets(req.upstream, org, req.class, now) {
+            let _ = b.reserve(req.cost, Duration::ZERO, now);
+        }
+        self.touched.push((req.upstream, org, req.class));
+        if let Some(f) = req.feature.and_then(|f| self.features.get_mut(f)) {
+            f.in_flight += 1;
+            if let Some(b) = f.buckets.get_mut(&(req.upstream, org, req.class)) {
+                let _ = b.reserve(req.cost, Duration::ZERO, now);
+            }
+        }
+        if let Some(k) = self
+            .upstreams
+            .get_mut(req.upstream)
+            .and_then(|u| u.keys.get_mut(key))
+        {
+            k.in_flight += 1;
+        }
+        Ticket {
+            upstream: req.upstream,
+            class: req.class,
+            key,
+            feature: req.feature,
+            reserved: req.cost,
+            generation: self.generation,
+        }
+    }
+
+    /// A new reservation from `waiter`: granted or refused now, or parked in its lane.
+    pub fn reserve(&mut self, req: ReserveRequest, waiter: WaiterId, now: Instant) -> Reserved {
+        let queue_empty = match req.lane {
+            Lane::Interactive => self.interactive.is_empty(),
+            Lane::Background => self.interactive.is_empty() && self.background.is_empty(),
+        };
+        let blocked = if queue_empty {
+            match self.try_grant(&req, now) {
+                Ok(ticket) => return Reserved::Now(Decision::Grant { ticket, at: now }),
+                Err(b) => b,
+            }
+        } else {
+            // Others are waiting ahead: estimate when this one's turn could come.
+            self.estimate(&req, now)
+        };
+        let doomed = blocked
+            .earliest
+            .is_some_and(|at| at.saturating_duration_since(now) > req.max_wait);
+        if blocked.reason.is_final() || doomed || req.max_wait.is_zero() {
+            return Reserved::Now(Decision::Reject {
+                reason: blocked.reason,
+                earliest: blocked.earliest,
+            });
+        }
+        let parked = Parked {
+            req,
+            waiter,
+            expires: now + req.max_wait,
+            since: now,
+        };
+        match req.lane {
+            Lane::Interactive => self.interactive.push_back(parked),
+            Lane::Background => self.background.push_back(parked),
+        }
+        Reserved::Parked
+    }
+
+    /// Forget a parked waiter whose caller gave up.
+    pub fn cancel(&mut self, waiter: WaiterId) {
+        self.interactive.retain(|p| p.waiter != waiter);
+        self.background.retain(|p| p.waiter != waiter);
+    }
+
+    /// When a request could be granted behind everyone waiting ahead of it in its lane (and, for
+    /// background, the interactive lane).
+    fn estimate(&mut self, req: &ReserveRequest, now: Instant) -> Blocked {
+        let mut ahead = req.cost;
+        let same = |p: &&Parked| p.req.upstream == req.upstream && p.req.class == req.class;
+        for p in self.interactive.iter().filter(same) {
+            ahead = plus(ahead, p.req.cost);
+        }
+        if req.lane == Lane::Background {
+            for p in self.background.iter().filter(same) {
+                ahead = plus(ahead, p.req.cost);
+            }
+        }
+        let orgs: Vec<usize> = self
+            .upstreams
+            .get(req.upstream)
+            .map(|u| {
+                u.keys
+                    .iter()
+                    .filter(|k| !k.quarantined)
+                    .map(|k| k.org)
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut at = None;
+        for org in orgs {
+            if let Some(b) = self.buckets(req.upstream, org, req.class, now) {
+                at = earlier(at, b.earliest(ahead, now));
+            }
+        }
+        Blocked {
+            reason: RejectReason::NoBudget {
+                dimension: Dimension::Requests,
+            },
+            earliest: at,
+        }
+    }
+
+    /// Grant what the lanes allow now and refuse what waited too long; every decision goes to
+    /// its waiter. Also computes [`Lanes::poll_timeout`].
+    pub fn pump(&mut self, now: Instant) -> Vec<Answer> {
+        let mut out = Vec::new();
+        let mut next = None;
+        for lane in [Lane::Interactive, Lane::Background] {
+            let mut queue = std::mem::take(match lane {
+                Lane::Interactive => &mut self.interactive,
+                Lane::Background => &mut self.background,
+            });
+            let mut kept = VecDeque::with_capacity(queue.len());
+            // Budget is handed out in arrival order: once one waiter is short of budget, the
+            // ones behind it (and the lower lane) wait too. Waiters held by their bulkhead or
+            // paused keys do not block others.
+            let mut budget_blocked = lane == Lane::Background && !self.interactive.is_empty();
+            while let Some(p) = queue.pop_front() {
+                let answer = |decision| Answer {
+                    waiter: p.waiter,
+                    decision,
+                    request: p.req,
+                    since: p.since,
+                };
+                if p.expires <= now {
+                    let earliest = self.estimate(&p.req, now).earliest;
+                    out.push(answer(Decision::Reject {
+                        reason: RejectReason::NoBudget {
+                            dimension: Dimension::Requests,
+                        },
+                        earliest,
+                    }));
+                    continue;
+                }
+                if !budget_blocked {
+                    match self.try_grant(&p.req, now) {
+                        Ok(ticket) => {
+                            out.push(answer(Decision::Grant { ticket, at: now }));
+                            continue;
+                        }
+                        Err(b) if b.reason.is_final() => {
+                            out.push(answer(Decision::Reject {
+                                reason: b.reason,
+                                earliest: b.earliest,
+                            }));
+                            continue;
+                        }
+                        Err(b) => {
+                            if matches!(b.reason, RejectReason::NoBudget { .. }) {
+                                budget_blocked = true;
+                            }
+                            next = earlier(next, b.earliest);
+                        }
+                    }
+                }
+                next = earlier(next, Some(p.expires));
+                kept.push_back(p);
+            }
+            match lane {
+                Lane::Interactive => self.interactive = kept,
+                Lane::Background => self.background = kept,
+            }
+        }
+        self.next = next;
+        out
+    }
+
+    /// Correct a reservation after its attempt; returns what changed about its key.
+    pub fn settle(&mut self, s: Settlement, now: Instant) -> KeyNews {
+        let ticket = s.ticket;
+        if ticket.generation != self.generation {
+            return KeyNews::default(); // reserved from an earlier incarnation
+        }
+        let Some(org) = self
+            .upstreams
+            .get(ticket.upstream)
+            .and_then(|u| u.keys.get(ticket.key))
+            .map(|k| k.org)
+        else {
+            return KeyNews::default();
+        };
+        if let Some(b) = self.buckets(ticket.upstream, org, ticket.class, now) {
+            b.settle(ticket.reserved, s.actual, now);
+            for (dim, seen) in [
+                (Dimension::Requests, s.server.requests),
+                (Dimension::InputTokens, s.server.input_tokens),
+                (Dimension::OutputTokens, s.server.output_tokens),
+            ] {
+                if let Some((limit, remaining)) = seen {
+                    b.observe(dim, limit, remaining, now);
+                }
+            }
+        }
+        self.touched.push((ticket.upstream, org, ticket.class));
+        if let Some(f) = ticket.feature.and_then(|f| self.features.get_mut(f)) {
+            f.in_flight = f.in_flight.saturating_sub(1);
+            if let Some(b) = f.buckets.get_mut(&(ticket.upstream, org, ticket.class)) {
+                b.settle(ticket.reserved, s.actual, now);
+            }
+        }
+        let mut news = KeyNews::default();
+        let Some(up) = self.upstreams.get_mut(ticket.upstream) else {
+            return news;
+        };
+        if let Some(slot) = up.keys.get_mut(ticket.key) {
+            slot.in_flight = slot.in_flight.saturating_sub(1);
+            if s.key_bad && !slot.quarantined {
+                slot.quarantined = true;
+                news.quarantined = Some((up.name.clone(), slot.label.clone()));
+            }
+            if let Some(pause) = s.key_pause {
+                let until = now + pause;
+                slot.paused_until = Some(slot.paused_until.map_or(until, |t| t.max(until)));
+                news.paused = Some((up.name.clone(), slot.label.clone(), pause));
+            }
+        }
+        news
+    }
+
+    /// A usable key of an upstream (least loaded), for requests that are not attempts (token
+    /// counting); `None` when every key is quarantined or paused.
+    pub fn pick_key(&self, upstream: usize, now: Instant) -> Option<usize> {
+        self.upstreams.get(upstream).and_then(|u| {
+            u.keys
+                .iter()
+                .enumerate()
+                .filter(|(_, k)| k.usable(now))
+                .min_by_key(|(i, k)| (k.in_flight, *i))
+                .map(|(i, _)| i)
+        })
+    }
+
+    /// Bucket levels, keys and lanes of every upstream.
+    pub fn status(&mut self, now: Instant) -> Vec<UpstreamStatus> {
+        let interactive = &self.interactive;
+        let background = &self.background;
+        self.upstreams
+            .iter_mut()
+            .enumerate()
+            .map(|(i, u)| {
+                let mut buckets: Vec<GroupStatus> = u
+                    .buckets
+                    .iter_mut()
+                    .map(|(&(org, class), b)| GroupStatus {
+                        org,
+                        class,
+                        levels: b.levels(now),
+                    })
+                    .collect();
+                buckets.sort_by_key(|g| (g.org, g.class));
+                let waiting =
+                    |q: &VecDeque<Parked>| q.iter().filter(|p| p.req.upstream == i).count();
+                UpstreamStatus {
+                    upstream: u.name.clone(),
+                    buckets,
+                    quarantined_keys: u
+                        .keys
+                        .iter()
+                        .filter(|k| k.quarantined)
+                        .map(|k| k.label.clone())
+                        .collect(),
+                    paused_keys: u
+                        .keys
+                        .iter()
+                        .filter_map(|k| {
+                            k.paused_until
+                                .filter(|t| *t > now)
+                                .map(|t| (k.label.clone(), t - now))
+                        })
+                        .collect(),
+                    in_flight: u.keys.iter().map(|k| k.in_flight).collect(),
+                    waiting: (waiting(interactive), waiting(background)),
+                }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_limits_read_known_headers_only() {
+        let mut h = Headers::default();
+        h.insert("anthropic-ratelimit-requests-limit", "50");
+        h.insert("anthropic-ratelimit-requests-remaining", "49");
+        h.insert("anthropic-ratelimit-input-tokens-remaining", "garbage");
+        h.insert("anthropic-ratelimit-output-tokens-remaining", "800");
+        let s = ServerLimits::from_headers(&h);
+        assert_eq!(s.requests, Some((Some(50), 49)));
+        assert_eq!(s.input_tokens, None);
+        assert_eq!(s.output_tokens, Some((None, 800)));
+    }
+
+    #[test]
+    fn floor_and_share_scale_each_dimension() {
+        let l = Limits {
+            requests_per_minute: Some(50),
+            input_tokens_per_minute: None,
+            output_tokens_per_minute: Some(1000),
+        };
+        assert_eq!(
+            floor_cost(l, 0.2),
+            Cost {
+                requests: 10,
+                input_tokens: 0,
+                output_tokens: 200
+            }
+        );
+        let s = scaled(l, 0.1);
+        assert_eq!(s.requests_per_minute, Some(5));
+        assert_eq!(s.input_tokens_per_minute, None);
+        assert_eq!(s.output_tokens_per_minute, Some(100));
+    }
+
+    fn one_upstream(rpm: u64, keys: usize) -> Lanes {
+        Lanes::new(
+            GovernorArgs {
+                upstreams: vec![UpstreamBudget {
+                    name: "u".into(),
+                    class_limits: vec![Limits {
+                        requests_per_minute: Some(rpm),
+                        input_tokens_per_minute: None,
+                        output_tokens_per_minute: None,
+                    }],
+                    key_labels: (0..keys).map(|k| format!("key#{k}")).collect(),
+                    key_orgs: vec![0; keys],
+                    org_names: vec!["default".into()],
+                    class_names: vec!["default".into()],
+                }],
+                bulkheads: vec![(
+                    "batch".into(),
+                    Bulkhead {
+                        max_concurrent: Some(1),
+                        budget_share: None,
+                    },
+                )],
+                interactive_reserve: 0.5,
+                transit_allowance: Duration::ZERO,
+            },
+            7,
+        )
+    }
+
+    fn req(lane: Lane, max_wait: Duration) -> ReserveRequest {
+        ReserveRequest {
+            upstream: 0,
+            class: 0,
+            cost: Cost::request(0, 0),
+            lane,
+            feature: None,
+            max_wait,
+        }
+    }
+
+    const S: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn a_burst_is_parked_fifo_and_paced_by_the_refill() {
+        let t0 = Instant::now();
+        let mut l = one_upstream(60, 1);
+        // The bucket holds 60 requests: take them all.
+        for w in 0..60 {
+            assert!(matches!(
+                l.reserve(req(Lane::Interactive, S * 10), w, t0),
+                Reserved::Now(Decision::Grant { .. })
+            ));
+        }
+        assert_eq!(
+            l.reserve(req(Lane::Interactive, S * 10), 100, t0),
+            Reserved::Parked
+        );
+        assert_eq!(
+            l.reserve(req(Lane::Interactive, S * 10), 101, t0),
+            Reserved::Parked
+        );
+        assert!(l.pump(t0).is_empty());
+        assert_eq!(
+            l.poll_timeout(),
+            Some(t0 + S),
+            "one request refills per second"
+        );
+        let first = l.pump(t0 + S);
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].waiter, 100, "first in, first out");
+        assert!(matches!(first[0].decision, Decision::Grant { .. }));
+        let second = l.pump(t0 + S * 2);
+        assert_eq!(second[0].waiter, 101);
+    }
+
+    #[test]
+    fn a_wait_longer_than_allowed_is_refused_at_once_and_zero_wait_never_parks() {
+        let t0 = Instant::now();
+        let mut l = one_upstream(60, 1);
+        for w in 0..60 {
+            l.reserve(req(Lane::Interactive, S), w, t0);
+        }
+        match l.reserve(req(Lane::Interactive, Duration::from_millis(500)), 99, t0) {
+            Reserved::Now(Decision::Reject { earliest, .. }) => {
+                assert_eq!(earliest, Some(t0 + S))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            l.reserve(req(Lane::Interactive, Duration::ZERO), 98, t0),
+            Reserved::Now(Decision::Reject { .. })
+        ));
+        assert!(!l.has_waiters());
+    }
+
+    #[test]
+    fn background_leaves_the_interactive_reserve_and_waits_behind_interactive() {
+        let t0 = Instant::now();
+        let mut l = one_upstream(10, 1);
+        // Reserve 0.5: background may use at most 5 of the 10.
+        let mut granted = 0;
+        for w in 0..10 {
+            if let Reserved::Now(Decision::Grant { .. }) =
+                l.reserve(req(Lane::Background, Duration::ZERO), w, t0)
+            {
+                granted += 1;
+            }
+        }
+        assert_eq!(granted, 5);
+        assert!(matches!(
+            l.reserve(req(Lane::Interactive, Duration::ZERO), 50, t0),
+            Reserved::Now(Decision::Grant { .. })
+        ));
+    }
+
+    #[test]
+    fn keys_are_least_loaded_quarantined_by_401_and_paused_by_429() {
+        let t0 = Instant::now();
+        let mut l = one_upstream(100, 2);
+        let key = |d: Reserved| match d {
+            Reserved::Now(Decision::Grant { ticket, .. }) => ticket,
+            other => panic!("{other:?}"),
+        };
+        let a = key(l.reserve(req(Lane::Interactive, S), 1, t0));
+        let b = key(l.reserve(req(Lane::Interactive, S), 2, t0));
+        assert_ne!(a.key, b.key, "least loaded");
+        let news = l.settle(
+            Settlement {
+                key_bad: true,
+                ..Settlement::unused(a)
+            },
+            t0,
+        );
+        assert_eq!(
+            news.quarantined,
+            Some(("u".into(), format!("key#{}", a.key)))
+        );
+        let news = l.settle(
+            Settlement {
+                key_pause: Some(S * 5),
+                ..Settlement::unused(b)
+            },
+            t0,
+        );
+        assert!(news.paused.is_some());
+        match l.reserve(req(Lane::Interactive, S), 3, t0) {
+            Reserved::Now(Decision::Reject { reason, earliest }) => {
+                assert_eq!(reason, RejectReason::KeysPaused);
+                assert_eq!(earliest, Some(t0 + S * 5));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(l.pick_key(0, t0 + S * 6), Some(b.key));
+    }
+
+    #[test]
+    fn a_bulkhead_caps_its_feature_and_a_stale_ticket_is_ignored() {
+        let t0 = Instant::now();
+        let mut l = one_upstream(100, 1);
+        let mut batch = req(Lane::Interactive, Duration::ZERO);
+        batch.feature = Some(0);
+        let ticket = match l.reserve(batch, 1, t0) {
+            Reserved::Now(Decision::Grant { ticket, .. }) => ticket,
+            other => panic!("{other:?}"),
+        };
+        assert!(matches!(
+            l.reserve(batch, 2, t0),
+            Reserved::Now(Decision::Reject {
+                reason: RejectReason::Bulkhead,
+                ..
+            })
+        ));
+        // A ticket of another incarnation changes nothing.
+        let mut stale = ticket;
+        stale.generation = 1;
+        l.settle(Settlement::unused(stale), t0);
+        assert!(matches!(
+            l.reserve(batch, 3, t0),
+            Reserved::Now(Decision::Reject { .. })
+        ));
+        l.settle(Settlement::unused(ticket), t0);
+        assert!(matches!(
+            l.reserve(batch, 4, t0),
+            Reserved::Now(Decision::Grant { .. })
+        ));
+    }
+
+    #[test]
+    fn a_cancelled_waiter_is_never_answered() {
+        let t0 = Instant::now();
+        let mut l = one_upstream(1, 1);
+        l.reserve(req(Lane::Interactive, S * 120), 1, t0);
+        assert_eq!(
+            l.reserve(req(Lane::Interactive, S * 120), 2, t0),
+            Reserved::Parked
+        );
+        l.cancel(2);
+        assert!(l.pump(t0 + S * 61).is_empty());
+        assert!(!l.has_waiters());
+    }
+}

@@ -1,0 +1,197 @@
+//! When no model of a chain can answer (`Error::Unavailable`; never for a rejected request), a
+//! chain may still answer, in the order its `RetryPolicy::degrade` lists: the response cache's
+//! last live answer, a static text, or the durable queue (HTTP 202 with a job id).
+
+use std::time::{Duration, Instant};
+
+use ractor::rpc::CallResult;
+use ractor::ActorRef;
+
+use crate::assemble::events_of;
+use crate::call::{AttemptRecord, Outcome, Reply, Source};
+use crate::clock;
+use crate::error::Error;
+use crate::job::Job;
+use crate::policy::chain::Degrade;
+use crate::protocol::QueueMsg;
+use crate::request::stream::StreamReply;
+use crate::wire::{Headers, Usage};
+
+/// The response cache: the last live answer per request (without its model), with its time.
+/// Bounded by moka (size and TTL); freshness is also checked on tokio's clock, which is the one
+/// the runtime (and paused-time tests) run on.
+pub struct ResponseCache {
+    entries: moka::sync::Cache<String, (Instant, Reply)>,
+    ttl: Duration,
+}
+
+impl ResponseCache {
+    /// At most `max_entries` answers, each kept `ttl`.
+    pub fn new(max_entries: u64, ttl: Duration) -> Self {
+        Self {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(max_entries)
+                .time_to_live(ttl)
+                .build(),
+            ttl,
+        }
+    }
+
+    /// Keep a live answer.
+    pub(crate) fn put(&self, key: String, reply: Reply) {
+        self.entries.insert(key, (clock::now(), reply));
+    }
+
+    /// A fresh answer for `key` and its age.
+    fn fresh(&self, key: &str) -> Option<(Duration, Reply)> {
+        let (at, reply) = self.entries.get(key)?;
+        let age = clock::now().saturating_duration_since(at);
+        if age > self.ttl {
+            self.entries.invalidate(key);
+            return None;
+        }
+        Some((age, reply))
+    }
+}
+
+/// Answer an `Unavailable` as the chain allows, trying `options` in order; the error itself
+/// when none can. A degraded answer carries this call's own latency (`elapsed`), not that of
+/// the answer it stands in for.
+pub(crate) async fn degraded(
+    err: Error,
+    options: &[Degrade],
+    chain: &str,
+    cache: Option<(&ResponseCache, &str)>,
+    mut queue: Option<(ActorRef<QueueMsg>, crate::call::Call)>,
+    elapsed: Duration,
+) -> Result<Reply, Error> {
+    let count = |mut reply: Reply| {
+        reply.latency = elapsed;
+        metrics::counter!(
+            "seawall_degraded_answers_total",
+            "chain" => chain.to_owned(),
+            "source" => reply.source.as_str()
+        )
+        .increment(1);
+        Ok(reply)
+    };
+    for d in options {
+        match d {
+            Degrade::Cache => {
+                if let Some((age, mut reply)) = cache.and_then(|(c, key)| c.fresh(key)) {
+                    reply.source = Source::Cache;
+                    reply.age = Some(age);
+                    reply.trail = err.trail().to_vec();
+                    reply.attempts = attempted(&reply.trail);
+                    tracing::info!(model = %reply.model, age_ms = age.as_millis() as u64, "degraded: answered from the cache");
+                    return count(reply);
+                }
+            }
+            Degrade::Static(text) => {
+                tracing::info!("degraded: answered with the static answer");
+                return count(static_reply(text, err.trail().to_vec()));
+            }
+            Degrade::Queue => {
+                let Some((queue, call)) = queue.take() else {
+                    continue;
+                };
+                let stored = queue
+                    .call(
+                        |reply| QueueMsg::Enqueue {
+                            chain: chain.to_owned(),
+                            call: Box::new(call),
+                            reply,
+                        },
+                        Some(Duration::from_secs(5)),
+                    )
+                    .await;
+                match stored {
+                    Ok(CallResult::Success(Ok(job))) => {
+                        return count(queued_reply(&job, err.trail().to_vec()));
+                    }
+                    // Not stored: the caller must know, so the next option or the honest error
+                    // follows.
+                    Ok(CallResult::Success(Err(e))) => {
+                        tracing::error!(error = %e, "could not queue the call");
+                    }
+                    _ => tracing::error!("the queue did not answer"),
+                }
+            }
+        }
+    }
+    Err(err)
+}
+
+/// A whole (degraded) answer as a stream: the API's event sequence for it, all queued at once.
+pub(crate) fn stream_of(reply: Reply) -> StreamReply {
+    let message = reply.json().unwrap_or(serde_json::Value::Null);
+    let events = events_of(&message);
+    let (tx, rx) = tokio::sync::mpsc::channel(events.len().max(1));
+    for ev in events {
+        // Capacity was sized for them: this cannot fail.
+        let _ = tx.try_send(ev);
+    }
+    StreamReply {
+        model: reply.model,
+        source: reply.source,
+        age: reply.age,
+        status: reply.status,
+        headers: reply.headers,
+        attempts: reply.attempts,
+        trail: reply.trail,
+        time_to_first_token: reply.latency,
+        events: rx,
+    }
+}
+
+/// Upstream attempts in a trail.
+fn attempted(trail: &[AttemptRecord]) -> u32 {
+    trail
+        .iter()
+        .filter(|s| matches!(s.outcome, Outcome::Attempted { .. }))
+        .count() as u32
+}
+
+/// The answer to a queued call: HTTP 202 with the job id.
+fn queued_reply(job: &Job, trail: Vec<AttemptRecord>) -> Reply {
+    let body = serde_json::json!({
+        "type": "queued",
+        "job_id": job.id,
+        "chain": job.chain,
+        "expires_at_ms": job.expires_ms,
+    });
+    made_reply(Source::Queued, "seawall-queue", 202, &body, trail)
+}
+
+/// A Messages-shaped answer carrying the chain's static text.
+fn static_reply(text: &str, trail: Vec<AttemptRecord>) -> Reply {
+    let body = serde_json::json!({
+        "id": "msg_seawall_static", "type": "message", "role": "assistant",
+        "model": "seawall-static", "content": [{"type": "text", "text": text}],
+        "stop_reason": "end_turn", "stop_sequence": null,
+        "usage": {"input_tokens": 0, "output_tokens": 0}
+    });
+    made_reply(Source::Static, "seawall-static", 200, &body, trail)
+}
+
+/// An answer seawall made itself (no upstream served it), carrying the live attempts' trail.
+fn made_reply(
+    source: Source,
+    model: &str,
+    status: u16,
+    body: &serde_json::Value,
+    trail: Vec<AttemptRecord>,
+) -> Reply {
+    Reply {
+        source,
+        age: None,
+        model: model.into(),
+        status,
+        headers: Headers::default(),
+        body: bytes::Bytes::from(body.to_string()),
+        usage: Usage::default(),
+        attempts: attempted(&trail),
+        trail,
+        latency: Duration::ZERO,
+    }
+}

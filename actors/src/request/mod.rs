@@ -1,0 +1,1059 @@
+//! `RequestActor`: one per call. It drives the call's [`ChainWalk`] (the pure walk of the
+//! fallback chain): the walk says what to do next, the actor does it and feeds back what
+//! happened.
+//!
+//! Everything arrives as a message: a breaker's admission and the governor's decision come back
+//! as casts (a [`Reply`] into this mailbox), attempts run as tasks of their own that report
+//! their outcome, and the walk's timer is an epoch-tagged `send_after`. So the actor never
+//! blocks on one thing while another (a hedge, a timeout) is due, and several attempts can be
+//! in flight.
+//!
+//! - Attempts: [`attempt`] (one attempt: send with a budget, classify, record, settle; probes
+//!   run it too).
+//! - A committed stream is handed to the caller and pumped by a task of its own ([`stream`]).
+//! - When no model can answer, the chain's degradation answers ([`degrade`]).
+//! - The call's span, log line and monitor record ([`report`]).
+//!
+//! Every call is answered exactly once: the answer travels on a oneshot channel consumed by
+//! the answer; a panicking request actor drops it, and the caller gets an internal error. The
+//! actors are linked to the supervisor, which logs and counts such failures.
+//!
+//! Breaker or governor restarts: an ask whose answer is lost (the actor died holding it, or its
+//! mailbox was closed) is asked again of the live incarnation, found through the supervisor.
+
+pub(crate) mod attempt;
+pub(crate) mod degrade;
+pub(crate) mod report;
+pub(crate) mod stream;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ractor::rpc::CallResult;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use tokio::sync::{oneshot, Notify};
+
+pub use crate::policy::chain::{Degrade, Estimate, RetryPolicy};
+pub use degrade::ResponseCache;
+pub use stream::StreamReply;
+
+use crate::call::{Call, Reply, Source};
+use crate::clock;
+use crate::directory::Directory;
+use crate::error::Error;
+use crate::policy::breaker::Admission;
+use crate::policy::chain::{
+    AttemptId, CallFacts, ChainWalk, Credit, Ending, Event, Finish, HopFacts, Step,
+};
+use crate::policy::classify::{Class, Verdict};
+use crate::policy::lanes::{Decision, ReserveRequest, Settlement};
+use crate::protocol::AttemptSample;
+use crate::protocol::{BreakerMsg, GovernorMsg, Reply as Answer, SupervisorMsg};
+use crate::timer::Timer;
+use crate::upstream::Upstream;
+use crate::wire::{Attempt, Price};
+use report::{CallEnd, Report};
+
+/// A resolved fallback chain: model ids in order, and its retry policy.
+#[derive(Debug)]
+pub struct Chain {
+    /// The chain's id (its index in the monitor's chain list).
+    pub id: usize,
+    /// The chain's name.
+    pub name: String,
+    /// Model ids, first choice first.
+    pub hops: Vec<usize>,
+    /// Per hop: a patch against the original request (`None`: the request as is).
+    pub patches: Vec<Option<serde_json::Map<String, serde_json::Value>>>,
+    /// Retry and deadline rules.
+    pub policy: Arc<RetryPolicy>,
+}
+
+/// A model as request actors see it.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    /// The model name sent upstream.
+    pub name: String,
+    /// Index of its upstream.
+    pub upstream: usize,
+    /// Its model class within the upstream, for per-class limits (0: the upstream's default).
+    pub class: usize,
+}
+
+/// Counts calls in flight so shutdown can wait for them.
+#[derive(Default)]
+pub struct InFlight {
+    count: AtomicUsize,
+    idle: Notify,
+}
+
+impl InFlight {
+    /// Register a call; the guard unregisters it when dropped.
+    pub fn enter(self: &Arc<Self>) -> InFlightGuard {
+        self.count.fetch_add(1, Ordering::SeqCst);
+        InFlightGuard(self.clone())
+    }
+
+    /// Calls in flight now.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+
+    /// Wait until no call is in flight.
+    pub async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Keeps a call counted as in flight while it lives.
+pub struct InFlightGuard(Arc<InFlight>);
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
+}
+
+/// What every request actor of one runtime shares (read-only after spawn).
+pub struct Shared {
+    /// Live actor refs.
+    pub directory: Arc<Directory>,
+    /// The supervisor, asked for fresh refs after a child restart.
+    pub supervisor: ActorRef<SupervisorMsg>,
+    /// Upstreams by index.
+    pub upstreams: Vec<Arc<dyn Upstream>>,
+    /// Upstream names by index (the `gen_ai.system` of traces).
+    pub upstream_names: Vec<String>,
+    /// Models by id.
+    pub models: Vec<ModelInfo>,
+    /// Prices by model id, for the cost in the call log line.
+    pub prices: Vec<Option<Price>>,
+    /// Put the request's messages and system prompt in the call log line (off by default:
+    /// prompts may hold personal data).
+    pub log_prompts: bool,
+    /// Calls in flight.
+    pub in_flight: Arc<InFlight>,
+    /// Seed source for per-call jitter.
+    pub seed: AtomicU64,
+    /// The response cache, when configured.
+    pub cache: Option<Arc<ResponseCache>>,
+    /// Fault injection: the next request actor to handle a message panics.
+    #[doc(hidden)]
+    pub panic_next: AtomicBool,
+}
+
+/// Start arguments of one request actor.
+pub struct RequestArgs {
+    /// The call.
+    pub call: Call,
+    /// Its chain.
+    pub chain: Arc<Chain>,
+    /// The call's feature id, for bulkheads.
+    pub feature: Option<usize>,
+    /// Runtime-wide data.
+    pub shared: Arc<Shared>,
+    /// Where the answer goes, exactly once.
+    pub reply: ReplyTo,
+    /// Keeps the call counted until it ends.
+    pub guard: InFlightGuard,
+}
+
+/// Where a request actor's answer goes: a whole reply, or a committed stream.
+pub enum ReplyTo {
+    /// `Seawall::complete`.
+    Unary(oneshot::Sender<Result<Reply, Error>>),
+    /// `Seawall::stream`.
+    Stream(oneshot::Sender<Result<StreamReply, Error>>),
+}
+
+/// What a request actor hears.
+pub(crate) enum RequestMsg {
+    /// A breaker's answer (`None`: lost with a breaker that died).
+    Admission {
+        /// The hop asked about.
+        hop: usize,
+        /// The answer.
+        admission: Option<Admission>,
+    },
+    /// The governor's answer (`None`: lost).
+    Budget {
+        /// The hop.
+        hop: usize,
+        /// The answer.
+        decision: Option<Decision>,
+    },
+    /// Where the conversation is pinned (`None`: the answer was lost).
+    Pinned(Option<Option<usize>>),
+    /// An input-token count.
+    Counted {
+        /// The hop.
+        hop: usize,
+        /// The count, if the upstream could count.
+        tokens: Option<u64>,
+    },
+    /// The supervisor's answer: the live breaker of a hop (`None`: none is coming).
+    BreakerRef {
+        /// The hop.
+        hop: usize,
+        /// The live breaker.
+        breaker: Option<ActorRef<BreakerMsg>>,
+    },
+    /// The supervisor's answer: the live governor (`None`: none is coming).
+    GovernorRef(Option<ActorRef<GovernorMsg>>),
+    /// An attempt ended.
+    Done {
+        /// Which.
+        attempt: AttemptId,
+        /// How.
+        done: Box<attempt::Done>,
+    },
+    /// The walk's timer fired.
+    Timer(u64),
+}
+
+/// Tries at reaching a restarted breaker or governor before giving up on it.
+const ACTOR_RETRIES: u32 = 3;
+
+/// An ask that waits for a live breaker or governor, to be asked again.
+#[derive(Clone, Copy, Debug)]
+enum Stalled {
+    Acquire { hop: usize, retry: bool },
+    Reserve { hop: usize, request: ReserveRequest },
+}
+
+/// The actor.
+pub(crate) struct RequestActor;
+
+/// The actor's state.
+pub(crate) struct RequestState {
+    call: Call,
+    chain: Arc<Chain>,
+    feature: Option<usize>,
+    shared: Arc<Shared>,
+    reply: Option<ReplyTo>,
+    guard: Option<InFlightGuard>,
+    walk: ChainWalk,
+    report: Option<Report>,
+    started: Instant,
+    stream: bool,
+    breakers: Vec<Option<ActorRef<BreakerMsg>>>,
+    governor: Option<ActorRef<GovernorMsg>>,
+    /// Asks waiting for a live breaker or governor.
+    stalled: Vec<Stalled>,
+    refreshes: u32,
+    /// The supervisor could not be reached: the runtime is stopping.
+    shutting_down: bool,
+    /// Breaker asks awaiting an answer: hop -> the ask's `retry` (to ask again if lost).
+    acquiring: HashMap<usize, bool>,
+    /// Governor asks awaiting an answer: hop -> the request (to ask again if lost).
+    reserving: HashMap<usize, ReserveRequest>,
+    /// Attempts in flight: their tasks (to cancel a loser), hops and retry flags.
+    flights: HashMap<AttemptId, (tokio::task::AbortHandle, usize, bool)>,
+    /// Finished attempts whose answer the call may still return (or pass through).
+    answers: HashMap<AttemptId, Box<attempt::Done>>,
+    timer: Timer,
+}
+
+impl RequestState {
+    fn new(args: RequestArgs) -> Self {
+        let RequestArgs {
+            call,
+            chain,
+            feature,
+            shared,
+            reply,
+            guard,
+        } = args;
+        let now = clock::now();
+        let stream = matches!(reply, ReplyTo::Stream(_));
+        let seed = shared
+            .seed
+            .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+        let original = call.estimate_input_tokens();
+        let hops = chain
+            .hops
+            .iter()
+            .enumerate()
+            .map(|(i, &model)| {
+                let info = &shared.models[model];
+                let patched = chain.patches.get(i).and_then(Option::as_ref);
+                let (input_estimate, max_tokens) = match patched {
+                    Some(p) => {
+                        let c = call.patched(p);
+                        (c.estimate_input_tokens(), c.max_tokens())
+                    }
+                    None => (original, call.max_tokens()),
+                };
+                HopFacts {
+                    model,
+                    name: info.name.clone(),
+                    upstream: info.upstream,
+                    input_estimate,
+                    max_tokens,
+                    attempt_timeout: None,
+                    hedge_after: None,
+                }
+            })
+            .collect();
+        let facts = CallFacts {
+            hops,
+            stream,
+            timeout: call.timeout,
+            conversation: call.conversation.is_some(),
+            replay: call.job.is_some(),
+            seed,
+        };
+        let walk = ChainWalk::new(facts, Arc::clone(&chain.policy), now);
+        let report = Report::new(&call, &chain, &shared);
+        Self {
+            breakers: vec![None; chain.hops.len()],
+            governor: None,
+            walk,
+            report: Some(report),
+            started: now,
+            stream,
+            call,
+            chain,
+            feature,
+            shared,
+            reply: Some(reply),
+            guard: Some(guard),
+            stalled: Vec::new(),
+            refreshes: 0,
+            shutting_down: false,
+            acquiring: HashMap::new(),
+            reserving: HashMap::new(),
+            flights: HashMap::new(),
+            answers: HashMap::new(),
+            timer: Timer::default(),
+        }
+    }
+
+    fn model_of(&self, hop: usize) -> usize {
+        self.chain.hops[hop]
+    }
+
+    fn breaker(&mut self, hop: usize) -> Option<ActorRef<BreakerMsg>> {
+        if self.breakers[hop].is_none() {
+            self.breakers[hop] = self.shared.directory.breaker(self.model_of(hop));
+        }
+        self.breakers[hop].clone()
+    }
+
+    fn governor(&mut self) -> Option<ActorRef<GovernorMsg>> {
+        if self.governor.is_none() {
+            self.governor = self.shared.directory.governor();
+        }
+        self.governor.clone()
+    }
+
+    /// The request for `hop`: the original, patched as the chain says, plus a refusal's credit.
+    fn hop_call(&self, hop: usize, credit: Option<&Credit>) -> Call {
+        let mut call = match self.chain.patches.get(hop).and_then(Option::as_ref) {
+            Some(p) => self.call.patched(p),
+            None => self.call.clone(),
+        };
+        if let Some(credit) = credit {
+            call.set_field("fallback_credit_token", credit.token.clone());
+            if !credit.prefill.is_empty() {
+                call.push_assistant_blocks(credit.prefill.clone());
+            }
+        }
+        call
+    }
+
+    /// Ask `hop`'s breaker for a permit; a dead breaker is looked up again.
+    fn acquire(&mut self, myself: &ActorRef<RequestMsg>, hop: usize, retry: bool) {
+        let Some(breaker) = self.breaker(hop) else {
+            return self.refresh_breaker(myself, Stalled::Acquire { hop, retry });
+        };
+        self.acquiring.insert(hop, retry);
+        let reply = Answer::cast(
+            myself,
+            move |admission| RequestMsg::Admission { hop, admission },
+            |m| match m {
+                RequestMsg::Admission { admission, .. } => admission,
+                _ => None,
+            },
+        );
+        // A failed cast drops the reply, which reports the answer lost: asked again then.
+        let _ = breaker.cast(BreakerMsg::Acquire { retry, reply });
+    }
+
+    fn reserve(&mut self, myself: &ActorRef<RequestMsg>, hop: usize, request: ReserveRequest) {
+        let Some(governor) = self.governor() else {
+            return self.refresh_governor(myself, Stalled::Reserve { hop, request });
+        };
+        self.reserving.insert(hop, request);
+        let reply = Answer::cast(
+            myself,
+            move |decision| RequestMsg::Budget { hop, decision },
+            |m| match m {
+                RequestMsg::Budget { decision, .. } => decision,
+                _ => None,
+            },
+        );
+        let _ = governor.cast(GovernorMsg::Reserve(request, reply));
+    }
+
+    /// `ask` waits for the live breaker: ask the supervisor (it answers once the breaker is
+    /// back, if it is being restarted).
+    fn refresh_breaker(&mut self, myself: &ActorRef<RequestMsg>, ask: Stalled) {
+        let hop = match ask {
+            Stalled::Acquire { hop, .. } | Stalled::Reserve { hop, .. } => hop,
+        };
+        self.stalled.push(ask);
+        self.refreshes += 1;
+        if self.refreshes > ACTOR_RETRIES * self.chain.hops.len() as u32 + ACTOR_RETRIES {
+            let now = clock::now();
+            return self.walk.handle(
+                Event::Lost("the breaker actor did not come back after restarts".into()),
+                now,
+            );
+        }
+        let stale = self.breakers[hop].take().map(|b| b.get_id());
+        let reply = Answer::cast(
+            myself,
+            move |breaker| RequestMsg::BreakerRef { hop, breaker },
+            |_| None,
+        );
+        if self
+            .shared
+            .supervisor
+            .cast(SupervisorMsg::BreakerRef {
+                model: self.model_of(hop),
+                stale,
+                reply,
+            })
+            .is_err()
+        {
+            self.shutting_down = true;
+        }
+    }
+
+    fn refresh_governor(&mut self, myself: &ActorRef<RequestMsg>, ask: Stalled) {
+        self.stalled.push(ask);
+        self.refreshes += 1;
+        if self.refreshes > ACTOR_RETRIES * self.chain.hops.len() as u32 + ACTOR_RETRIES {
+            let now = clock::now();
+            return self.walk.handle(
+                Event::Lost("the governor actor did not come back after restarts".into()),
+                now,
+            );
+        }
+        let stale = self.governor.take().map(|g| g.get_id());
+        let reply = Answer::cast(myself, RequestMsg::GovernorRef, |_| None);
+        if self
+            .shared
+            .supervisor
+            .cast(SupervisorMsg::GovernorRef { stale, reply })
+            .is_err()
+        {
+            self.shutting_down = true;
+        }
+    }
+
+    /// Ask again what waited for a live breaker or governor.
+    fn resume(&mut self, myself: &ActorRef<RequestMsg>, governor: bool, hop: Option<usize>) {
+        let (ready, waiting): (Vec<Stalled>, Vec<Stalled>) = std::mem::take(&mut self.stalled)
+            .into_iter()
+            .partition(|s| match (s, governor) {
+                (Stalled::Reserve { .. }, true) => true,
+                (Stalled::Acquire { hop: h, .. }, false) => Some(*h) == hop,
+                _ => false,
+            });
+        self.stalled = waiting;
+        for s in ready {
+            match s {
+                Stalled::Acquire { hop, retry } => self.acquire(myself, hop, retry),
+                Stalled::Reserve { hop, request } => self.reserve(myself, hop, request),
+            }
+        }
+    }
+
+    fn lost(&mut self, why: &str) {
+        let why = if self.shutting_down {
+            "the seawall runtime is shutting down".to_owned()
+        } else {
+            why.to_owned()
+        };
+        let now = clock::now();
+        self.walk.handle(Event::Lost(why), now);
+    }
+
+    /// Start an attempt's task.
+    fn send(&mut self, myself: &ActorRef<RequestMsg>, s: crate::policy::chain::Send) {
+        let model = self.model_of(s.hop);
+        let info = &self.shared.models[model];
+        let call = self.hop_call(s.hop, s.credit.as_ref());
+        let body = if self.stream {
+            call.stream_body_for(&info.name)
+        } else {
+            call.body_for(&info.name)
+        };
+        let upstream = Arc::clone(&self.shared.upstreams[info.upstream]);
+        let system = self
+            .shared
+            .upstream_names
+            .get(info.upstream)
+            .map_or("", String::as_str);
+        let span = report::attempt_span(
+            self.report
+                .as_ref()
+                .map_or(&tracing::Span::none(), |r| &r.span),
+            system,
+            &info.name,
+            s.retry_count + 1,
+            s.retry,
+            s.hedge,
+            s.ticket.key,
+        );
+        let job = attempt::Job {
+            upstream,
+            attempt: Attempt {
+                model: info.name.clone(),
+                body,
+                key: s.ticket.key,
+                retry_count: s.retry_count,
+                timeout: s.timeout,
+                idempotency_key: self.call.idempotency_key.clone(),
+                forward: self.call.forward.clone(),
+            },
+            stream: self.stream,
+            model,
+            retry: s.retry,
+            breaker: self.breakers[s.hop].clone(),
+            governor: self.governor.clone(),
+            permit: s.permit,
+            ticket: s.ticket,
+            span,
+        };
+        let me = myself.clone();
+        let id = s.attempt;
+        let task = tokio::spawn(async move {
+            let done = attempt::run(job).await;
+            // The actor may be gone (the call ended): an unwanted head gives itself back.
+            let _ = me.cast(RequestMsg::Done {
+                attempt: id,
+                done: Box::new(done),
+            });
+        });
+        self.flights
+            .insert(id, (task.abort_handle(), s.hop, s.retry));
+    }
+
+    /// Count `hop`'s input tokens with its upstream's counter (a task: it is I/O).
+    fn count_tokens(&mut self, myself: &ActorRef<RequestMsg>, hop: usize) {
+        let model = self.model_of(hop);
+        let info = self.shared.models[model].clone();
+        let upstream = Arc::clone(&self.shared.upstreams[info.upstream]);
+        let governor = self.governor();
+        let body = self.hop_call(hop, None).body_for(&info.name);
+        let forward = self.call.forward.clone();
+        // A count is worth at most a quarter of what is left, and never more than 2 s.
+        let budget = (self.walk.deadline().saturating_duration_since(clock::now()) / 4)
+            .min(Duration::from_secs(2));
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let tokens = async {
+                let governor = governor?;
+                let key = match governor
+                    .call(
+                        |reply| GovernorMsg::PickKey(info.upstream, reply),
+                        Some(Duration::from_secs(5)),
+                    )
+                    .await
+                {
+                    Ok(CallResult::Success(Some(key))) => key,
+                    _ => return None,
+                };
+                let attempt = Attempt {
+                    model: info.name.clone(),
+                    body,
+                    key,
+                    retry_count: 0,
+                    timeout: budget,
+                    idempotency_key: None,
+                    forward,
+                };
+                match tokio::time::timeout(budget, upstream.count_tokens(attempt)?).await {
+                    Ok(Ok(n)) => Some(n),
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "count_tokens failed: using the heuristic estimate");
+                        None
+                    }
+                    Err(_) => None,
+                }
+            }
+            .await;
+            let _ = me.cast(RequestMsg::Counted { hop, tokens });
+        });
+    }
+
+    /// Carry out what the walk asks until it waits; true once the call has ended.
+    async fn drive(&mut self, myself: &ActorRef<RequestMsg>) -> bool {
+        while let Some(step) = self.walk.poll() {
+            match step {
+                Step::AskPin => {
+                    let conversation = self.call.conversation_digest();
+                    match (self.breaker(0), conversation) {
+                        (Some(primary), Some(conversation)) => {
+                            let reply = Answer::cast(myself, RequestMsg::Pinned, |_| None);
+                            let _ = primary.cast(BreakerMsg::Pinned {
+                                conversation,
+                                reply,
+                            });
+                        }
+                        _ => self.walk.handle(Event::Pinned(None), clock::now()),
+                    }
+                }
+                Step::Acquire { hop, retry } => self.acquire(myself, hop, retry),
+                Step::CountTokens { hop } => self.count_tokens(myself, hop),
+                Step::Reserve {
+                    hop,
+                    cost,
+                    max_wait,
+                } => {
+                    let info = &self.shared.models[self.model_of(hop)];
+                    let request = ReserveRequest {
+                        upstream: info.upstream,
+                        class: info.class,
+                        cost,
+                        lane: self.call.lane,
+                        feature: self.feature,
+                        max_wait,
+                    };
+                    self.reserve(myself, hop, request);
+                }
+                Step::Release {
+                    hop,
+                    permit,
+                    ticket,
+                } => {
+                    attempt::release(&self.breakers[hop], permit);
+                    if let Some(ticket) = ticket {
+                        attempt::settle(&self.governor, Settlement::unused(ticket));
+                    }
+                }
+                Step::Send(s) => self.send(myself, s),
+                Step::Cancel { attempt } => {
+                    if let Some((task, _, _)) = self.flights.remove(&attempt) {
+                        task.abort();
+                    }
+                    self.answers.remove(&attempt);
+                }
+                Step::Pin { hop } => {
+                    if let (Some(primary), Some(conversation)) =
+                        (self.breaker(0), self.call.conversation_digest())
+                    {
+                        let _ = primary.cast(BreakerMsg::Pin {
+                            conversation,
+                            tenant: self.call.tenant_digest(),
+                            model: self.model_of(hop),
+                        });
+                    }
+                }
+                Step::Finish(f) => {
+                    self.finish(f).await;
+                    return true;
+                }
+            }
+        }
+        let next = self.walk.poll_timeout();
+        self.timer
+            .rearm(myself, next, clock::now(), RequestMsg::Timer);
+        false
+    }
+
+    /// The walk is over: answer the caller, conclude the call.
+    async fn finish(&mut self, f: Finish) {
+        let Finish {
+            ending,
+            trail,
+            attempts,
+        } = f;
+        let elapsed = report::since(self.started);
+        let Some(report) = self.report.take() else {
+            return;
+        };
+        for (_, (task, _, _)) in self.flights.drain() {
+            task.abort();
+        }
+        let result: Result<Answered, Error> = match ending {
+            Ending::Served { attempt, hop } | Ending::Refusal { attempt, hop } => {
+                match self.answers.remove(&attempt) {
+                    Some(done) => Ok(Answered {
+                        hop,
+                        done,
+                        attempts,
+                        trail,
+                    }),
+                    None => Err(Error::Internal(
+                        "the answering attempt's result was lost".into(),
+                    )),
+                }
+            }
+            Ending::Rejected { attempt, hop } => {
+                let response = self.answers.remove(&attempt).and_then(|d| d.response);
+                Err(match response {
+                    Some(r) => Error::Rejected {
+                        model: self.shared.models[self.model_of(hop)].name.clone(),
+                        status: r.status,
+                        headers: r.headers,
+                        body: r.body,
+                        trail,
+                    },
+                    None => Error::Internal("the rejecting attempt's answer was lost".into()),
+                })
+            }
+            Ending::Invalid(why) => Err(Error::InvalidCall(format!(
+                "no model of chain {:?} can take this request ({why})",
+                self.chain.name
+            ))),
+            Ending::Unavailable {
+                retry_after,
+                deadline_exceeded,
+                degrade,
+            } => {
+                let err = Error::Unavailable {
+                    retry_after,
+                    deadline_exceeded,
+                    trail,
+                };
+                if degrade.is_empty() {
+                    Err(err)
+                } else {
+                    let cache = self.cache_key();
+                    let queue = degrade
+                        .contains(&Degrade::Queue)
+                        .then(|| self.shared.directory.queue())
+                        .flatten()
+                        .map(|q| (q, self.call.clone()));
+                    let degraded = degrade::degraded(
+                        err,
+                        &degrade,
+                        &self.chain.name,
+                        cache.as_ref().map(|(c, k)| (c.as_ref(), k.as_str())),
+                        queue,
+                        elapsed,
+                    )
+                    .await;
+                    match degraded {
+                        Ok(reply) => {
+                            self.answer_degraded(reply, report);
+                            return;
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
+            }
+            Ending::Internal(why) => Err(if self.shutting_down {
+                Error::ShuttingDown
+            } else {
+                Error::Internal(why)
+            }),
+        };
+        match result {
+            Ok(a) => self.answer_live(a, report, elapsed),
+            Err(e) => {
+                report.conclude(CallEnd::error(&e, elapsed, self.stream));
+                self.send_reply(Err(e));
+            }
+        }
+    }
+
+    /// The response cache and this call's key, when the chain caches its live answers (never
+    /// for a replayed job: it stands for a call answered long ago).
+    fn cache_key(&self) -> Option<(Arc<ResponseCache>, String)> {
+        let cache = self.shared.cache.as_ref()?;
+        let caches = self.call.job.is_none() && self.chain.policy.degrade.contains(&Degrade::Cache);
+        caches.then(|| (Arc::clone(cache), self.call.cache_key()))
+    }
+
+    fn send_reply(&mut self, result: Result<Reply, Error>) {
+        // The caller may have stopped waiting; then nobody needs the answer.
+        match self.reply.take() {
+            Some(ReplyTo::Unary(tx)) => {
+                let _ = tx.send(result);
+            }
+            Some(ReplyTo::Stream(tx)) => {
+                let _ = tx.send(result.map(degrade::stream_of));
+            }
+            None => {}
+        }
+    }
+
+    fn answer_degraded(&mut self, reply: Reply, report: Report) {
+        // No model answered live: the chain failed this call, whatever stood in for it.
+        let unavailable = Error::Unavailable {
+            retry_after: None,
+            deadline_exceeded: false,
+            trail: Vec::new(),
+        };
+        let mut end = CallEnd::error(&unavailable, reply.latency, self.stream);
+        end.source = Some(reply.source.as_str());
+        report.conclude(end);
+        self.send_reply(Ok(reply));
+    }
+
+    fn answer_live(&mut self, a: Answered, report: Report, elapsed: Duration) {
+        let Answered {
+            hop,
+            mut done,
+            attempts,
+            trail,
+        } = a;
+        let model = self.model_of(hop);
+        let name = self.shared.models[model].name.clone();
+        if let Some(head) = done.head.take() {
+            let (stream_reply, pump) = stream::commit(
+                head,
+                stream::Commit {
+                    model,
+                    model_name: name,
+                    hop,
+                    attempts,
+                    trail,
+                    retry: done.retry,
+                    deadline: self.walk.deadline(),
+                    time_to_first_token: elapsed,
+                    cache: self.cache_key(),
+                    report,
+                },
+            );
+            let guard = self.guard.take();
+            if let Some(ReplyTo::Stream(tx)) = self.reply.take() {
+                if tx.send(Ok(stream_reply)).is_ok() {
+                    tokio::spawn(async move {
+                        pump.run().await;
+                        drop(guard);
+                    });
+                }
+                // Else the caller is gone: dropping the pump gives the permit and budget back
+                // and concludes nothing more (the record of its attempts goes with it).
+            }
+            return;
+        }
+        let Some(response) = done.response.take() else {
+            let e = Error::Internal("the answering attempt had no answer".into());
+            report.conclude(CallEnd::error(&e, elapsed, self.stream));
+            return self.send_reply(Err(e));
+        };
+        let usage = attempt::usage_of(&response.body);
+        let reply = Reply {
+            source: Source::Live,
+            age: None,
+            model: name,
+            status: response.status,
+            headers: response.headers,
+            body: response.body,
+            usage,
+            attempts,
+            trail,
+            latency: elapsed,
+        };
+        if let Some((cache, key)) = self.cache_key() {
+            cache.put(key, reply.clone());
+        }
+        let end = CallEnd {
+            served: Some((hop, model)),
+            latency: reply.latency,
+            http_status: Some(reply.status),
+            request_id: reply.request_id().map(std::borrow::Cow::Borrowed),
+            usage: reply.usage,
+            error: None,
+            stream: self.stream,
+            stream_class: None,
+            source: Some("live"),
+        };
+        report.conclude(end);
+        self.send_reply(Ok(reply));
+    }
+}
+
+/// A live answer: the attempt that served, and the call's record so far.
+struct Answered {
+    hop: usize,
+    done: Box<attempt::Done>,
+    attempts: u32,
+    trail: Vec<crate::call::AttemptRecord>,
+}
+
+impl Actor for RequestActor {
+    type Msg = RequestMsg;
+    type State = RequestState;
+    type Arguments = RequestArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        args: RequestArgs,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        Ok(RequestState::new(args))
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.drive(&myself).await {
+            myself.stop(None);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        msg: Self::Msg,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.shared.panic_next.swap(false, Ordering::Relaxed) {
+            panic!("injected panic in a request actor");
+        }
+        let now = clock::now();
+        if state.report.is_none() {
+            // The call has ended; only late news arrives now. A late grant or permit goes back.
+            match msg {
+                RequestMsg::Admission {
+                    hop,
+                    admission: Some(Admission::Permitted(p)),
+                } => attempt::release(&state.breakers[hop], p),
+                RequestMsg::Budget {
+                    decision: Some(Decision::Grant { ticket, .. }),
+                    ..
+                } => attempt::settle(&state.governor, Settlement::unused(ticket)),
+                _ => {}
+            }
+            return Ok(());
+        }
+        match msg {
+            RequestMsg::Admission { hop, admission } => {
+                let retry = state.acquiring.remove(&hop);
+                match (admission, retry) {
+                    (Some(admission), _) => {
+                        state.walk.handle(Event::Admission { hop, admission }, now)
+                    }
+                    // The breaker died holding the ask: ask its next incarnation.
+                    (None, Some(retry)) => {
+                        state.refresh_breaker(&myself, Stalled::Acquire { hop, retry })
+                    }
+                    (None, None) => {}
+                }
+            }
+            RequestMsg::Budget { hop, decision } => {
+                let request = state.reserving.remove(&hop);
+                match (decision, request) {
+                    (Some(decision), _) => state.walk.handle(Event::Budget { hop, decision }, now),
+                    (None, Some(request)) => {
+                        state.refresh_governor(&myself, Stalled::Reserve { hop, request })
+                    }
+                    (None, None) => {}
+                }
+            }
+            RequestMsg::Pinned(model) => state.walk.handle(Event::Pinned(model.flatten()), now),
+            RequestMsg::Counted { hop, tokens } => {
+                state.walk.handle(Event::Counted { hop, tokens }, now)
+            }
+            RequestMsg::BreakerRef { hop, breaker } => match breaker {
+                Some(b) => {
+                    state.breakers[hop] = Some(b);
+                    state.resume(&myself, false, Some(hop));
+                }
+                None => state.lost("the breaker actor did not come back after restarts"),
+            },
+            RequestMsg::GovernorRef(governor) => match governor {
+                Some(g) => {
+                    state.governor = Some(g);
+                    state.resume(&myself, true, None);
+                }
+                None => state.lost("the governor actor did not come back after restarts"),
+            },
+            RequestMsg::Done { attempt, mut done } => {
+                // A cancelled attempt's late result: dropping it gives back what it holds.
+                let Some((_, hop, retry)) = state.flights.remove(&attempt) else {
+                    return Ok(());
+                };
+                let model = state.model_of(hop);
+                if let Some(sample) = done.sample {
+                    if let Some(r) = state.report.as_mut() {
+                        r.sample(sample);
+                    }
+                }
+                if let Some(head) = done.head.as_mut() {
+                    if head.finished && !head.recorded {
+                        // The stream ended before any content: it is whole now, so it is
+                        // recorded now (a refusal kept in case no later hop serves counts once).
+                        let latency = done.report.latency;
+                        head.record_now(latency);
+                        if let Some(r) = state.report.as_mut() {
+                            r.sample(AttemptSample {
+                                model,
+                                class: Class::Success,
+                                status: Some(head.status),
+                                latency,
+                                at: now,
+                                retry,
+                                usage: head.usage(),
+                            });
+                        }
+                    }
+                }
+                let report = done.report.clone();
+                state.walk.handle(Event::Finished { attempt, report }, now);
+                if let Some(delay) = state.walk.retry_delay(hop) {
+                    done.span.record("retry_delay_ms", delay.as_millis() as u64);
+                }
+                if matches!(
+                    done.report.verdict,
+                    Verdict::Success | Verdict::Permanent { .. }
+                ) {
+                    state.answers.insert(attempt, done);
+                }
+            }
+            RequestMsg::Timer(epoch) => {
+                if !state.timer.fired(epoch) {
+                    return Ok(()); // a stale timer: the walk's deadline moved
+                }
+                state.walk.handle_timeout(now);
+            }
+        }
+        if state.drive(&myself).await {
+            myself.stop(None);
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        for (_, (task, _, _)) in state.flights.drain() {
+            task.abort();
+        }
+        Ok(())
+    }
+}
+
+/// Spawn a request actor for `args`, linked to the supervisor so a failing one is noticed.
+pub(crate) async fn spawn(
+    args: RequestArgs,
+    supervisor: &ActorRef<SupervisorMsg>,
+) -> Result<(), Error> {
+    Actor::spawn_linked(None, RequestActor, args, supervisor.get_cell())
+        .await
+        .map(|_| ())
+        .map_err(|e| Error::Internal(format!("could not start a request actor: {e}")))
+}
