@@ -550,22 +550,6 @@ fn text_of(
 // ---------------------------------------------------------------------------------------------
 // response translation
 
-/// The Messages API `error.type` for an HTTP status.
-fn anthropic_error_type(status: u16) -> &'static str {
-    match status {
-        401 => "authentication_error",
-        402 => "billing_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        504 => "gateway_timeout_error",
-        529 => "overloaded_error",
-        500..=599 => "api_error",
-        _ => "invalid_request_error",
-    }
-}
-
 fn translate_response(
     status: u16,
     raw: Vec<(String, String)>,
@@ -753,7 +737,7 @@ fn provider_message(parsed: Option<&Value>, body: &[u8]) -> Option<String> {
 fn error_body(status: u16, message: &str, request_id: Option<&str>) -> Value {
     let mut body = json!({
         "type": "error",
-        "error": {"type": anthropic_error_type(status), "message": message},
+        "error": {"type": seawall_actors::wire::error_type_of(status), "message": message},
     });
     if let Some(id) = request_id {
         body["request_id"] = Value::from(id);
@@ -851,7 +835,7 @@ mod tests {
             (504, "gateway_timeout_error"),
             (529, "overloaded_error"),
         ] {
-            assert_eq!(anthropic_error_type(s), t, "{s}");
+            assert_eq!(seawall_actors::wire::error_type_of(s), t, "{s}");
         }
     }
 

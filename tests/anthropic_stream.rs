@@ -5,7 +5,8 @@
 
 mod support;
 
-use std::io;
+use support::raw::{find, raw_server, read_request};
+
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::{init_logs, logs};
@@ -112,48 +113,6 @@ fn data(event: &SseEvent) -> Value {
 
 fn last(sim: &SimHandle) -> LogEntry {
     sim.log().pop().expect("the simulator logged the request")
-}
-
-/// A raw socket server for one connection: `script` gets the accepted stream.
-async fn raw_server<F, Fut>(script: F) -> SocketAddr
-where
-    F: FnOnce(TcpStream) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        script(stream).await;
-    });
-    addr
-}
-
-/// Read one whole request (head plus Content-Length bytes of body) and return it.
-async fn read_request(stream: &mut TcpStream) -> io::Result<Vec<u8>> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = find(&buf, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-            let len: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length:"))
-                .map_or(0, |v| v.trim().parse().unwrap());
-            if buf.len() >= end + 4 + len {
-                return Ok(buf);
-            }
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
 }
 
 /// A chunked `text/event-stream` response head.

@@ -5,6 +5,8 @@
 
 mod support;
 
+use support::raw::raw_server;
+
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,7 +14,7 @@ use support::{init_logs, logs};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 
@@ -147,39 +149,13 @@ impl Seen {
 
 /// Read one whole request (head plus Content-Length bytes of body).
 async fn read_request(stream: &mut TcpStream) -> io::Result<Seen> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = find(&buf, b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-            let mut lines = head.split("\r\n");
-            let request_line = lines.next().unwrap_or_default().to_owned();
-            let headers: Vec<(String, String)> = lines
-                .filter_map(|l| l.split_once(':'))
-                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-                .collect();
-            let len: usize = headers
-                .iter()
-                .find(|(n, _)| n == "content-length")
-                .map_or(0, |(_, v)| v.parse().unwrap());
-            if buf.len() >= end + 4 + len {
-                return Ok(Seen {
-                    request_line,
-                    headers,
-                    body: buf[end + 4..end + 4 + len].to_vec(),
-                });
-            }
-        }
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::UnexpectedEof.into());
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
+    let raw = support::raw::read_request(stream).await?;
+    let r = support::raw::parse_request(&raw);
+    Ok(Seen {
+        request_line: r.request_line,
+        headers: r.headers,
+        body: r.body,
+    })
 }
 
 /// A full HTTP/1.1 response with a correct Content-Length; the connection closes after it.
@@ -213,21 +189,6 @@ async fn capture_server(answer: Vec<u8>) -> (SocketAddr, mpsc::UnboundedReceiver
         }
     });
     (addr, rx)
-}
-
-/// A raw socket server for one connection: `script` gets the accepted stream.
-async fn raw_server<F, Fut>(script: F) -> SocketAddr
-where
-    F: FnOnce(TcpStream) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let (stream, _) = listener.accept().await.unwrap();
-        script(stream).await;
-    });
-    addr
 }
 
 const COMPLETION: &str = r#"{"id":"chatcmpl-raw1","object":"chat.completion","created":1,"model":"gpt-x-2026-01-01","choices":[{"index":0,"message":{"role":"assistant","content":"Hello there."},"finish_reason":"stop"}],"usage":{"prompt_tokens":21,"completion_tokens":3,"total_tokens":24}}"#;

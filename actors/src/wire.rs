@@ -263,3 +263,58 @@ impl Price {
         Ok(())
     }
 }
+
+/// The Messages API's `error.type` of each status it answers errors with. The one table the
+/// runtime's edges share (the OpenAI translation, stream errors); the simulator keeps its own,
+/// written from the API's documentation apart, so it checks this one.
+pub const ERROR_TYPES: [(u16, &str); 10] = [
+    (400, "invalid_request_error"),
+    (401, "authentication_error"),
+    (402, "billing_error"),
+    (403, "permission_error"),
+    (404, "not_found_error"),
+    (413, "request_too_large"),
+    (429, "rate_limit_error"),
+    (500, "api_error"),
+    (504, "gateway_timeout_error"),
+    (529, "overloaded_error"),
+];
+
+/// The `error.type` for an HTTP status: the table's, else `api_error` for a 5xx and
+/// `invalid_request_error` for anything else.
+pub fn error_type_of(status: u16) -> &'static str {
+    match ERROR_TYPES.iter().find(|(s, _)| *s == status) {
+        Some((_, t)) => t,
+        None if (500..=599).contains(&status) => "api_error",
+        None => "invalid_request_error",
+    }
+}
+
+/// The HTTP status an `error.type` stands for (a stream's `error` event carries only the type);
+/// `timeout_error` is read as the 504 it reports. Unknown types: `None`.
+pub fn status_of_error_type(error_type: &str) -> Option<u16> {
+    if error_type == "timeout_error" {
+        return Some(504);
+    }
+    ERROR_TYPES
+        .iter()
+        .find(|(_, t)| *t == error_type)
+        .map(|(s, _)| *s)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_error_type_table_reads_both_ways() {
+        for (status, t) in ERROR_TYPES {
+            assert_eq!(error_type_of(status), t);
+            assert_eq!(status_of_error_type(t), Some(status));
+        }
+        assert_eq!(error_type_of(503), "api_error");
+        assert_eq!(error_type_of(418), "invalid_request_error");
+        assert_eq!(status_of_error_type("timeout_error"), Some(504));
+        assert_eq!(status_of_error_type("weird"), None);
+    }
+}

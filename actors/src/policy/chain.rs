@@ -1152,15 +1152,11 @@ fn credit_of(details: Option<&Value>, content: Option<&Value>) -> Option<Credit>
     })
 }
 
-/// How a stream's `error` event classifies: the HTTP status it stands for.
+/// How a stream's `error` event classifies: the HTTP status it stands for (500 when unknown).
 pub fn stream_error_status(data: &str) -> u16 {
-    match crate::policy::classify::error_type(data.as_bytes()).as_deref() {
-        Some("overloaded_error") => 529,
-        Some("rate_limit_error") => 429,
-        Some("timeout_error") | Some("gateway_timeout_error") => 504,
-        Some("invalid_request_error") => 400,
-        _ => 500,
-    }
+    crate::policy::classify::error_type(data.as_bytes())
+        .and_then(|t| crate::wire::status_of_error_type(&t))
+        .unwrap_or(500)
 }
 
 /// The class of a stream's `error` event after content.
