@@ -20,10 +20,11 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::clock;
 use crate::directory::Directory;
 use crate::events::{Event, EventSender};
+use crate::fleet::{Fleet, HealthNews};
 use crate::policy::breaker::{Acquire, Admission, Breaker, BreakerConfig, StateKind};
 use crate::policy::pins::{PinLimits, Pins};
 use crate::policy::retry_budget::{RetryBudget, RetryBudgetConfig};
-use crate::protocol::{BreakerMsg, BreakerStatus, MonitorMsg, ProbeAdmission};
+use crate::protocol::{BreakerMsg, BreakerStatus, MonitorMsg, PinAnswer, ProbeAdmission};
 use crate::timer::Timer;
 
 /// Start arguments: the model and its policy, plus where to publish transitions.
@@ -44,6 +45,10 @@ pub struct BreakerArgs {
     pub probe_grace: Option<Duration>,
     /// Bounds of the conversation pins.
     pub pins: PinLimits,
+    /// The fleet this instance belongs to: transitions are told to the others, and half-open
+    /// trials are elected so the fleet spends one instance's worth on a model that may still
+    /// be down.
+    pub fleet: Option<Arc<dyn Fleet>>,
 }
 
 /// The actor. Stateless itself; its state is [`BreakerState`].
@@ -64,6 +69,12 @@ pub struct BreakerState {
     /// model. Cleared when the breaker closes; bounded, oldest pins dropped first.
     pins: Pins,
     timer: Timer,
+    fleet: Option<Arc<dyn Fleet>>,
+    /// The fleet's election of this model's trials for the current half-open state: the
+    /// breaker epoch it is for, and whether this instance won (`None`: asked, no answer yet).
+    election: Option<(u64, Option<bool>)>,
+    /// The open duration, to bound an election.
+    open_for: Duration,
 }
 
 /// The `seawall_breaker_state` gauge's value for a state.
@@ -84,15 +95,65 @@ fn state_name(state: StateKind) -> &'static str {
 }
 
 impl BreakerState {
-    /// True when a user call must leave the half-open trials to the probes now.
-    fn trials_reserved(&self, now: Instant) -> bool {
-        match (self.probe_grace, self.half_open_since) {
-            (Some(grace), Some(since)) => {
-                self.breaker.state() == StateKind::HalfOpen
-                    && now.saturating_duration_since(since) < grace
-            }
-            _ => false,
+    /// True when a user call must leave the half-open trials to others now: to the probes
+    /// (while they keep coming), or in a fleet to the instance elected for them.
+    fn trials_reserved(&mut self, myself: &ActorRef<BreakerMsg>, now: Instant) -> bool {
+        if self.breaker.state() != StateKind::HalfOpen {
+            return false;
         }
+        if let (Some(grace), Some(since)) = (self.probe_grace, self.half_open_since) {
+            // Probes run the trials (and are elected by the monitor in a fleet).
+            return now.saturating_duration_since(since) < grace;
+        }
+        let Some(fleet) = self.fleet.clone() else {
+            return false;
+        };
+        let epoch = self.breaker.epoch();
+        match self.election {
+            Some((e, Some(won))) if e == epoch => !won,
+            Some((e, None)) if e == epoch => true,
+            _ => {
+                // Ask once per half-open state; until the answer, users fall back.
+                self.election = Some((epoch, None));
+                let what = format!("trials:{}", self.model);
+                let ttl = self.open_for.max(Duration::from_secs(1));
+                let me = myself.clone();
+                tokio::spawn(async move {
+                    // An unreachable fleet: decide alone, as one instance would.
+                    let won = fleet.elect(&what, ttl).await.unwrap_or(true);
+                    let _ = me.cast(BreakerMsg::Elected { epoch, won });
+                });
+                true
+            }
+        }
+    }
+
+    /// Tell the fleet about a transition this instance made (not one it heard from a peer).
+    fn tell_fleet(&self, to: StateKind, reason: &str, open_for: Option<Duration>) {
+        let Some(fleet) = self.fleet.clone() else {
+            return;
+        };
+        if reason.starts_with("peer_") {
+            return; // heard from the fleet: no echo
+        }
+        let instance = fleet.instance().to_owned();
+        let news = match (to, open_for) {
+            (StateKind::Open, Some(d)) => HealthNews::Opened {
+                model: self.model.clone(),
+                open_ms: u64::try_from(d.as_millis()).unwrap_or(u64::MAX),
+                instance,
+            },
+            (StateKind::Closed, _) => HealthNews::Closed {
+                model: self.model.clone(),
+                instance,
+            },
+            _ => return,
+        };
+        tokio::spawn(async move {
+            if let Err(e) = fleet.publish(news).await {
+                tracing::debug!(error = %e, "breaker news not told to the fleet");
+            }
+        });
     }
 
     /// Cast the current state to a monitor.
@@ -150,6 +211,7 @@ impl BreakerState {
                 open_for_ms = open_for.map(|d| d.as_millis() as u64),
                 "breaker transition"
             );
+            self.tell_fleet(t.to, t.reason, open_for);
             // No subscriber is fine: the send error only says nobody listens.
             let _ = self.events.send(Event::Breaker {
                 model: self.model.clone(),
@@ -192,6 +254,9 @@ impl Actor for BreakerActor {
             probe_grace: args.probe_grace,
             half_open_since: None,
             pins: Pins::new(args.pins),
+            fleet: args.fleet,
+            election: None,
+            open_for: args.config.open_for,
             timer: Timer::default(),
         })
     }
@@ -220,7 +285,7 @@ impl Actor for BreakerActor {
                 // Time transitions first, so a just-elapsed open state is seen as half-open.
                 state.breaker.handle_timeout(now);
                 state.publish();
-                let answer = if state.trials_reserved(now) {
+                let answer = if state.trials_reserved(&myself, now) {
                     Admission::Open { until: None }
                 } else {
                     match state.breaker.try_acquire(now) {
@@ -289,9 +354,26 @@ impl Actor for BreakerActor {
             } => {
                 state.breaker.handle_timeout(now);
                 state.publish();
-                let _ = reply.send(state.pins.get(&conversation));
+                let answer = if state.breaker.state() == StateKind::Closed {
+                    PinAnswer::Closed
+                } else {
+                    PinAnswer::Open(state.pins.get(&conversation))
+                };
+                let _ = reply.send(answer);
             }
             BreakerMsg::ReportTo(monitor) => state.report_to(&monitor),
+            BreakerMsg::Peer(news) => match news {
+                HealthNews::Opened { open_ms, .. } => {
+                    let until = now + Duration::from_millis(open_ms);
+                    state.breaker.open_by_peer(until, now);
+                }
+                HealthNews::Closed { .. } => state.breaker.close_by_peer(now),
+            },
+            BreakerMsg::Elected { epoch, won } => {
+                if state.election.is_some_and(|(e, _)| e == epoch) {
+                    state.election = Some((epoch, Some(won)));
+                }
+            }
             BreakerMsg::Status(reply) => {
                 let status = BreakerStatus {
                     model: state.model.clone(),

@@ -14,17 +14,33 @@
 //! three atomic stores.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
 use crate::clock;
+use crate::fleet::{Fleet, FleetError, GroupKey};
 use crate::policy::bucket::Dimension;
 use crate::policy::lanes::{
-    Answer, Decision, GovernorArgs, Group, Lanes, ReserveRequest, Reserved, Settlement, WaiterId,
+    Answer, Decision, FleetMode, GovernorArgs, Group, Lanes, ReserveRequest, Reserved,
+    ServerLimits, Settlement, WaiterId,
 };
 use crate::protocol::{GovernorMsg, Reply};
 use crate::timer::Timer;
+
+/// How often a fleet instance says it is alive, counts the others, gives idle budget back and
+/// passes on what the server said is left.
+const FLEET_TICK: Duration = Duration::from_secs(1);
+
+/// What the governor is started with (kept by the supervisor to restart it).
+#[derive(Clone)]
+pub struct GovernorSetup {
+    /// The rules' settings.
+    pub rules: GovernorArgs,
+    /// The fleet whose organization budget this instance shares, if any.
+    pub fleet: Option<Arc<dyn Fleet>>,
+}
 
 /// The actor.
 pub struct GovernorActor;
@@ -41,6 +57,13 @@ pub struct GovernorState {
     /// `seawall_bucket_level` gauges per bucket group, made on first use.
     gauges: HashMap<Group, [metrics::Gauge; 3]>,
     timer: Timer,
+    fleet: Option<Arc<dyn Fleet>>,
+    /// Transit allowance, passed to the fleet's buckets.
+    lag: Duration,
+    /// Live instances at the last count (this one included).
+    live: usize,
+    /// The server's latest word per group, passed to the fleet once per tick.
+    observed: HashMap<Group, ServerLimits>,
 }
 
 /// Each governor incarnation gets a new generation so tickets from before a restart are ignored.
@@ -102,6 +125,14 @@ impl GovernorState {
     }
 
     fn settle(&mut self, s: Settlement, now: Instant) {
+        if self.fleet.is_some()
+            && self.lanes.mode() == FleetMode::Shared
+            && s.server != ServerLimits::default()
+        {
+            if let Some(group) = self.lanes.group_of(&s.ticket) {
+                self.observed.insert(group, s.server);
+            }
+        }
         let news = self.lanes.settle(s, now);
         if let Some((upstream, key)) = news.quarantined {
             tracing::warn!(upstream = %upstream, key = %key, "API key refused (401): quarantined");
@@ -146,6 +177,110 @@ impl GovernorState {
         };
         self.timer.rearm(myself, next, now, GovernorMsg::Timer);
         self.publish_levels(now);
+        self.ask_leases(myself, now);
+    }
+
+    /// The fleet's name for a group.
+    fn group_key(&self, (upstream, org, class): Group) -> GroupKey {
+        let name = |names: &Vec<Vec<String>>, i: usize| {
+            names
+                .get(upstream)
+                .and_then(|n| n.get(i))
+                .cloned()
+                .unwrap_or_else(|| i.to_string())
+        };
+        GroupKey {
+            upstream: self.upstream_name(upstream),
+            org: name(&self.org_names, org),
+            class: name(&self.class_names, class),
+        }
+    }
+
+    /// Ask the fleet for the leases the lanes need (tasks: the handler never awaits).
+    fn ask_leases(&mut self, myself: &ActorRef<GovernorMsg>, now: Instant) {
+        let Some(fleet) = self.fleet.clone() else {
+            return;
+        };
+        for ask in self.lanes.lease_asks(now) {
+            let key = self.group_key(ask.group);
+            let fleet = Arc::clone(&fleet);
+            let me = myself.clone();
+            let lag = self.lag;
+            tokio::spawn(async move {
+                let lease = fleet.lease(&key, ask.limits, lag, ask.want, ask.min).await;
+                let _ = me.cast(GovernorMsg::Leased {
+                    group: ask.group,
+                    lease,
+                });
+            });
+        }
+    }
+
+    /// A fleet tick: say alive and count, give idle budget back, pass on the server's word.
+    fn tick(&mut self, myself: &ActorRef<GovernorMsg>, now: Instant) {
+        let Some(fleet) = self.fleet.clone() else {
+            return;
+        };
+        let me = myself.clone();
+        let f = Arc::clone(&fleet);
+        tokio::spawn(async move {
+            let alive = f.heartbeat().await;
+            let _ = me.cast(GovernorMsg::FleetAlive(alive));
+        });
+        if self.lanes.mode() != FleetMode::Shared {
+            return;
+        }
+        let returns: Vec<(GroupKey, crate::policy::bucket::Limits, crate::wire::Cost)> = self
+            .lanes
+            .returns(now)
+            .into_iter()
+            .map(|(g, l, c)| (self.group_key(g), l, c))
+            .collect();
+        let observed: Vec<(GroupKey, crate::policy::bucket::Limits, ServerLimits)> =
+            std::mem::take(&mut self.observed)
+                .into_iter()
+                .map(|(g, server)| (self.group_key(g), self.lanes.limits_of(g), server))
+                .collect();
+        if returns.is_empty() && observed.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for (key, limits, amount) in returns {
+                // Lost with an unreachable fleet: it refills there in a minute anyway.
+                let _ = fleet.give_back(&key, limits, amount).await;
+            }
+            for (key, limits, server) in observed {
+                let _ = fleet.observe(&key, limits, server).await;
+            }
+        });
+    }
+
+    /// Switch how the organization buckets are funded, saying so once.
+    fn set_mode(&mut self, mode: FleetMode, now: Instant) {
+        if self.lanes.mode() == mode {
+            return;
+        }
+        match mode {
+            FleetMode::Local { share } => tracing::warn!(
+                share,
+                live_instances = self.live,
+                "the fleet is unreachable: spending this instance's share of each limit"
+            ),
+            FleetMode::Shared => {
+                tracing::info!("the fleet is back: leasing the shared budget again")
+            }
+            FleetMode::Alone => {}
+        }
+        self.lanes.set_mode(mode, now);
+        publish_mode(mode, self.live);
+    }
+
+    fn fleet_lost(&mut self, why: &FleetError, now: Instant) {
+        if self.lanes.mode() == FleetMode::Shared {
+            tracing::debug!(error = %why, "fleet call failed");
+            let share = 1.0 / self.live.max(1) as f64;
+            self.set_mode(FleetMode::Local { share }, now);
+        }
     }
 
     fn publish_levels(&mut self, now: Instant) {
@@ -194,13 +329,17 @@ impl GovernorState {
 impl Actor for GovernorActor {
     type Msg = GovernorMsg;
     type State = GovernorState;
-    type Arguments = GovernorArgs;
+    type Arguments = GovernorSetup;
 
     async fn pre_start(
         &self,
         _myself: ActorRef<Self::Msg>,
-        args: GovernorArgs,
+        setup: GovernorSetup,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let GovernorSetup { mut rules, fleet } = setup;
+        rules.shared = fleet.is_some();
+        let lag = rules.transit_allowance;
+        let args = rules;
         let org_names = args.upstreams.iter().map(|u| u.org_names.clone()).collect();
         let class_names = args
             .upstreams
@@ -216,7 +355,24 @@ impl Actor for GovernorActor {
             class_names,
             gauges: HashMap::new(),
             timer: Timer::default(),
+            fleet,
+            lag,
+            live: 1,
+            observed: HashMap::new(),
         })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        state: &mut Self::State,
+    ) -> Result<(), ActorProcessingErr> {
+        if state.fleet.is_some() {
+            publish_mode(state.lanes.mode(), state.live);
+            state.tick(&myself, clock::now());
+            myself.send_interval(FLEET_TICK, || GovernorMsg::FleetTick);
+        }
+        Ok(())
     }
 
     async fn handle(
@@ -242,9 +398,40 @@ impl Actor for GovernorActor {
                     return Ok(()); // a stale timer: the instant it was armed for moved
                 }
             }
+            GovernorMsg::Leased { group, lease } => match lease {
+                Ok(l) => state.lanes.leased(group, l.granted, l.retry_after, now),
+                Err(e) => {
+                    state.lanes.lease_lost(group);
+                    state.fleet_lost(&e, now);
+                }
+            },
+            GovernorMsg::FleetTick => state.tick(&myself, now),
+            GovernorMsg::FleetAlive(alive) => match alive {
+                Ok(n) => {
+                    state.live = n.max(1);
+                    state.set_mode(FleetMode::Shared, now);
+                    publish_mode(state.lanes.mode(), state.live);
+                }
+                Err(e) => state.fleet_lost(&e, now),
+            },
+            GovernorMsg::Mode(reply) => {
+                let _ = reply.send((state.lanes.mode(), state.live));
+                return Ok(());
+            }
             GovernorMsg::InjectPanic => panic!("injected panic in governor"),
         }
         state.after(&myself, now);
         Ok(())
     }
+}
+
+/// `seawall_fleet_mode` (0 alone, 1 shared, 2 local share) and `seawall_fleet_instances`.
+fn publish_mode(mode: FleetMode, live: usize) {
+    let value = match mode {
+        FleetMode::Alone => 0.0,
+        FleetMode::Shared => 1.0,
+        FleetMode::Local { .. } => 2.0,
+    };
+    metrics::gauge!("seawall_fleet_mode").set(value);
+    metrics::gauge!("seawall_fleet_instances").set(live as f64);
 }

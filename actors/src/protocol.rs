@@ -16,10 +16,13 @@ use tokio::sync::oneshot;
 use crate::call::{Call, Reply as CallReply};
 use crate::digest::Digest;
 use crate::error::Error;
+use crate::fleet::{FleetError, HealthNews, Lease};
 use crate::job::Job;
 use crate::policy::breaker::{Admission, Permit, StateKind};
 use crate::policy::classify::Class;
-use crate::policy::lanes::{Decision, ReserveRequest, Settlement, UpstreamStatus};
+use crate::policy::lanes::{
+    Decision, FleetMode, Group, ReserveRequest, Settlement, UpstreamStatus,
+};
 use crate::policy::retry_budget::RetryBudgetStats;
 use crate::policy::sla::{SlaStats, SlaTarget, SlaViolation};
 use crate::policy::window::WindowStats;
@@ -164,11 +167,21 @@ pub enum BreakerMsg {
     Pinned {
         /// The digest of (tenant, conversation key).
         conversation: Digest,
-        /// The pinned model.
-        reply: Reply<Option<usize>>,
+        /// The answer.
+        reply: Reply<PinAnswer>,
     },
     /// Cast the current state to this monitor (a restarted monitor asks).
     ReportTo(ActorRef<MonitorMsg>),
+    /// Another instance of the fleet changed this model's breaker.
+    Peer(HealthNews),
+    /// The fleet's election of this model's half-open trials (for breaker epoch `epoch`).
+    #[doc(hidden)]
+    Elected {
+        /// The half-open state it is for.
+        epoch: u64,
+        /// This instance won.
+        won: bool,
+    },
     /// Current state, for status pages and tests.
     Status(RpcReplyPort<BreakerStatus>),
     /// A scheduled timer fired.
@@ -177,6 +190,15 @@ pub enum BreakerMsg {
     /// Fault injection for supervision tests and chaos drills: the actor panics.
     #[doc(hidden)]
     InjectPanic,
+}
+
+/// The answer to [`BreakerMsg::Pinned`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PinAnswer {
+    /// The breaker is closed: no pin applies (conversations are back on the primary).
+    Closed,
+    /// Not closed: the model the conversation is pinned to here, if any.
+    Open(Option<usize>),
 }
 
 /// A breaker's state as reported by [`BreakerMsg::Status`].
@@ -209,6 +231,22 @@ pub enum GovernorMsg {
     PickKey(usize, RpcReplyPort<Option<usize>>),
     /// Bucket levels, keys and queues, for status pages and tests.
     Status(RpcReplyPort<Vec<UpstreamStatus>>),
+    /// How the organization buckets are funded, and the live instances last counted.
+    Mode(RpcReplyPort<(FleetMode, usize)>),
+    /// A lease came back from the fleet.
+    #[doc(hidden)]
+    Leased {
+        /// The group.
+        group: Group,
+        /// What the fleet granted, or why it could not answer.
+        lease: Result<Lease, FleetError>,
+    },
+    /// Time for the fleet's heartbeat, give-backs and observations.
+    #[doc(hidden)]
+    FleetTick,
+    /// The fleet counted the live instances (or could not be reached).
+    #[doc(hidden)]
+    FleetAlive(Result<usize, FleetError>),
     /// A scheduled timer fired.
     #[doc(hidden)]
     Timer(u64),

@@ -14,6 +14,7 @@ use crate::call::{Call, Digest, Reply, Source};
 use crate::directory::Directory;
 use crate::error::Error;
 use crate::events::Event;
+use crate::fleet::{Fleet, FleetClaim, HealthNews, StoredAnswer};
 use crate::idempotency::IdempotencyConfig;
 use crate::job::{Job, JobStore, QueueConfig};
 use crate::monitor::{MonitorArgs, MonitoredChain, MonitoredModel, ProbeConfig};
@@ -21,7 +22,7 @@ use crate::policy::alert::AlertConfig;
 use crate::policy::breaker::BreakerConfig;
 use crate::policy::bucket::Limits;
 use crate::policy::chain::{Degrade, RetryPolicy};
-use crate::policy::lanes::{Bulkhead, GovernorArgs, UpstreamBudget, UpstreamStatus};
+use crate::policy::lanes::{Bulkhead, FleetMode, GovernorArgs, UpstreamBudget, UpstreamStatus};
 use crate::policy::pins::PinLimits;
 use crate::policy::retry_budget::RetryBudgetConfig;
 use crate::policy::sla::{SlaConfig, SlaTarget};
@@ -83,6 +84,7 @@ pub struct Builder {
     retry_budget: RetryBudgetConfig,
     idempotency: Option<IdempotencyConfig>,
     pins: PinLimits,
+    fleet: Option<Arc<dyn Fleet>>,
     response_cache: Option<(u64, Duration)>,
     queue: Option<(Arc<dyn JobStore>, QueueConfig)>,
     breaker_defaults: BreakerConfig,
@@ -112,6 +114,7 @@ impl Builder {
             retry_budget: RetryBudgetConfig::default(),
             idempotency: None,
             pins: PinLimits::default(),
+            fleet: None,
             response_cache: None,
             queue: None,
             breaker_defaults: BreakerConfig::default(),
@@ -265,6 +268,14 @@ impl Builder {
         self.idempotency_config(IdempotencyConfig::new(ttl))
     }
 
+    /// Join a fleet: this runtime shares the organization budget, model health, conversation
+    /// pins, idempotency keys and the response cache with the other instances of `fleet` (the
+    /// `seawall` crate's `RedisCluster`). Without it everything stays in-process.
+    pub fn fleet(mut self, fleet: Arc<dyn Fleet>) -> Self {
+        self.fleet = Some(fleet);
+        self
+    }
+
     /// Bounds of the conversation pins (see [`Call::conversation`]): per primary model, at most
     /// `max_pins` pins, and at most `max_per_tenant` of one tenant. Default: 100 000 and 10 000.
     pub fn pin_limits(mut self, limits: PinLimits) -> Self {
@@ -373,6 +384,8 @@ impl Builder {
     }
 
     async fn start(self, parent: Option<ActorCell>) -> Result<Seawall, Error> {
+        let fleet = self.fleet.clone();
+        let idempotency_ttl = self.idempotency.map_or(Duration::ZERO, |c| c.ttl);
         let self_cache = self.response_cache;
         if self_cache.is_some_and(|(n, ttl)| n == 0 || ttl.is_zero()) {
             return Err(Error::Config(
@@ -443,6 +456,7 @@ impl Builder {
             upstreams: plan.upstreams.clone(),
             directory: directory.clone(),
             events: events.clone(),
+            fleet: fleet.clone(),
         };
         let args = SupervisorArgs {
             breakers: plan
@@ -459,7 +473,10 @@ impl Builder {
                     )
                 })
                 .collect(),
-            governor: plan.governor,
+            governor: crate::governor::GovernorSetup {
+                rules: plan.governor,
+                fleet: fleet.clone(),
+            },
             monitor,
             idempotency: plan.idempotency,
             pins: plan.pins,
@@ -492,7 +509,21 @@ impl Builder {
             in_flight: Arc::new(InFlight::default()),
             seed: AtomicU64::new(seed()),
             panic_next: AtomicBool::new(false),
+            fleet: fleet.clone(),
         });
+        if let Some(fleet) = &fleet {
+            // Another instance's breaker news goes to this instance's breaker of that model.
+            let directory = Arc::clone(&shared.directory);
+            let ids = plan.model_ids.clone();
+            fleet.watch(Box::new(move |news: HealthNews| {
+                let model = match &news {
+                    HealthNews::Opened { model, .. } | HealthNews::Closed { model, .. } => model,
+                };
+                if let Some(b) = ids.get(model).and_then(|&id| directory.breaker(id)) {
+                    let _ = b.cast(BreakerMsg::Peer(news));
+                }
+            }));
+        }
         let sw = Seawall {
             inner: Arc::new(Inner {
                 shared,
@@ -502,6 +533,7 @@ impl Builder {
                 supervisor,
                 events,
                 accepting: AtomicBool::new(true),
+                idempotency_ttl,
             }),
         };
         // Replays run through this very runtime; weak, so the queue keeps nothing alive.
@@ -822,6 +854,7 @@ impl Builder {
                 bulkheads: self.bulkheads,
                 interactive_reserve: self.interactive_reserve,
                 transit_allowance: self.transit_allowance,
+                shared: false,
             },
             feature_ids,
             retry_budget: self.retry_budget,
@@ -906,6 +939,19 @@ struct Inner {
     supervisor: ActorRef<SupervisorMsg>,
     events: broadcast::Sender<Event>,
     accepting: AtomicBool,
+    /// How long answers to idempotency keys are kept (for the fleet's copy).
+    idempotency_ttl: Duration,
+}
+
+/// How an instance stands in its fleet (see [`Seawall::fleet_status`]).
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+pub struct FleetStatus {
+    /// How the organization budget is funded now.
+    pub mode: FleetMode,
+    /// Live instances at the last count (1 alone).
+    pub live_instances: usize,
+    /// Exchanges with the fleet's store so far.
+    pub round_trips: u64,
 }
 
 /// What [`Seawall::shutdown`] achieved.
@@ -964,7 +1010,7 @@ impl Seawall {
                         key,
                         done: false,
                     };
-                    let result = sw.complete_now(call).await;
+                    let result = sw.complete_in_fleet(call, key, fingerprint).await;
                     guard.finish(result.clone());
                     result
                 });
@@ -992,6 +1038,69 @@ impl Seawall {
             // The tenant's share of the table is all calls in flight, or the table is being
             // restarted: answer without deduplication rather than not at all.
             _ => self.complete_now(call).await,
+        }
+    }
+
+    /// A keyed call this process leads: in a fleet, claim the key fleet-wide first, so
+    /// concurrent duplicates on other instances make one upstream call and all get its answer.
+    async fn complete_in_fleet(
+        &self,
+        call: Call,
+        key: Digest,
+        fingerprint: Digest,
+    ) -> Result<Reply, Error> {
+        let Some(fleet) = self.inner.shared.fleet.clone() else {
+            return self.complete_now(call).await;
+        };
+        let ttl = self.inner.idempotency_ttl;
+        let replayed = |answer: StoredAnswer| {
+            answer.into_result().map(|mut r| {
+                if r.source == Source::Live {
+                    r.source = Source::Replay;
+                }
+                r
+            })
+        };
+        let deadline =
+            tokio::time::Instant::now() + call.timeout.unwrap_or(Duration::from_secs(120));
+        let mut pause = Duration::from_millis(10);
+        loop {
+            match fleet.claim(key, fingerprint, ttl).await {
+                Ok(FleetClaim::Lead) => {
+                    let result = self.complete_now(call).await;
+                    // A transient failure releases the claim: the next try runs again.
+                    let kept = StoredAnswer::of(&result);
+                    if let Err(e) = fleet.finish(key, kept, ttl).await {
+                        tracing::warn!(error = %e, "the fleet did not store an idempotent answer");
+                    }
+                    return result;
+                }
+                Ok(FleetClaim::Done(answer)) => return replayed(answer),
+                Ok(FleetClaim::Conflict) => {
+                    return Err(Error::InvalidCall(
+                        "this idempotency key was already used with a different request: a \
+                         key names one request; use a new key for a new request"
+                            .into(),
+                    ))
+                }
+                Ok(FleetClaim::Running) => {
+                    // Another instance runs it: wait for its answer (or for its claim to go).
+                    if tokio::time::Instant::now() + pause > deadline {
+                        return Err(Error::Unavailable {
+                            retry_after: Some(Duration::from_secs(1)),
+                            deadline_exceeded: true,
+                            trail: Vec::new(),
+                        });
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_millis(200));
+                }
+                Err(e) => {
+                    // The fleet is unreachable: deduplicate in this process only.
+                    tracing::debug!(error = %e, "idempotency without the fleet");
+                    return self.complete_now(call).await;
+                }
+            }
         }
     }
 
@@ -1155,6 +1264,29 @@ impl Seawall {
             .await
         {
             Ok(CallResult::Success(s)) => Ok(s),
+            _ => Err(Error::Internal("the governor did not answer".into())),
+        }
+    }
+
+    /// How this instance stands in its fleet: how the organization budget is funded (`alone`
+    /// without a fleet, `shared` while leasing, `local` on its share while the fleet is
+    /// unreachable), the live instances last counted, and the exchanges with the fleet's store.
+    pub async fn fleet_status(&self) -> Result<FleetStatus, Error> {
+        let governor = self.governor_ref().await?;
+        match governor
+            .call(GovernorMsg::Mode, Some(Duration::from_secs(5)))
+            .await
+        {
+            Ok(CallResult::Success((mode, live))) => Ok(FleetStatus {
+                mode,
+                live_instances: live,
+                round_trips: self
+                    .inner
+                    .shared
+                    .fleet
+                    .as_ref()
+                    .map_or(0, |f| f.round_trips()),
+            }),
             _ => Err(Error::Internal("the governor did not answer".into())),
         }
     }

@@ -17,11 +17,10 @@ use crate::breaker::{BreakerActor, BreakerArgs};
 use crate::clock;
 use crate::directory::Directory;
 use crate::events::{Event, EventSender};
-use crate::governor::GovernorActor;
+use crate::governor::{GovernorActor, GovernorSetup};
 use crate::idempotency::{IdempotencyActor, IdempotencyConfig};
 use crate::monitor::{MonitorActor, MonitorArgs};
 use crate::policy::breaker::BreakerConfig;
-use crate::policy::lanes::GovernorArgs;
 use crate::policy::pins::PinLimits;
 use crate::policy::retry_budget::RetryBudgetConfig;
 use crate::protocol::{BreakerMsg, GovernorMsg, Reply, SupervisorMsg};
@@ -51,8 +50,8 @@ pub struct SupervisorArgs {
     /// One breaker per model, indexed by model id: (model, breaker policy, retry budget, probe
     /// grace when the model is probed).
     pub breakers: Vec<(String, BreakerConfig, RetryBudgetConfig, Option<Duration>)>,
-    /// The governor's budgets.
-    pub governor: GovernorArgs,
+    /// The governor's budgets (and the fleet it leases from).
+    pub governor: GovernorSetup,
     /// The monitor's subjects and settings.
     pub monitor: MonitorArgs,
     /// Bounds of every breaker's conversation pins.
@@ -124,6 +123,7 @@ impl Supervisor {
                     directory: state.args.directory.clone(),
                     probe_grace,
                     pins: state.args.pins,
+                    fleet: state.args.governor.fleet.clone(),
                 };
                 let (actor, _) = Actor::spawn_linked(None, BreakerActor, args, cell).await?;
                 state.children.insert(actor.get_id(), child);

@@ -33,6 +33,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use crate::clock;
 use crate::directory::Directory;
 use crate::events::{AlertKind, Event, EventSender};
+use crate::fleet::Fleet;
 use crate::policy::alert::{AlarmChange, AlertConfig, DownAlarm, RateAlarm};
 use crate::policy::breaker::StateKind;
 use crate::policy::classify::Class;
@@ -147,6 +148,8 @@ pub struct MonitorArgs {
     pub directory: Arc<Directory>,
     /// Where alerts are published.
     pub events: EventSender,
+    /// The fleet, whose instances elect one prober per model.
+    pub fleet: Option<Arc<dyn Fleet>>,
 }
 
 /// The actor.
@@ -183,6 +186,7 @@ pub struct MonitorState {
     upstreams: Vec<Arc<dyn Upstream>>,
     directory: Arc<Directory>,
     events: EventSender,
+    fleet: Option<Arc<dyn Fleet>>,
     timer: Timer,
 }
 
@@ -466,6 +470,7 @@ impl MonitorState {
                 cfg,
                 directory: self.directory.clone(),
                 monitor: myself.clone(),
+                fleet: self.fleet.clone(),
             };
             // The I/O runs in its own task: this handler only schedules it.
             tokio::spawn(task.run());
@@ -615,6 +620,7 @@ impl Actor for MonitorActor {
             upstreams: args.upstreams,
             directory: args.directory,
             events: args.events,
+            fleet: args.fleet,
             timer: Timer::default(),
         })
     }

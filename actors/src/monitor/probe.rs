@@ -16,6 +16,7 @@ use super::{model_outcome, ProbeConfig, ProbeKind};
 use crate::call::{Call, Lane};
 use crate::clock;
 use crate::directory::Directory;
+use crate::fleet::Fleet;
 use crate::policy::classify::{classify_transport, Class};
 use crate::policy::lanes::{Decision, ReserveRequest};
 use crate::policy::sla::SlaOutcome;
@@ -40,12 +41,25 @@ pub(super) struct ProbeTask {
     pub cfg: ProbeConfig,
     pub directory: Arc<Directory>,
     pub monitor: ActorRef<MonitorMsg>,
+    /// In a fleet, one instance probes a model per interval: the others hear its findings.
+    pub fleet: Option<Arc<dyn Fleet>>,
 }
 
 impl ProbeTask {
     pub(super) async fn run(self) {
         let mut trial_only = false;
         let mut retry_at = None;
+        if let Some(fleet) = &self.fleet {
+            let what = format!("probe:{}", self.name);
+            // An unreachable fleet: probe alone, as one instance would.
+            if !fleet.elect(&what, self.cfg.interval).await.unwrap_or(true) {
+                let _ = self.monitor.cast(MonitorMsg::ProbeDone {
+                    model: self.model,
+                    retry_at: None,
+                });
+                return;
+            }
+        }
         for _ in 0..MAX_TRIALS {
             let Some(breaker) = self.directory.breaker(self.model) else {
                 break;

@@ -541,6 +541,35 @@ impl Breaker {
         }
     }
 
+    /// A peer of the fleet found the model down until `until` (wall time translated to this
+    /// clock): open now, unless already open at least that long, so this instance does not
+    /// spend its own failure threshold finding out. Reason `peer_opened`.
+    pub fn open_by_peer(&mut self, until: Instant, now: Instant) {
+        self.handle_timeout(now);
+        if until <= now {
+            return;
+        }
+        if matches!(self.state, State::Open { until: mine } if mine >= until) {
+            return;
+        }
+        let stats = self.window.stats(now);
+        self.transition(State::Open { until }, "peer_opened", stats, now);
+    }
+
+    /// A peer's trials found the model healthy again: close now. Reason `peer_closed`.
+    pub fn close_by_peer(&mut self, now: Instant) {
+        self.handle_timeout(now);
+        if matches!(self.state, State::Closed { .. }) {
+            return;
+        }
+        self.window.clear();
+        self.reopens = 0;
+        let closed = State::Closed {
+            consecutive_failures: 0,
+        };
+        self.transition(closed, "peer_closed", WindowStats::default(), now);
+    }
+
     /// The threshold `stats` reaches, if any; the failure rate is reported first.
     fn rate_exceeded(&self, stats: WindowStats) -> Option<&'static str> {
         if stats.failure_rate() >= self.config.failure_rate {
@@ -991,6 +1020,24 @@ mod tests {
             StateKind::Closed,
             "the run restarts after closing"
         );
+    }
+
+    #[test]
+    fn a_peer_opens_and_closes_this_breaker_without_its_own_failures() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(cfg(), t0);
+        b.open_by_peer(t0 + secs(20), t0);
+        assert_eq!(b.state(), StateKind::Open);
+        assert_eq!(b.open_until(), Some(t0 + secs(20)));
+        // A shorter news changes nothing; an elapsed one neither.
+        b.open_by_peer(t0 + secs(5), t0);
+        assert_eq!(b.open_until(), Some(t0 + secs(20)));
+        b.close_by_peer(t0 + secs(1));
+        assert_eq!(b.state(), StateKind::Closed);
+        b.open_by_peer(t0, t0 + secs(2));
+        assert_eq!(b.state(), StateKind::Closed, "a past until is no news");
+        let reasons: Vec<_> = drain(&mut b).into_iter().map(|t| t.2).collect();
+        assert_eq!(reasons, ["peer_opened", "peer_closed"]);
     }
 
     #[test]

@@ -242,6 +242,15 @@ impl Buckets {
         self
     }
 
+    /// The same buckets, empty: refill starts from zero. A fleet instance that falls back to its
+    /// own share starts so, since the budget it was spending from has not refilled yet.
+    pub fn emptied(mut self) -> Self {
+        for (_, bucket) in self.limited() {
+            bucket.level = 0.0;
+        }
+        self
+    }
+
     /// The limits in force, including any adopted from the server by [`Buckets::observe`].
     pub fn limits(&self) -> Limits {
         Limits {

@@ -82,6 +82,9 @@ pub struct GovernorArgs {
     pub interactive_reserve: f64,
     /// Transit allowance of the organization buckets (see [`Buckets::with_transit_allowance`]).
     pub transit_allowance: Duration,
+    /// The organization buckets are a fleet's, shared with other instances: budget is leased
+    /// from them in slices (see [`Funding`]).
+    pub shared: bool,
 }
 
 /// Proof of a reservation, handed back in a settlement. It carries what was reserved, so the
@@ -358,8 +361,251 @@ struct UpstreamState {
     name: String,
     class_limits: Vec<Limits>,
     keys: Vec<KeySlot>,
-    /// Buckets per (org, class), created on first use.
-    buckets: HashMap<(usize, usize), Buckets>,
+    /// Funding per (org, class), created on first use.
+    buckets: HashMap<(usize, usize), Funding>,
+}
+
+/// How a bucket group is funded.
+#[derive(Debug)]
+enum Funding {
+    /// Its own buckets, refilled continuously: one process alone, or a fleet instance on its
+    /// share while the fleet is unreachable.
+    Local(Buckets),
+    /// Slices leased from the fleet's shared bucket.
+    Leased(Pool),
+}
+
+/// Budget leased from the fleet and not yet spent.
+#[derive(Debug)]
+struct Pool {
+    limits: Limits,
+    /// Per dimension (requests, input, output): leased and unspent; negative when calls cost
+    /// more than they reserved (a debt the next lease covers).
+    level: [f64; 3],
+    /// A lease is on its way.
+    leasing: bool,
+    /// The shared bucket said the minimum fits no sooner than this.
+    not_before: Option<Instant>,
+    /// The largest shortfall since the last lease was asked: a lease asks at least this.
+    short: Cost,
+    /// When budget was last taken: a pool idle for a while gives its budget back.
+    last_take: Instant,
+}
+
+/// How long a lease round trip is expected to take: a waiter may wait this long for one.
+const LEASE_WAIT: Duration = Duration::from_millis(20);
+/// A pool not drawn from for this long gives its budget back to the fleet.
+const IDLE_RETURN: Duration = Duration::from_secs(1);
+/// A lease asks for this share of the limit per minute (at least the call that needs it): a
+/// twentieth keeps round trips to one per twentieth of the limit, and the budget one instance
+/// holds idle small.
+const LEASE_SHARE: u64 = 20;
+
+fn dims(c: Cost) -> [u64; 3] {
+    [c.requests, c.input_tokens, c.output_tokens]
+}
+
+fn limit_dims(l: Limits) -> [Option<u64>; 3] {
+    [
+        l.requests_per_minute,
+        l.input_tokens_per_minute,
+        l.output_tokens_per_minute,
+    ]
+}
+
+fn cost_of(d: [u64; 3]) -> Cost {
+    Cost {
+        requests: d[0],
+        input_tokens: d[1],
+        output_tokens: d[2],
+    }
+}
+
+impl Pool {
+    fn new(limits: Limits, now: Instant) -> Self {
+        Self {
+            limits,
+            level: [0.0; 3],
+            leasing: false,
+            not_before: None,
+            short: Cost::default(),
+            last_take: now,
+        }
+    }
+
+    fn fits(&mut self, cost: Cost, now: Instant) -> Result<(), Blocked> {
+        let need = dims(cost);
+        let limits = limit_dims(self.limits);
+        let mut short = [0u64; 3];
+        let mut fits = true;
+        for i in 0..3 {
+            let Some(limit) = limits[i] else { continue };
+            if need[i] > limit {
+                return Err(Blocked {
+                    reason: RejectReason::TooLarge {
+                        dimension: Dimension::ALL[i],
+                    },
+                    earliest: None,
+                });
+            }
+            if self.level[i] + 1e-9 < need[i] as f64 {
+                fits = false;
+                short[i] = (need[i] as f64 - self.level[i]).ceil().max(0.0) as u64;
+            }
+        }
+        if fits {
+            return Ok(());
+        }
+        // Ask for it: the next lease covers at least this shortfall.
+        let mut s = dims(self.short);
+        for i in 0..3 {
+            s[i] = s[i].max(short[i]);
+        }
+        self.short = cost_of(s);
+        let dimension = (0..3)
+            .find(|&i| short[i] > 0)
+            .map_or(Dimension::Requests, |i| Dimension::ALL[i]);
+        let soon = now + LEASE_WAIT;
+        Err(Blocked {
+            reason: RejectReason::NoBudget { dimension },
+            earliest: Some(self.not_before.map_or(soon, |t| t.max(soon))),
+        })
+    }
+
+    fn take(&mut self, cost: Cost, now: Instant) {
+        let limits = limit_dims(self.limits);
+        for ((level, c), limit) in self.level.iter_mut().zip(dims(cost)).zip(limits) {
+            if limit.is_some() {
+                *level -= c as f64;
+            }
+        }
+        self.last_take = now;
+    }
+
+    fn settle(&mut self, reserved: Cost, actual: Cost) {
+        let (r, a) = (dims(reserved), dims(actual));
+        for i in 0..3 {
+            if limit_dims(self.limits)[i].is_some() {
+                self.level[i] += r[i] as f64 - a[i] as f64;
+            }
+        }
+    }
+
+    fn levels(&self) -> Vec<Level> {
+        limit_dims(self.limits)
+            .iter()
+            .enumerate()
+            .filter_map(|(i, l)| {
+                l.map(|capacity| Level {
+                    dimension: Dimension::ALL[i],
+                    capacity,
+                    available: self.level[i],
+                })
+            })
+            .collect()
+    }
+}
+
+impl Funding {
+    fn limits(&self) -> Limits {
+        match self {
+            Funding::Local(b) => b.limits(),
+            Funding::Leased(p) => p.limits,
+        }
+    }
+
+    fn fits(&mut self, cost: Cost, floor: Cost, now: Instant) -> Result<(), Blocked> {
+        match self {
+            Funding::Local(b) => fits(b, cost, floor, now),
+            // The interactive reserve is kept by the lanes' order here: a slice is too small
+            // to keep a share of.
+            Funding::Leased(p) => p.fits(cost, now),
+        }
+    }
+
+    fn take(&mut self, cost: Cost, now: Instant) {
+        match self {
+            Funding::Local(b) => {
+                let _ = b.reserve(cost, Duration::ZERO, now);
+            }
+            Funding::Leased(p) => p.take(cost, now),
+        }
+    }
+
+    fn settle(&mut self, reserved: Cost, actual: Cost, server: &ServerLimits, now: Instant) {
+        match self {
+            Funding::Local(b) => {
+                b.settle(reserved, actual, now);
+                for (dim, seen) in [
+                    (Dimension::Requests, server.requests),
+                    (Dimension::InputTokens, server.input_tokens),
+                    (Dimension::OutputTokens, server.output_tokens),
+                ] {
+                    if let Some((limit, remaining)) = seen {
+                        b.observe(dim, limit, remaining, now);
+                    }
+                }
+            }
+            // The server's word lowers the shared bucket, through the driver.
+            Funding::Leased(p) => p.settle(reserved, actual),
+        }
+    }
+
+    fn earliest(&mut self, cost: Cost, now: Instant) -> Option<Instant> {
+        match self {
+            Funding::Local(b) => b.earliest(cost, now),
+            Funding::Leased(p) => match p.fits(cost, now) {
+                Ok(()) => Some(now),
+                Err(b) => b.earliest,
+            },
+        }
+    }
+
+    fn available(&mut self, dim: Dimension, now: Instant) -> Option<f64> {
+        match self {
+            Funding::Local(b) => b.available(dim, now),
+            Funding::Leased(p) => {
+                let i = Dimension::ALL.iter().position(|d| *d == dim)?;
+                limit_dims(p.limits)[i].map(|_| p.level[i])
+            }
+        }
+    }
+
+    fn levels(&mut self, now: Instant) -> Vec<Level> {
+        match self {
+            Funding::Local(b) => b.levels(now),
+            Funding::Leased(p) => p.levels(),
+        }
+    }
+}
+
+/// A lease the governor should ask the fleet for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LeaseAsk {
+    /// The group.
+    pub group: Group,
+    /// Its limits per minute.
+    pub limits: Limits,
+    /// What to ask for.
+    pub want: Cost,
+    /// What to take at least, when `want` does not fit.
+    pub min: Cost,
+}
+
+/// How the organization buckets are funded now.
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[serde(rename_all = "snake_case", tag = "mode")]
+pub enum FleetMode {
+    /// One process, its own buckets.
+    Alone,
+    /// Leasing from the fleet's shared buckets.
+    Shared,
+    /// The fleet is unreachable: this instance spends its share of each limit (the limit
+    /// divided by the live instances last counted).
+    Local {
+        /// The share of each limit (0, 1].
+        share: f64,
+    },
 }
 
 struct FeatureState {
@@ -397,6 +643,8 @@ pub struct Lanes {
     next: Option<Instant>,
     /// Groups whose levels changed since the driver last asked.
     touched: Vec<Group>,
+    /// How the organization buckets are funded.
+    mode: FleetMode,
 }
 
 fn scaled(limits: Limits, share: f64) -> Limits {
@@ -472,6 +720,25 @@ fn earlier(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
+/// A new group's funding in `mode`.
+fn funding(mode: FleetMode, limits: Limits, lag: Duration, now: Instant) -> Funding {
+    match mode {
+        FleetMode::Alone => Funding::Local(Buckets::new(limits, now).with_transit_allowance(lag)),
+        FleetMode::Shared => Funding::Leased(Pool::new(limits, now)),
+        FleetMode::Local { share } => Funding::Local(
+            Buckets::new(scaled(limits, share), now)
+                .with_transit_allowance(lag)
+                .emptied(),
+        ),
+    }
+}
+
+/// A lease's usual size: a twentieth of each limit (at least one request).
+fn batch_of(limits: Limits) -> Cost {
+    let l = limit_dims(limits);
+    cost_of([0, 1, 2].map(|i| l[i].map_or(0, |v| (v / LEASE_SHARE).max(1))))
+}
+
 impl Lanes {
     /// A governor for `args`; `generation` tags its tickets so a settlement meant for an
     /// earlier incarnation is ignored.
@@ -514,6 +781,11 @@ impl Lanes {
             generation,
             next: None,
             touched: Vec::new(),
+            mode: if args.shared {
+                FleetMode::Shared
+            } else {
+                FleetMode::Alone
+            },
         }
     }
 
@@ -543,8 +815,9 @@ impl Lanes {
         org: usize,
         class: usize,
         now: Instant,
-    ) -> Option<&mut Buckets> {
+    ) -> Option<&mut Funding> {
         let lag = self.transit_allowance;
+        let mode = self.mode;
         let up = self.upstreams.get_mut(upstream)?;
         let limits = up
             .class_limits
@@ -555,8 +828,161 @@ impl Lanes {
         Some(
             up.buckets
                 .entry((org, class))
-                .or_insert_with(|| Buckets::new(limits, now).with_transit_allowance(lag)),
+                .or_insert_with(|| funding(mode, limits, lag, now)),
         )
+    }
+
+    /// How the organization buckets are funded now.
+    pub fn mode(&self) -> FleetMode {
+        self.mode
+    }
+
+    /// Fund every group anew as `mode` says: leased slices, or local buckets (for a share,
+    /// starting empty: the budget this instance was spending has not refilled yet).
+    pub fn set_mode(&mut self, mode: FleetMode, now: Instant) {
+        if mode == self.mode {
+            return;
+        }
+        self.mode = mode;
+        let lag = self.transit_allowance;
+        for up in &mut self.upstreams {
+            let configured = up.class_limits.clone();
+            for (&(_, class), f) in up.buckets.iter_mut() {
+                // Always from the configured limits: a share is never taken of a share.
+                let limits = configured
+                    .get(class)
+                    .or_else(|| configured.first())
+                    .copied()
+                    .unwrap_or_default();
+                *f = funding(mode, limits, lag, now);
+            }
+        }
+    }
+
+    /// The leases to ask the fleet for now: a group short of budget, or running low, with no
+    /// lease on its way and nothing said against asking yet.
+    pub fn lease_asks(&mut self, now: Instant) -> Vec<LeaseAsk> {
+        let mut out = Vec::new();
+        for (u, up) in self.upstreams.iter_mut().enumerate() {
+            for (&(org, class), f) in up.buckets.iter_mut() {
+                let Funding::Leased(p) = f else { continue };
+                if p.leasing || p.not_before.is_some_and(|t| t > now) {
+                    continue;
+                }
+                let batch = batch_of(p.limits);
+                let low = (0..3).any(|i| {
+                    limit_dims(p.limits)[i].is_some() && p.level[i] < dims(batch)[i] as f64 / 2.0
+                });
+                if p.short == Cost::default() && !low {
+                    continue;
+                }
+                let mut want = dims(batch);
+                let mut min = dims(p.short);
+                let limits = limit_dims(p.limits);
+                for i in 0..3 {
+                    // Cover the debt too, never more than the limit itself.
+                    let debt = (-p.level[i]).max(0.0).ceil() as u64;
+                    min[i] = min[i].saturating_add(debt);
+                    want[i] = want[i].max(min[i]);
+                    if let Some(l) = limits[i] {
+                        want[i] = want[i].min(l);
+                        min[i] = min[i].min(l);
+                    } else {
+                        want[i] = 0;
+                        min[i] = 0;
+                    }
+                }
+                p.leasing = true;
+                p.short = Cost::default();
+                out.push(LeaseAsk {
+                    group: (u, org, class),
+                    limits: p.limits,
+                    want: cost_of(want),
+                    min: cost_of(min),
+                });
+            }
+        }
+        out
+    }
+
+    /// A lease came back: `granted` is this instance's to spend; with nothing granted,
+    /// `retry_after` says when the minimum fits.
+    pub fn leased(
+        &mut self,
+        group: Group,
+        granted: Cost,
+        retry_after: Option<Duration>,
+        now: Instant,
+    ) {
+        let (upstream, org, class) = group;
+        if let Some(Funding::Leased(p)) = self
+            .upstreams
+            .get_mut(upstream)
+            .and_then(|u| u.buckets.get_mut(&(org, class)))
+        {
+            p.leasing = false;
+            for (level, g) in p.level.iter_mut().zip(dims(granted)) {
+                *level += g as f64;
+            }
+            p.not_before = retry_after.map(|d| now + d);
+            self.touched.push(group);
+        }
+    }
+
+    /// The group a ticket was reserved from.
+    pub fn group_of(&self, ticket: &Ticket) -> Option<Group> {
+        let org = self
+            .upstreams
+            .get(ticket.upstream)?
+            .keys
+            .get(ticket.key)?
+            .org;
+        Some((ticket.upstream, org, ticket.class))
+    }
+
+    /// The configured limits of a group.
+    pub fn limits_of(&self, (upstream, _, class): Group) -> Limits {
+        self.upstreams
+            .get(upstream)
+            .and_then(|u| u.class_limits.get(class).or_else(|| u.class_limits.first()))
+            .copied()
+            .unwrap_or_default()
+    }
+
+    /// A lease did not come back (the fleet is unreachable): the group may ask again.
+    pub fn lease_lost(&mut self, group: Group) {
+        let (upstream, org, class) = group;
+        if let Some(Funding::Leased(p)) = self
+            .upstreams
+            .get_mut(upstream)
+            .and_then(|u| u.buckets.get_mut(&(org, class)))
+        {
+            p.leasing = false;
+        }
+    }
+
+    /// Budget idle pools give back to the fleet now (taken out of the pools).
+    pub fn returns(&mut self, now: Instant) -> Vec<(Group, Limits, Cost)> {
+        let mut out = Vec::new();
+        for (u, up) in self.upstreams.iter_mut().enumerate() {
+            for (&(org, class), f) in up.buckets.iter_mut() {
+                let Funding::Leased(p) = f else { continue };
+                if p.leasing || now.saturating_duration_since(p.last_take) < IDLE_RETURN {
+                    continue;
+                }
+                let mut back = [0u64; 3];
+                for (level, b) in p.level.iter_mut().zip(back.iter_mut()) {
+                    if *level >= 1.0 {
+                        *b = level.floor() as u64;
+                        *level -= *b as f64;
+                    }
+                }
+                if back != [0; 3] {
+                    out.push(((u, org, class), p.limits, cost_of(back)));
+                }
+            }
+        }
+        out
     }
 
     /// What is left in each dimension of a group now (`None`: unlimited).
@@ -621,7 +1047,7 @@ impl Lanes {
             };
             let limits = buckets.limits();
             let floor = floor_cost(limits, reserve);
-            let group = fits(buckets, req.cost, floor, now);
+            let group = buckets.fits(req.cost, floor, now);
             let share = match (group, req.feature) {
                 (Ok(()), Some(f)) => {
                     self.feature_fits(f, (upstream, org, class), limits, req.cost, now)
@@ -671,7 +1097,7 @@ impl Lanes {
     /// Take the budget for a grant that `try_grant` found possible.
     fn take(&mut self, req: &ReserveRequest, key: usize, org: usize, now: Instant) -> Ticket {
         if let Some(b) = self.buckets(req.upstream, org, req.class, now) {
-            let _ = b.reserve(req.cost, Duration::ZERO, now);
+            b.take(req.cost, now);
         }
         self.touched.push((req.upstream, org, req.class));
         if let Some(f) = req.feature.and_then(|f| self.features.get_mut(f)) {
@@ -858,16 +1284,7 @@ impl Lanes {
             return KeyNews::default();
         };
         if let Some(b) = self.buckets(ticket.upstream, org, ticket.class, now) {
-            b.settle(ticket.reserved, s.actual, now);
-            for (dim, seen) in [
-                (Dimension::Requests, s.server.requests),
-                (Dimension::InputTokens, s.server.input_tokens),
-                (Dimension::OutputTokens, s.server.output_tokens),
-            ] {
-                if let Some((limit, remaining)) = seen {
-                    b.observe(dim, limit, remaining, now);
-                }
-            }
+            b.settle(ticket.reserved, s.actual, &s.server, now);
         }
         self.touched.push((ticket.upstream, org, ticket.class));
         if let Some(f) = ticket.feature.and_then(|f| self.features.get_mut(f)) {
@@ -1016,9 +1433,16 @@ mod tests {
                 )],
                 interactive_reserve: 0.5,
                 transit_allowance: Duration::ZERO,
+                shared: false,
             },
             7,
         )
+    }
+
+    fn shared_upstream(rpm: u64) -> Lanes {
+        let mut l = one_upstream(rpm, 1);
+        l.set_mode(FleetMode::Shared, Instant::now());
+        l
     }
 
     fn req(lane: Lane, max_wait: Duration) -> ReserveRequest {
@@ -1177,6 +1601,101 @@ mod tests {
             l.reserve(batch, 4, t0),
             Reserved::Now(Decision::Grant { .. })
         ));
+    }
+
+    #[test]
+    fn a_fleet_instance_spends_leased_slices_and_asks_for_more_before_it_runs_dry() {
+        let t0 = Instant::now();
+        let mut l = shared_upstream(600);
+        // Nothing leased yet: a call that may wait parks, and a lease is asked for.
+        assert_eq!(
+            l.reserve(req(Lane::Interactive, S), 1, t0),
+            Reserved::Parked
+        );
+        let asks = l.lease_asks(t0);
+        assert_eq!(asks.len(), 1);
+        assert_eq!(asks[0].min.requests, 1, "at least the call that waits");
+        assert_eq!(asks[0].want.requests, 30, "a twentieth of the limit");
+        assert!(
+            l.lease_asks(t0).is_empty(),
+            "one lease on its way at a time"
+        );
+        // A call that cannot wait is refused at once, with when it could go (a lease's time).
+        match l.reserve(req(Lane::Interactive, Duration::ZERO), 2, t0) {
+            Reserved::Now(Decision::Reject { earliest, .. }) => {
+                assert_eq!(earliest, Some(t0 + LEASE_WAIT))
+            }
+            other => panic!("{other:?}"),
+        }
+        l.leased(asks[0].group, asks[0].want, None, t0);
+        let answers = l.pump(t0);
+        assert_eq!(answers.len(), 1);
+        assert!(matches!(answers[0].decision, Decision::Grant { .. }));
+        // 29 left: more calls are granted locally with no round trip...
+        for w in 10..24 {
+            assert!(matches!(
+                l.reserve(req(Lane::Interactive, Duration::ZERO), w, t0),
+                Reserved::Now(Decision::Grant { .. })
+            ));
+        }
+        // ...and below half a slice, the next lease is asked for before the pool runs dry; it
+        // covers at least the demand refused meanwhile (the two calls counted for the refusal).
+        let asks = l.lease_asks(t0);
+        assert_eq!(asks.len(), 1);
+        assert_eq!(asks[0].min.requests, 2);
+        assert_eq!(asks[0].want.requests, 30);
+    }
+
+    #[test]
+    fn a_refused_lease_says_when_and_an_idle_pool_gives_its_budget_back() {
+        let t0 = Instant::now();
+        let mut l = shared_upstream(600);
+        assert_eq!(
+            l.reserve(req(Lane::Interactive, S), 1, t0),
+            Reserved::Parked
+        );
+        let ask = l.lease_asks(t0)[0];
+        l.leased(ask.group, Cost::default(), Some(S / 2), t0);
+        assert!(l.pump(t0).is_empty(), "still nothing to spend");
+        assert!(l.lease_asks(t0).is_empty(), "not before the fleet said");
+        assert_eq!(l.lease_asks(t0 + S / 2).len(), 1);
+        let ten = Cost {
+            requests: 10,
+            ..Cost::default()
+        };
+        l.leased(ask.group, ten, None, t0 + S / 2);
+        assert_eq!(l.pump(t0 + S / 2).len(), 1);
+        assert!(l.returns(t0 + S).is_empty(), "drawn from half a second ago");
+        let back = l.returns(t0 + S * 2);
+        assert_eq!(back.len(), 1);
+        assert_eq!(back[0].2.requests, 9, "what was not spent goes back");
+    }
+
+    #[test]
+    fn when_the_fleet_is_gone_an_instance_spends_its_share_starting_empty() {
+        let t0 = Instant::now();
+        let mut l = shared_upstream(600);
+        l.reserve(req(Lane::Interactive, S), 1, t0);
+        l.set_mode(FleetMode::Local { share: 0.5 }, t0);
+        // The share refills from empty at 300/min: 5 per second.
+        assert!(matches!(
+            l.reserve(req(Lane::Interactive, Duration::ZERO), 2, t0),
+            Reserved::Now(Decision::Reject { .. })
+        ));
+        let answers = l.pump(t0 + S / 5);
+        assert_eq!(
+            answers.len(),
+            1,
+            "the parked call goes once one request refilled"
+        );
+        assert!(matches!(answers[0].decision, Decision::Grant { .. }));
+        // Back in the fleet: leases again.
+        l.set_mode(FleetMode::Shared, t0 + S);
+        assert_eq!(
+            l.reserve(req(Lane::Interactive, S), 3, t0 + S),
+            Reserved::Parked
+        );
+        assert_eq!(l.lease_asks(t0 + S).len(), 1);
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::assemble::events_of;
 use crate::call::{AttemptRecord, Outcome, Reply, Source};
 use crate::clock;
 use crate::error::Error;
+use crate::fleet::Fleet;
 use crate::job::Job;
 use crate::policy::chain::Degrade;
 use crate::protocol::QueueMsg;
@@ -35,6 +36,11 @@ impl ResponseCache {
                 .build(),
             ttl,
         }
+    }
+
+    /// How long an answer is kept.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
     /// Keep a live answer.
@@ -62,6 +68,7 @@ pub(crate) async fn degraded(
     options: &[Degrade],
     chain: &str,
     cache: Option<(&ResponseCache, &str)>,
+    fleet: Option<&dyn Fleet>,
     mut queue: Option<(ActorRef<QueueMsg>, crate::call::Call)>,
     elapsed: Duration,
 ) -> Result<Reply, Error> {
@@ -78,7 +85,15 @@ pub(crate) async fn degraded(
     for d in options {
         match d {
             Degrade::Cache => {
-                if let Some((age, mut reply)) = cache.and_then(|(c, key)| c.fresh(key)) {
+                let mut hit = cache.and_then(|(c, key)| c.fresh(key));
+                if let (None, Some(fleet), Some((_, key))) = (&hit, fleet, cache) {
+                    // Another instance may have answered it: the fleet's copy.
+                    hit = match fleet.cache_get(key).await {
+                        Ok(Some((answer, age))) => answer.into_result().ok().map(|r| (age, r)),
+                        _ => None,
+                    };
+                }
+                if let Some((age, mut reply)) = hit {
                     reply.source = Source::Cache;
                     reply.age = Some(age);
                     reply.trail = err.trail().to_vec();

@@ -43,6 +43,7 @@ use crate::call::{Call, Reply, Source};
 use crate::clock;
 use crate::directory::Directory;
 use crate::error::Error;
+use crate::fleet::Fleet;
 use crate::policy::breaker::Admission;
 use crate::policy::chain::{
     AttemptId, CallFacts, ChainWalk, Credit, Ending, Event, Finish, HopFacts, Step,
@@ -50,7 +51,7 @@ use crate::policy::chain::{
 use crate::policy::classify::{Class, Verdict};
 use crate::policy::lanes::{Decision, ReserveRequest, Settlement};
 use crate::protocol::AttemptSample;
-use crate::protocol::{BreakerMsg, GovernorMsg, Reply as Answer, SupervisorMsg};
+use crate::protocol::{BreakerMsg, GovernorMsg, PinAnswer, Reply as Answer, SupervisorMsg};
 use crate::timer::Timer;
 use crate::upstream::Upstream;
 use crate::wire::{Attempt, Price};
@@ -150,6 +151,8 @@ pub struct Shared {
     /// Fault injection: the next request actor to handle a message panics.
     #[doc(hidden)]
     pub panic_next: AtomicBool,
+    /// The fleet this runtime belongs to, if any (shared pins and response cache).
+    pub fleet: Option<Arc<dyn Fleet>>,
 }
 
 /// Start arguments of one request actor.
@@ -192,8 +195,10 @@ pub(crate) enum RequestMsg {
         /// The answer.
         decision: Option<Decision>,
     },
-    /// Where the conversation is pinned (`None`: the answer was lost).
-    Pinned(Option<Option<usize>>),
+    /// The primary breaker's pin answer (`None`: the answer was lost).
+    Pinned(Option<PinAnswer>),
+    /// Where the fleet has the conversation pinned (a model name), if anywhere.
+    FleetPinned(Option<String>),
     /// An input-token count.
     Counted {
         /// The hop.
@@ -220,6 +225,9 @@ pub(crate) enum RequestMsg {
     /// The walk's timer fired.
     Timer(u64),
 }
+
+/// How long a fleet-wide conversation pin lasts (a local one lasts until the primary closes).
+const FLEET_PIN_TTL: Duration = Duration::from_secs(600);
 
 /// Tries at reaching a restarted breaker or governor before giving up on it.
 const ACTOR_RETRIES: u32 = 3;
@@ -653,13 +661,25 @@ impl RequestState {
                     self.answers.remove(&attempt);
                 }
                 Step::Pin { hop } => {
-                    if let (Some(primary), Some(conversation)) =
-                        (self.breaker(0), self.call.conversation_digest())
-                    {
+                    let conversation = self.call.conversation_digest();
+                    if let (Some(primary), Some(conversation)) = (self.breaker(0), conversation) {
                         let _ = primary.cast(BreakerMsg::Pin {
                             conversation,
                             tenant: self.call.tenant_digest(),
                             model: self.model_of(hop),
+                        });
+                    }
+                    if let (Some(fleet), Some(conversation)) =
+                        (self.shared.fleet.clone(), conversation)
+                    {
+                        let model = self.shared.models[self.model_of(hop)].name.clone();
+                        tokio::spawn(async move {
+                            // Served by the primary: unpin. Lost with the fleet: local only.
+                            let _ = if hop == 0 {
+                                fleet.unpin(conversation).await
+                            } else {
+                                fleet.pin(conversation, &model, FLEET_PIN_TTL).await
+                            };
                         });
                     }
                 }
@@ -744,6 +764,7 @@ impl RequestState {
                         &degrade,
                         &self.chain.name,
                         cache.as_ref().map(|(c, k)| (c.as_ref(), k.as_str())),
+                        self.shared.fleet.as_deref(),
                         queue,
                         elapsed,
                     )
@@ -863,6 +884,16 @@ impl RequestState {
             latency: elapsed,
         };
         if let Some((cache, key)) = self.cache_key() {
+            if let (Some(fleet), Some(answer)) = (
+                self.shared.fleet.clone(),
+                crate::fleet::StoredAnswer::of(&Ok(reply.clone())),
+            ) {
+                // The fleet's copy, for when another instance's chain is down.
+                let (key, ttl) = (key.clone(), cache.ttl());
+                tokio::spawn(async move {
+                    let _ = fleet.cache_put(&key, answer, ttl).await;
+                });
+            }
             cache.put(key, reply.clone());
         }
         let end = CallEnd {
@@ -962,7 +993,29 @@ impl Actor for RequestActor {
                     (None, None) => {}
                 }
             }
-            RequestMsg::Pinned(model) => state.walk.handle(Event::Pinned(model.flatten()), now),
+            RequestMsg::Pinned(answer) => match (answer, state.shared.fleet.clone()) {
+                (Some(PinAnswer::Open(Some(model))), _) => {
+                    state.walk.handle(Event::Pinned(Some(model)), now)
+                }
+                // Not pinned here, the primary not closed: the fleet may know.
+                (Some(PinAnswer::Open(None)), Some(fleet)) => {
+                    match state.call.conversation_digest() {
+                        Some(conversation) => {
+                            let me = myself.clone();
+                            tokio::spawn(async move {
+                                let pinned = fleet.pinned(conversation).await.unwrap_or(None);
+                                let _ = me.cast(RequestMsg::FleetPinned(pinned));
+                            });
+                        }
+                        None => state.walk.handle(Event::Pinned(None), now),
+                    }
+                }
+                _ => state.walk.handle(Event::Pinned(None), now),
+            },
+            RequestMsg::FleetPinned(name) => {
+                let model = name.and_then(|n| state.shared.models.iter().position(|m| m.name == n));
+                state.walk.handle(Event::Pinned(model), now)
+            }
             RequestMsg::Counted { hop, tokens } => {
                 state.walk.handle(Event::Counted { hop, tokens }, now)
             }
