@@ -629,3 +629,61 @@ async fn streams_fall_back_before_content_and_report_breaks_after_it() {
     drain(reply).await;
     assert_eq!(sim.count("steady"), 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_that_hangs_now_and_then_costs_the_p99_milliseconds_with_default_settings() {
+    // The primary answers in 20-40 ms but hangs on about 3 % of requests; the fallback is
+    // healthy. Nothing is tuned: the default retry policy, a chain with a fallback.
+    let sim = sim(r#"
+        seed = 21
+        [[models]]
+        name = "primary"
+        latency = "20ms"
+        latency_jitter = "20ms"
+        [[models.faults]]
+        kind = "hang"
+        probability = 0.03
+        [[models]]
+        name = "fallback"
+        latency = "30ms"
+    "#)
+    .await;
+    let sw = Seawall::builder()
+        .upstream("sim", upstream(&sim, &[KEY]))
+        .chain("primary", ["primary", "fallback"])
+        .spawn()
+        .await
+        .unwrap();
+    // Warm-up: the runtime learns the primary's latency from its first answers (20 are
+    // needed; until then an automatic hedge waits 2 s) and opens its connections.
+    for r in steady(&sw, "primary", 40, Duration::from_millis(10)).await {
+        r.1.expect("answered");
+    }
+    let warmup = sim.log().len();
+    let results = steady(&sw, "primary", 400, Duration::from_millis(10)).await;
+    let mut latencies: Vec<Duration> = results
+        .iter()
+        .map(|(_, r)| r.as_ref().expect("every call answered").latency)
+        .collect();
+    latencies.sort();
+    let p50 = latencies[latencies.len() / 2];
+    let p99 = latencies[latencies.len() * 99 / 100];
+    let max = latencies[latencies.len() - 1];
+    let log = sim.log().split_off(warmup);
+    let hung = log
+        .iter()
+        .filter(|e| e.model.as_deref() == Some("primary") && e.status.is_none())
+        .count();
+    println!(
+        "hangs: {} calls, {} upstream attempts ({hung} hung), p50 {p50:?} p99 {p99:?} max {max:?}",
+        results.len(),
+        log.len()
+    );
+    assert!(p99 < Duration::from_secs(1), "p99 {p99:?}");
+    assert!(
+        log.len() as f64 <= 1.1 * results.len() as f64,
+        "{} upstream attempts for {} calls",
+        log.len(),
+        results.len()
+    );
+}

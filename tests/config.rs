@@ -123,7 +123,11 @@ fn the_example_parses_and_every_key_lands() {
             estimate: Estimate::Heuristic,
             refusal_fallback: false,
             degrade: Vec::new(),
+            hedge: seawall::core::Hedge::Auto,
+            hedge_streams: false,
             max_hedges: 1,
+            idle_timeout: Duration::from_secs(30),
+            learned_timeouts: true,
         }
     );
     assert_eq!(c.retry_for(&c.models[0]).deadline, Duration::from_secs(90));

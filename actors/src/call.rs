@@ -426,6 +426,15 @@ pub enum Outcome {
         latency: Duration,
         /// The upstream's `request-id`, if it sent one.
         request_id: Option<String>,
+        /// Started as a hedge of another attempt still in flight.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        hedge: bool,
+    },
+    /// An attempt sent but cancelled before it answered: another attempt of the call (a
+    /// hedge, or the one it hedged) answered first.
+    Cancelled {
+        /// It had been started as a hedge.
+        hedge: bool,
     },
     /// The model's breaker was open (or its half-open trial was full): no attempt.
     BreakerOpen,

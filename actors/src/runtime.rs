@@ -427,6 +427,7 @@ impl Builder {
                 .copied()
                 .unwrap_or(plan.sla_target)
         };
+        let latency = Arc::new(crate::latency::LatencyBook::new(plan.models.len()));
         let monitor = MonitorArgs {
             models: plan
                 .models
@@ -457,6 +458,7 @@ impl Builder {
             directory: directory.clone(),
             events: events.clone(),
             fleet: fleet.clone(),
+            latency: Arc::clone(&latency),
         };
         let args = SupervisorArgs {
             breakers: plan
@@ -510,6 +512,7 @@ impl Builder {
             seed: AtomicU64::new(seed()),
             panic_next: AtomicBool::new(false),
             fleet: fleet.clone(),
+            latency,
         });
         if let Some(fleet) = &fleet {
             // Another instance's breaker news goes to this instance's breaker of that model.

@@ -34,6 +34,8 @@ use crate::clock;
 use crate::directory::Directory;
 use crate::events::{AlertKind, Event, EventSender};
 use crate::fleet::Fleet;
+use crate::latency::LatencyBook;
+use crate::policy::latency::{LatencyModel, MIN_SAMPLES};
 use crate::policy::alert::{AlarmChange, AlertConfig, DownAlarm, RateAlarm};
 use crate::policy::breaker::StateKind;
 use crate::policy::classify::Class;
@@ -150,6 +152,8 @@ pub struct MonitorArgs {
     pub events: EventSender,
     /// The fleet, whose instances elect one prober per model.
     pub fleet: Option<Arc<dyn Fleet>>,
+    /// Where the models' latency estimates are published for request actors.
+    pub latency: Arc<LatencyBook>,
 }
 
 /// The actor.
@@ -167,7 +171,12 @@ struct ModelState {
     probing: bool,
     /// Fractions of a micro-dollar not yet counted, so the cost counter adds up exactly.
     cost_carry: f64,
+    /// Its recent successful answers, whose estimate is published in the latency book.
+    latency: LatencyModel,
 }
+
+/// The latency estimate is published after this many new samples.
+const PUBLISH_EVERY: usize = 8;
 
 struct ChainState {
     metrics: ChainMetrics,
@@ -187,6 +196,7 @@ pub struct MonitorState {
     directory: Arc<Directory>,
     events: EventSender,
     fleet: Option<Arc<dyn Fleet>>,
+    latency: Arc<LatencyBook>,
     timer: Timer,
 }
 
@@ -221,6 +231,14 @@ impl MonitorState {
         };
         m.sla
             .record(model_outcome(s.class), Some(s.class), s.latency, s.at);
+        if !probe && s.class == Class::Success {
+            m.latency.record(s.latency, s.usage.output_tokens);
+            if m.latency.len() % PUBLISH_EVERY == 0 || m.latency.len() == MIN_SAMPLES {
+                if let Some(e) = m.latency.estimate() {
+                    self.latency.set(s.model, e);
+                }
+            }
+        }
         let name = &m.info.name;
         let mx = &mut m.metrics;
         if probe {
@@ -602,6 +620,7 @@ impl Actor for MonitorActor {
                     down: DownAlarm::default(),
                     probing: false,
                     cost_carry: 0.0,
+                    latency: LatencyModel::default(),
                 })
                 .collect(),
             chains: args
@@ -621,6 +640,7 @@ impl Actor for MonitorActor {
             directory: args.directory,
             events: args.events,
             fleet: args.fleet,
+            latency: args.latency,
             timer: Timer::default(),
         })
     }

@@ -68,8 +68,89 @@ pub struct RetryPolicy {
     /// What a call of this chain falls back to, in order, when no model can answer
     /// (`Error::Unavailable`); never for a rejected request. Empty: the honest error.
     pub degrade: Vec<Degrade>,
-    /// At most this many hedges in flight per call (0: never hedge).
+    /// When an attempt that has not answered yet gets a hedge (a parallel attempt on the next
+    /// candidate): see [`Hedge`]. Default [`Hedge::Auto`]: for unary calls of chains with a
+    /// fallback, after twice the model's expected latency for the request.
+    pub hedge: Hedge,
+    /// Hedge streams too (only before their first content event). Default false.
+    pub hedge_streams: bool,
+    /// At most this many hedges per call (0: never hedge). Default 1.
     pub max_hedges: u32,
+    /// Streams: after content, the longest silence between two events; past it the stream ends
+    /// with an `error` event (never a silent hang). Default 30 s.
+    pub idle_timeout: Duration,
+    /// Cut a unary attempt at what the request should take (the model's expected latency for
+    /// its `max_tokens`, times four, at least [`MIN_LEARNED_TIMEOUT`]) rather than at
+    /// `attempt_timeout`, which stays the cap. Until the model has answered enough requests,
+    /// `attempt_timeout` applies. Default true.
+    pub learned_timeouts: bool,
+}
+
+/// When to hedge an attempt that has not answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hedge {
+    /// Never.
+    Off,
+    /// After this long, whatever the chain.
+    After(Duration),
+    /// For chains with a fallback: after twice the model's expected latency for the request (a
+    /// 95th percentile, scaled by `max_tokens`), at least [`MIN_AUTO_HEDGE`]; until the model
+    /// has answered enough requests to know, after [`UNLEARNED_HEDGE`].
+    Auto,
+}
+
+/// The earliest an automatic hedge starts: below it, ordinary jitter would hedge.
+pub const MIN_AUTO_HEDGE: Duration = Duration::from_millis(50);
+/// An automatic hedge's delay before the model's latency is learned.
+pub const UNLEARNED_HEDGE: Duration = Duration::from_secs(2);
+/// The shortest learned attempt timeout.
+pub const MIN_LEARNED_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl RetryPolicy {
+    /// The hedge delay of a hop, for a request that may generate `max_tokens`, given the
+    /// model's learned latency and whether the chain has another hop.
+    pub fn hedge_after(
+        &self,
+        expected: Option<crate::policy::latency::Expected>,
+        max_tokens: u64,
+        stream: bool,
+        chain_of_one: bool,
+    ) -> Option<Duration> {
+        if self.max_hedges == 0 || (stream && !self.hedge_streams) {
+            return None;
+        }
+        match self.hedge {
+            Hedge::Off => None,
+            Hedge::After(d) => Some(d),
+            Hedge::Auto if chain_of_one => None,
+            Hedge::Auto => {
+                let Some(e) = expected else {
+                    return Some(UNLEARNED_HEDGE);
+                };
+                // A stream hedges on its first content: the fixed part is what it waits for.
+                let wait = if stream { e.fixed } else { e.for_tokens(max_tokens) };
+                Some(wait.saturating_mul(2).max(MIN_AUTO_HEDGE))
+            }
+        }
+    }
+
+    /// A unary attempt's timeout for a request that may generate `max_tokens`: learned when
+    /// the model is known, never above `attempt_timeout`.
+    pub fn attempt_timeout_for(
+        &self,
+        expected: Option<crate::policy::latency::Expected>,
+        max_tokens: u64,
+    ) -> Option<Duration> {
+        if !self.learned_timeouts {
+            return None;
+        }
+        let e = expected?;
+        let learned = e
+            .for_tokens(max_tokens)
+            .saturating_mul(4)
+            .max(MIN_LEARNED_TIMEOUT);
+        Some(learned.min(self.attempt_timeout))
+    }
 }
 
 /// A degraded answer a chain may give when no model can answer.
@@ -109,7 +190,11 @@ impl Default for RetryPolicy {
             estimate: Estimate::Heuristic,
             refusal_fallback: false,
             degrade: Vec::new(),
+            hedge: Hedge::Auto,
+            hedge_streams: false,
             max_hedges: 1,
+            idle_timeout: Duration::from_secs(30),
+            learned_timeouts: true,
         }
     }
 }
@@ -132,6 +217,12 @@ impl RetryPolicy {
         }
         if self.max_attempts == 0 {
             return Err("max_attempts must be at least 1".into());
+        }
+        if self.idle_timeout.is_zero() {
+            return Err("idle_timeout must be greater than zero".into());
+        }
+        if self.hedge == Hedge::After(Duration::ZERO) {
+            return Err("hedge_after must be greater than zero (or \"off\")".into());
         }
         Ok(())
     }
@@ -431,6 +522,8 @@ enum Ask {
 struct Flight {
     attempt: AttemptId,
     hop: usize,
+    /// Started as a hedge.
+    hedge: bool,
     /// When to hedge it, if it is still in flight then.
     hedge_at: Option<Instant>,
 }
@@ -877,6 +970,7 @@ impl ChainWalk {
         self.flights.push(Flight {
             attempt,
             hop,
+            hedge,
             hedge_at: hedge_after.map(|d| now + d),
         });
         self.out.push_back(Step::Send(Send {
@@ -904,7 +998,8 @@ impl ChainWalk {
         let Some(i) = self.flights.iter().position(|f| f.attempt == attempt) else {
             return;
         };
-        let hop = self.flights.remove(i).hop;
+        let flight = self.flights.remove(i);
+        let hop = flight.hop;
         let now = self.now;
         let class = report.verdict.class();
         self.note(
@@ -914,6 +1009,7 @@ impl ChainWalk {
                 class,
                 latency: report.latency,
                 request_id: report.request_id.clone(),
+                hedge: flight.hedge,
             },
         );
         if let (Verdict::Success, Some(refusal)) = (report.verdict, &report.refusal) {
@@ -1000,6 +1096,7 @@ impl ChainWalk {
     /// hand out the answer.
     fn end(&mut self, ending: Ending) {
         for f in std::mem::take(&mut self.flights) {
+            self.note(f.hop, Outcome::Cancelled { hedge: f.hedge });
             self.out.push_back(Step::Cancel { attempt: f.attempt });
         }
         if let Some(ask) = self.ask.take() {
@@ -1171,3 +1268,65 @@ pub fn stream_error_class(data: &str) -> Class {
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod hedge_tests {
+    use super::*;
+    use crate::policy::latency::Expected;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn the_automatic_hedge_delay_knows_the_request_and_the_chain() {
+        let p = RetryPolicy::default();
+        let e = Some(Expected {
+            fixed: 40 * MS,
+            per_token: 2 * MS,
+        });
+        // Twice the expected latency: 40 ms + 16 x 2 ms = 72 ms.
+        assert_eq!(p.hedge_after(e, 16, false, false), Some(144 * MS));
+        // Never below the floor, never for a chain of one, not for streams by default.
+        let fast = Some(Expected {
+            fixed: 5 * MS,
+            per_token: Duration::ZERO,
+        });
+        assert_eq!(p.hedge_after(fast, 16, false, false), Some(MIN_AUTO_HEDGE));
+        assert_eq!(p.hedge_after(e, 16, false, true), None);
+        assert_eq!(p.hedge_after(e, 16, true, false), None);
+        // Unlearned: a conservative delay.
+        assert_eq!(p.hedge_after(None, 16, false, false), Some(UNLEARNED_HEDGE));
+        let streams = RetryPolicy {
+            hedge_streams: true,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(streams.hedge_after(e, 4096, true, false), Some(80 * MS), "first content");
+        let fixed = RetryPolicy {
+            hedge: Hedge::After(2 * MS),
+            ..RetryPolicy::default()
+        };
+        assert_eq!(fixed.hedge_after(None, 16, false, true), Some(2 * MS), "any chain");
+        let off = RetryPolicy {
+            hedge: Hedge::Off,
+            ..RetryPolicy::default()
+        };
+        assert_eq!(off.hedge_after(e, 16, false, false), None);
+    }
+
+    #[test]
+    fn a_learned_timeout_fits_the_request_under_the_cap() {
+        let p = RetryPolicy::default();
+        let e = Some(Expected {
+            fixed: 400 * MS,
+            per_token: 20 * MS,
+        });
+        // 16 tokens: 0.72 s x 4 = 2.88 s, not the minute of attempt_timeout.
+        assert_eq!(p.attempt_timeout_for(e, 16), Some(2880 * MS));
+        assert_eq!(p.attempt_timeout_for(e, 100_000), Some(p.attempt_timeout), "capped");
+        let tiny = Some(Expected {
+            fixed: MS,
+            per_token: Duration::ZERO,
+        });
+        assert_eq!(p.attempt_timeout_for(tiny, 1), Some(MIN_LEARNED_TIMEOUT));
+        assert_eq!(p.attempt_timeout_for(None, 16), None, "unlearned: the policy's");
+    }
+}

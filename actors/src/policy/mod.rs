@@ -8,6 +8,7 @@ pub mod bucket;
 pub mod chain;
 pub mod classify;
 pub mod lanes;
+pub mod latency;
 pub mod pins;
 pub mod retry_budget;
 pub mod sla;

@@ -163,7 +163,7 @@ pub(crate) fn stream_of(reply: Reply) -> StreamReply {
 fn attempted(trail: &[AttemptRecord]) -> u32 {
     trail
         .iter()
-        .filter(|s| matches!(s.outcome, Outcome::Attempted { .. }))
+        .filter(|s| matches!(s.outcome, Outcome::Attempted { .. } | Outcome::Cancelled { .. }))
         .count() as u32
 }
 

@@ -44,6 +44,7 @@ use crate::clock;
 use crate::directory::Directory;
 use crate::error::Error;
 use crate::fleet::Fleet;
+use crate::latency::LatencyBook;
 use crate::policy::breaker::Admission;
 use crate::policy::chain::{
     AttemptId, CallFacts, ChainWalk, Credit, Ending, Event, Finish, HopFacts, Step,
@@ -153,6 +154,8 @@ pub struct Shared {
     pub panic_next: AtomicBool,
     /// The fleet this runtime belongs to, if any (shared pins and response cache).
     pub fleet: Option<Arc<dyn Fleet>>,
+    /// The models' latency estimates (hedge delays, learned timeouts).
+    pub latency: Arc<LatencyBook>,
 }
 
 /// Start arguments of one request actor.
@@ -239,6 +242,19 @@ enum Stalled {
     Reserve { hop: usize, request: ReserveRequest },
 }
 
+/// An attempt in flight.
+struct Flight {
+    task: tokio::task::AbortHandle,
+    hop: usize,
+    retry: bool,
+}
+
+/// Count a hedge event of `model`: `started`, `won` or `cancelled`.
+fn hedge_event(model: &str, outcome: &'static str) {
+    metrics::counter!("seawall_hedges_total", "model" => model.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
 /// The actor.
 pub(crate) struct RequestActor;
 
@@ -265,8 +281,10 @@ pub(crate) struct RequestState {
     acquiring: HashMap<usize, bool>,
     /// Governor asks awaiting an answer: hop -> the request (to ask again if lost).
     reserving: HashMap<usize, ReserveRequest>,
-    /// Attempts in flight: their tasks (to cancel a loser), hops and retry flags.
-    flights: HashMap<AttemptId, (tokio::task::AbortHandle, usize, bool)>,
+    /// Attempts in flight: their tasks (to cancel a loser), hops and flags.
+    flights: HashMap<AttemptId, Flight>,
+    /// Attempts started as hedges (to count the ones that win).
+    hedges: Vec<AttemptId>,
     /// Finished attempts whose answer the call may still return (or pass through).
     answers: HashMap<AttemptId, Box<attempt::Done>>,
     timer: Timer,
@@ -302,14 +320,19 @@ impl RequestState {
                     }
                     None => (original, call.max_tokens()),
                 };
+                let expected = shared.latency.get(model);
+                let policy = &chain.policy;
+                let chain_of_one = chain.hops.len() == 1;
                 HopFacts {
                     model,
                     name: info.name.clone(),
                     upstream: info.upstream,
                     input_estimate,
                     max_tokens,
-                    attempt_timeout: None,
-                    hedge_after: None,
+                    attempt_timeout: (!stream)
+                        .then(|| policy.attempt_timeout_for(expected, max_tokens))
+                        .flatten(),
+                    hedge_after: policy.hedge_after(expected, max_tokens, stream, chain_of_one),
                 }
             })
             .collect();
@@ -342,6 +365,7 @@ impl RequestState {
             acquiring: HashMap::new(),
             reserving: HashMap::new(),
             flights: HashMap::new(),
+            hedges: Vec::new(),
             answers: HashMap::new(),
             timer: Timer::default(),
         }
@@ -556,8 +580,18 @@ impl RequestState {
                 done: Box::new(done),
             });
         });
-        self.flights
-            .insert(id, (task.abort_handle(), s.hop, s.retry));
+        if s.hedge {
+            hedge_event(&self.shared.models[model].name, "started");
+            self.hedges.push(id);
+        }
+        self.flights.insert(
+            id,
+            Flight {
+                task: task.abort_handle(),
+                hop: s.hop,
+                retry: s.retry,
+            },
+        );
     }
 
     /// Count `hop`'s input tokens with its upstream's counter (a task: it is I/O).
@@ -655,8 +689,10 @@ impl RequestState {
                 }
                 Step::Send(s) => self.send(myself, s),
                 Step::Cancel { attempt } => {
-                    if let Some((task, _, _)) = self.flights.remove(&attempt) {
-                        task.abort();
+                    if let Some(f) = self.flights.remove(&attempt) {
+                        f.task.abort();
+                        let model = self.model_of(f.hop);
+                        hedge_event(&self.shared.models[model].name, "cancelled");
                     }
                     self.answers.remove(&attempt);
                 }
@@ -706,8 +742,13 @@ impl RequestState {
         let Some(report) = self.report.take() else {
             return;
         };
-        for (_, (task, _, _)) in self.flights.drain() {
-            task.abort();
+        for (_, f) in self.flights.drain() {
+            f.task.abort();
+        }
+        if let Ending::Served { attempt, hop } = &ending {
+            if self.hedges.contains(attempt) {
+                hedge_event(&self.shared.models[self.model_of(*hop)].name, "won");
+            }
         }
         let result: Result<Answered, Error> = match ending {
             Ending::Served { attempt, hop } | Ending::Refusal { attempt, hop } => {
@@ -847,6 +888,7 @@ impl RequestState {
                     trail,
                     retry: done.retry,
                     deadline: self.walk.deadline(),
+                    idle_timeout: self.chain.policy.idle_timeout,
                     time_to_first_token: elapsed,
                     cache: self.cache_key(),
                     report,
@@ -1035,7 +1077,7 @@ impl Actor for RequestActor {
             },
             RequestMsg::Done { attempt, mut done } => {
                 // A cancelled attempt's late result: dropping it gives back what it holds.
-                let Some((_, hop, retry)) = state.flights.remove(&attempt) else {
+                let Some(Flight { hop, retry, .. }) = state.flights.remove(&attempt) else {
                     return Ok(());
                 };
                 let model = state.model_of(hop);
@@ -1093,8 +1135,8 @@ impl Actor for RequestActor {
         _myself: ActorRef<Self::Msg>,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        for (_, (task, _, _)) in state.flights.drain() {
-            task.abort();
+        for (_, f) in state.flights.drain() {
+            f.task.abort();
         }
         Ok(())
     }

@@ -63,6 +63,8 @@ pub(crate) struct Commit {
     pub retry: bool,
     /// The call's deadline: it bounds the whole stream.
     pub deadline: Instant,
+    /// The longest silence between two events after content.
+    pub idle_timeout: Duration,
     pub time_to_first_token: Duration,
     /// The response cache and this call's key, when the chain caches its answers.
     pub cache: Option<(Arc<ResponseCache>, String)>,
@@ -78,6 +80,7 @@ pub(crate) struct Pump {
     hop: usize,
     retry: bool,
     deadline: Instant,
+    idle_timeout: Duration,
     time_to_first_token: Duration,
     /// Rebuilds the whole answer for the response cache, when the chain caches.
     cache: Option<(Arc<ResponseCache>, String, Assembler)>,
@@ -122,6 +125,7 @@ pub(crate) fn commit(mut head: Head, c: Commit) -> (StreamReply, Pump) {
         hop: c.hop,
         retry: c.retry,
         deadline: c.deadline,
+        idle_timeout: c.idle_timeout,
         time_to_first_token: c.time_to_first_token,
         cache,
         usage,
@@ -148,6 +152,7 @@ impl Pump {
             hop,
             retry,
             deadline,
+            idle_timeout,
             time_to_first_token,
             mut cache,
             mut usage,
@@ -160,14 +165,20 @@ impl Pump {
             Class::Success
         } else {
             loop {
-                let item = match tokio::time::timeout_at(end, head.events.recv()).await {
+                // Whichever comes first: the call's deadline, or a silence too long.
+                let idle = tokio::time::Instant::now() + idle_timeout;
+                let item = match tokio::time::timeout_at(end.min(idle), head.events.recv()).await
+                {
                     Err(_) => {
-                        let _ = tx
-                            .send(error_event(
-                                "timeout_error",
-                                "the call's deadline passed mid-stream",
-                            ))
-                            .await;
+                        let message = if idle < end {
+                            format!(
+                                "the upstream sent nothing for {} mid-stream",
+                                humantime::format_duration(idle_timeout)
+                            )
+                        } else {
+                            "the call's deadline passed mid-stream".to_owned()
+                        };
+                        let _ = tx.send(error_event("timeout_error", &message)).await;
                         break Class::Timeout;
                     }
                     Ok(None) => break Class::Success,
