@@ -142,6 +142,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         }
     };
     let addr = listener.local_addr().unwrap_or(config.listen);
+    let shutdown = shutdown_signal();
     let mut out = std::io::stdout().lock();
     if writeln!(out, "seawall serve listening on http://{addr}")
         .and_then(|()| out.flush())
@@ -150,7 +151,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
         return ExitCode::from(1);
     }
     drop(out);
-    match gateway.serve(listener, wait_for_signal()).await {
+    match gateway.serve(listener, shutdown).await {
         Ok(report) => {
             if report.abandoned > 0 {
                 eprintln!(
@@ -231,6 +232,7 @@ async fn sim(args: SimArgs) -> ExitCode {
             return ExitCode::from(code);
         }
     };
+    let shutdown = shutdown_signal();
     let mut out = std::io::stdout().lock();
     // A parent reading the port needs this line now, not when a buffer fills.
     if writeln!(out, "seawall sim listening on {}", handle.base_url())
@@ -240,30 +242,45 @@ async fn sim(args: SimArgs) -> ExitCode {
         return ExitCode::from(1);
     }
     drop(out);
-    wait_for_signal().await;
+    shutdown.await;
     handle.shutdown().await;
     ExitCode::SUCCESS
 }
 
-/// Ctrl-C, or SIGTERM on Unix (what `kill` and process supervisors send).
-async fn wait_for_signal() {
+/// Ctrl-C, or SIGTERM on Unix (what `kill` and process supervisors send). The handlers are
+/// installed when this is called, not when the future is first polled: call it before the
+/// address is announced, so a signal sent right after the announcement is never the default
+/// action (an abrupt exit) instead of a drain.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> + Send + 'static {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
+        let term = signal(SignalKind::terminate());
+        let int = signal(SignalKind::interrupt());
+        async move {
+            match (term, int) {
+                (Ok(mut term), Ok(mut int)) => {
+                    tokio::select! {
+                        _ = term.recv() => {}
+                        _ = int.recv() => {}
+                    }
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+                (Ok(mut term), Err(_)) => {
+                    term.recv().await;
+                }
+                (Err(_), Ok(mut int)) => {
+                    int.recv().await;
+                }
+                (Err(_), Err(_)) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
