@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod process;
 
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
