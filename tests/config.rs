@@ -223,6 +223,43 @@ fn the_example_parses_and_every_key_lands() {
     assert_eq!(c.log.prompts, Some(false));
 }
 
+#[tokio::test]
+async fn the_quick_start_config_needs_only_the_two_variables_the_readme_names() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/gateway.toml");
+    let c = Config::from_file(&path).unwrap();
+    assert_eq!(
+        c.chain_of("claude-sonnet-4-5").unwrap(),
+        ["claude-sonnet-4-5", "claude-haiku-4-5"]
+    );
+    assert!(c.cache.is_none(), "the cache runs on its defaults");
+    assert_eq!(
+        c.response_cache(),
+        Some((DEFAULT_CACHE_ENTRIES, DEFAULT_CACHE_TTL))
+    );
+    assert_eq!(
+        c.probe_for(&c.models[0]).map(|p| (p.interval, p.kind)),
+        Some((Duration::from_secs(30), ProbeKind::Message))
+    );
+    assert_eq!(c.gateway.token_envs, ["SEAWALL_TOKEN"]);
+    let rt = c
+        .spawn_with_env(env(&[
+            ("ANTHROPIC_API_KEY", "sk-ant-quickstart-key-aaaa"),
+            ("SEAWALL_TOKEN", "choose-a-long-token"),
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(rt.tokens.len(), 1);
+    assert_eq!(rt.tokens[0].expose(), "choose-a-long-token");
+    rt.seawall.shutdown(Duration::from_millis(10)).await;
+    // Without the token variable, the error names it.
+    let e = c
+        .spawn_with_env(env(&[("ANTHROPIC_API_KEY", "sk-ant-quickstart-key-aaaa")]))
+        .await
+        .unwrap_err();
+    assert_eq!(e.key(), Some("gateway.token_envs[0]"), "{e}");
+    assert!(e.to_string().contains("SEAWALL_TOKEN is not set"), "{e}");
+}
+
 #[test]
 fn cache_degradation_without_a_cache_section_uses_the_defaults() {
     let c = Config::from_toml(&minimal("degrade = [\"cache\"]")).unwrap();

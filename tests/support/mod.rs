@@ -4,6 +4,7 @@
 
 pub mod gateway;
 pub mod process;
+pub mod readme;
 
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
