@@ -276,8 +276,8 @@ impl<T> Threshold<T> {
 
 /// `[alerts]`: when an alert fires (each is logged as a `warn` and published to subscribers
 /// once per crossing, and once when it clears), and where else it is delivered. Every key
-/// optional.
-#[derive(Clone, Debug, Default, Deserialize)]
+/// optional. `Debug` never shows the webhook URL.
+#[derive(Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertsSection {
     /// The window rates are judged over, at least "1s". Default "5m".
@@ -305,6 +305,24 @@ pub struct AlertsSection {
     /// Time allowed to one delivery attempt. Default [`DEFAULT_WEBHOOK_TIMEOUT`].
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub webhook_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for AlertsSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlertsSection")
+            .field("window", &self.window)
+            .field("min_calls", &self.min_calls)
+            .field("failure_rate", &self.failure_rate)
+            .field("fallback_rate", &self.fallback_rate)
+            .field("breaker_open_for", &self.breaker_open_for)
+            .field(
+                "webhook_url",
+                &self.webhook_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("webhook_url_env", &self.webhook_url_env)
+            .field("webhook_timeout", &self.webhook_timeout)
+            .finish()
+    }
 }
 
 impl AlertsSection {

@@ -595,6 +595,11 @@ async fn the_webhook_url_is_checked_and_read_from_its_variable_never_shown() {
     // Nothing configured: no webhook.
     let c = Config::from_toml(&minimal("")).unwrap();
     assert!(c.resolve_webhook(&env(&[])).unwrap().is_none());
+    // Written in the file, the URL never shows in a Debug of the config either.
+    let c = Config::from_toml(&minimal(&format!("[alerts]\nwebhook_url = \"{secret}\""))).unwrap();
+    assert!(!format!("{c:?}").contains("SECRET"), "{c:?}");
+    let hook = c.resolve_webhook(&env(&[])).unwrap().expect("a webhook");
+    assert_eq!(hook.url().as_str(), secret);
 }
 
 #[test]
