@@ -46,7 +46,7 @@ fn the_readme_opens_with_what_seawall_is_then_the_two_commands() {
         .split("\n\n")
         .find(|p| !p.trim().is_empty())
         .unwrap_or("");
-    assert!(build.contains("first build takes about"), "{build}");
+    assert!(build.contains("The first build takes"), "{build}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
