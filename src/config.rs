@@ -52,9 +52,9 @@ use serde::Deserialize;
 
 use seawall_actors::upstream::Upstream;
 use seawall_actors::{
-    Backoff, BreakerConfig, Bulkhead, Degrade, Error as CoreError, Estimate, Jitter, Limits,
-    OpenBackoff, QueueConfig, RestartIntensity, RetryBudgetConfig, RetryPolicy, Seawall, Trip,
-    WindowKind,
+    AlertConfig, Backoff, BreakerConfig, Bulkhead, Degrade, Error as CoreError, Estimate, Jitter,
+    Limits, OpenBackoff, Price, ProbeConfig, ProbeKind, QueueConfig, RestartIntensity,
+    RetryBudgetConfig, RetryPolicy, Seawall, SlaConfig, SlaTarget, Trip, WindowKind,
 };
 
 use crate::anthropic::{AnthropicOptions, AnthropicUpstream, AuthStyle, TransportSetupError};
@@ -85,6 +85,14 @@ pub const MIN_HEADER_BYTES: usize = 8192;
 pub const DEFAULT_CACHE_ENTRIES: u64 = 10_000;
 /// `[cache] ttl` when not set.
 pub const DEFAULT_CACHE_TTL: Duration = Duration::from_secs(600);
+/// `[probes] interval` when not set: a healthy model costs one probe per interval.
+pub const DEFAULT_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+/// `[probes] timeout` when not set.
+pub const DEFAULT_PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+/// `[alerts] webhook_timeout` when not set: a slow webhook never holds up the next alert long.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(2);
+/// Delivery attempts per alert before the webhook is given up on for that alert.
+pub const WEBHOOK_ATTEMPTS: u32 = 3;
 
 // ---------------------------------------------------------------------------------------------
 // The file's shape
@@ -133,6 +141,257 @@ pub struct Config {
     pub cache: Option<CacheSection>,
     /// The durable queue for later, for models whose `degrade` lists `"queue"`.
     pub queue: Option<QueueSection>,
+    /// Active health probes (`[probes]`): on by default for every model that heads a chain
+    /// with fallbacks.
+    #[serde(default)]
+    pub probes: ProbeSection,
+    /// The SLA window and targets (`[sla]`, `[sla.targets.<name>]`).
+    #[serde(default)]
+    pub sla: SlaSection,
+    /// Alert thresholds and the optional webhook (`[alerts]`).
+    #[serde(default)]
+    pub alerts: AlertsSection,
+    /// Logging: the format and whether prompts are logged (`[log]`).
+    #[serde(default)]
+    pub log: LogSection,
+}
+
+/// `[probes]` (and `[models.probe]`): active health probes. A probed model's half-open trials
+/// belong to its probes, so user calls fall back instead of being spent on a model that is
+/// still down. Every key optional.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSection {
+    /// In `[probes]`: probe every model that heads a chain with fallbacks (default `true`). In
+    /// `[models.probe]`: probe this model (`true`) or not (`false`), whatever the default.
+    pub enabled: Option<bool>,
+    /// Time between probes of a healthy model. An open breaker is probed when its open state
+    /// ends, whatever the interval. Default [`DEFAULT_PROBE_INTERVAL`].
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub interval: Option<Duration>,
+    /// A probe's own time budget. Default [`DEFAULT_PROBE_TIMEOUT`].
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub timeout: Option<Duration>,
+    /// What a probe sends. Default `"message"`.
+    pub kind: Option<ProbeKindConfig>,
+}
+
+/// What a probe sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProbeKindConfig {
+    /// A 1-token message (`max_tokens: 1`), budgeted by the governor like any call: it
+    /// exercises generation itself, so it sees an overload (529) that `count_tokens` does not.
+    Message,
+    /// The upstream's `count_tokens` (free, no generation; a 1-token message where the upstream
+    /// has no counter). It proves the API answers, not that the model can generate: during an
+    /// overload it succeeds and closes the breaker early.
+    CountTokens,
+}
+
+/// `[sla]`: the window the SLA report looks over, and the target every model and chain is
+/// judged against (`[sla.targets.<name>]` overrides it per model or chain). Every key optional.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaSection {
+    /// How far back the report looks. Default "60m".
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub window: Option<Duration>,
+    /// Buckets the window is cut into (its resolution). Default 12.
+    pub buckets: Option<u32>,
+    /// The default target: lowest acceptable availability in percent, [0, 100]. Default 99.5.
+    pub availability: Option<f64>,
+    /// The default target: highest acceptable 99th-percentile latency of answered calls.
+    /// Default "30s".
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub p99: Option<Duration>,
+    /// The default target: longest acceptable run of consecutive failures in the window.
+    /// Default: not judged.
+    pub max_consecutive_failures: Option<u64>,
+    /// The default target: outcomes the window must hold before it is judged. Default 20.
+    pub min_calls: Option<u64>,
+    /// Targets of single models or chains, by name; keys left out come from `[sla]`.
+    #[serde(default)]
+    pub targets: BTreeMap<String, SlaTargetSection>,
+}
+
+impl SlaSection {
+    /// The default target's keys, as a target section.
+    pub fn target(&self) -> SlaTargetSection {
+        SlaTargetSection {
+            availability: self.availability,
+            p99: self.p99,
+            max_consecutive_failures: self.max_consecutive_failures,
+            min_calls: self.min_calls,
+        }
+    }
+}
+
+/// An SLA target's keys (in `[sla]` and `[sla.targets.<name>]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SlaTargetSection {
+    /// Lowest acceptable availability in percent, [0, 100]. Default 99.5.
+    pub availability: Option<f64>,
+    /// Highest acceptable 99th-percentile latency of answered calls. Default "30s".
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub p99: Option<Duration>,
+    /// Longest acceptable run of consecutive failures in the window. Default: not judged.
+    pub max_consecutive_failures: Option<u64>,
+    /// Outcomes the window must hold before the target is judged. Default 20.
+    pub min_calls: Option<u64>,
+}
+
+impl SlaTargetSection {
+    /// These keys over `base`.
+    pub fn apply(&self, base: SlaTarget) -> SlaTarget {
+        SlaTarget {
+            availability: self.availability.unwrap_or(base.availability),
+            p99: self.p99.unwrap_or(base.p99),
+            max_consecutive_failures: self
+                .max_consecutive_failures
+                .or(base.max_consecutive_failures),
+            min_calls: self.min_calls.unwrap_or(base.min_calls),
+        }
+    }
+}
+
+/// An alert threshold that may be switched off: a value, or `"off"`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Threshold<T> {
+    /// Alert past this value.
+    At(T),
+    /// This alert is off.
+    Off,
+}
+
+impl<T> Threshold<T> {
+    fn value(self) -> Option<T> {
+        match self {
+            Threshold::At(v) => Some(v),
+            Threshold::Off => None,
+        }
+    }
+}
+
+/// `[alerts]`: when an alert fires (each is logged as a `warn` and published to subscribers
+/// once per crossing, and once when it clears), and where else it is delivered. Every key
+/// optional. `Debug` never shows the webhook URL.
+#[derive(Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSection {
+    /// The window rates are judged over, at least "1s". Default "5m".
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub window: Option<Duration>,
+    /// Calls the window must hold before a rate may fire. Default 20.
+    pub min_calls: Option<u32>,
+    /// A chain's failed calls, in percent (0, 100), above which it alerts; `"off"` disables it.
+    /// Default 5.
+    #[serde(default, deserialize_with = "de_opt_rate")]
+    pub failure_rate: Option<Threshold<f64>>,
+    /// A chain's answers served by a fallback, in percent (0, 100), above which it alerts;
+    /// `"off"` disables it. Default 5.
+    #[serde(default, deserialize_with = "de_opt_rate")]
+    pub fallback_rate: Option<Threshold<f64>>,
+    /// A model's breaker not closed for longer than this alerts; `"off"` disables it. Default
+    /// "60s".
+    #[serde(default, deserialize_with = "de_opt_limit")]
+    pub breaker_open_for: Option<Threshold<Duration>>,
+    /// POST every alert (firing and cleared) as JSON to this http(s) URL. Optional. The URL is
+    /// treated as a secret (chat webhooks carry their token in the path): never logged whole.
+    pub webhook_url: Option<String>,
+    /// The environment variable holding the webhook URL (instead of `webhook_url`).
+    pub webhook_url_env: Option<String>,
+    /// Time allowed to one delivery attempt. Default [`DEFAULT_WEBHOOK_TIMEOUT`].
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub webhook_timeout: Option<Duration>,
+}
+
+impl fmt::Debug for AlertsSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlertsSection")
+            .field("window", &self.window)
+            .field("min_calls", &self.min_calls)
+            .field("failure_rate", &self.failure_rate)
+            .field("fallback_rate", &self.fallback_rate)
+            .field("breaker_open_for", &self.breaker_open_for)
+            .field(
+                "webhook_url",
+                &self.webhook_url.as_ref().map(|_| "<redacted>"),
+            )
+            .field("webhook_url_env", &self.webhook_url_env)
+            .field("webhook_timeout", &self.webhook_timeout)
+            .finish()
+    }
+}
+
+impl AlertsSection {
+    /// The runtime's alert thresholds: these keys over [`AlertConfig::default`].
+    pub fn to_config(&self) -> AlertConfig {
+        let d = AlertConfig::default();
+        AlertConfig {
+            window: self.window.unwrap_or(d.window),
+            min_calls: self.min_calls.unwrap_or(d.min_calls),
+            failure_rate: self.failure_rate.map_or(d.failure_rate, Threshold::value),
+            fallback_rate: self.fallback_rate.map_or(d.fallback_rate, Threshold::value),
+            breaker_open_for: self
+                .breaker_open_for
+                .map_or(d.breaker_open_for, Threshold::value),
+        }
+    }
+
+    /// The webhook's time budget per attempt in force.
+    pub fn webhook_timeout(&self) -> Duration {
+        self.webhook_timeout.unwrap_or(DEFAULT_WEBHOOK_TIMEOUT)
+    }
+}
+
+/// How log lines are written (stderr).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    /// One human-readable line per event: time, level, target, message, fields (the default).
+    #[default]
+    Pretty,
+    /// Shorter human-readable lines.
+    Compact,
+    /// One JSON object per line; an event's fields (the per-call line's `chain`, `model`,
+    /// `status`, `latency_ms`, ...) are top-level keys beside `timestamp`, `level`, `target`
+    /// and `message`.
+    Json,
+}
+
+impl LogFormat {
+    /// The names accepted by `--log-format`, `SEAWALL_LOG_FORMAT` and `[log] format`.
+    pub const NAMES: &'static str = "json, pretty or compact";
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "pretty" => Ok(LogFormat::Pretty),
+            "compact" => Ok(LogFormat::Compact),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!(
+                "{s:?} is not a log format: use {}",
+                LogFormat::NAMES
+            )),
+        }
+    }
+}
+
+/// `[log]`. Every key optional.
+#[derive(Clone, Copy, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSection {
+    /// `"pretty"` (default), `"compact"` or `"json"`. `--log-format` and `SEAWALL_LOG_FORMAT`
+    /// win over it.
+    pub format: Option<LogFormat>,
+    /// Put each call's conversation (system prompt and messages) in its log line. Default
+    /// `false`: prompts may hold personal data, and logs travel further than answers.
+    pub prompts: Option<bool>,
 }
 
 /// `[cache]`: a bounded in-memory cache of live answers, served only as degradation.
@@ -189,7 +448,8 @@ impl QueueSection {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DegradeKind {
-    /// The last live answer to the same request (needs `[cache]`).
+    /// The last live answer to the same request, from `[cache]` (its defaults when the
+    /// section is left out).
     Cache,
     /// The model's `static_answer`.
     Static,
@@ -279,6 +539,30 @@ pub struct ModelConfig {
     pub degrade: Vec<DegradeKind>,
     /// The text of the `"static"` degradation.
     pub static_answer: Option<String>,
+    /// Probe keys for this model, over `[probes]`; `enabled` turns its probes on or off.
+    pub probe: Option<ProbeSection>,
+    /// The model's price, for the cost metric and the call log line. Default: costs nothing.
+    pub price: Option<PriceConfig>,
+}
+
+/// `price = { input_per_mtok = 3.0, output_per_mtok = 15.0 }`: USD per million tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConfig {
+    /// USD per million input tokens.
+    pub input_per_mtok: f64,
+    /// USD per million output tokens.
+    pub output_per_mtok: f64,
+}
+
+impl PriceConfig {
+    /// The runtime's price type.
+    pub fn to_price(self) -> Price {
+        Price {
+            input_per_mtok: self.input_per_mtok,
+            output_per_mtok: self.output_per_mtok,
+        }
+    }
 }
 
 /// One `fallbacks` entry: a model name (the shorthand), or a patched hop.
@@ -846,6 +1130,7 @@ impl Config {
             return Err(invalid("retry_budget.window", "must be at least 1s"));
         }
         self.validate_rest()?;
+        self.validate_observability()?;
         if !self.gateway.has_tokens() && !self.listen.ip().is_loopback() {
             return Err(ConfigError::Unauthenticated {
                 listen: self.listen,
@@ -1024,12 +1309,6 @@ impl Config {
                     return Err(invalid(key, format!("{d:?} is listed twice")));
                 }
                 match d {
-                    DegradeKind::Cache if self.cache.is_none() => {
-                        return Err(invalid(
-                            key,
-                            "\"cache\" needs a [cache] section (max_entries, ttl)",
-                        ));
-                    }
                     DegradeKind::Queue if self.queue.is_none() => {
                         return Err(invalid(
                             key,
@@ -1233,6 +1512,145 @@ impl Config {
         Ok(())
     }
 
+    fn validate_observability(&self) -> Result<(), ConfigError> {
+        check_probe(&self.probes, "probes")?;
+        for (i, m) in self.models.iter().enumerate() {
+            let at = |k: &str| format!("models[{i}].{k}");
+            if let Some(p) = &m.probe {
+                check_probe(p, &at("probe"))?;
+                let tuned = p.interval.is_some() || p.timeout.is_some() || p.kind.is_some();
+                if tuned && self.probe_for(m).is_none() {
+                    return Err(invalid(
+                        at("probe"),
+                        format!(
+                            "sets probe keys but {:?} is not probed ({}): add enabled = true",
+                            m.name,
+                            if m.probe.and_then(|p| p.enabled) == Some(false) {
+                                "enabled = false"
+                            } else if m.fallbacks.is_empty() {
+                                "probes are on by default only for models with fallbacks"
+                            } else {
+                                "[probes] enabled = false"
+                            }
+                        ),
+                    ));
+                }
+            }
+            if let Some(price) = m.price {
+                for (k, v) in [
+                    ("input_per_mtok", price.input_per_mtok),
+                    ("output_per_mtok", price.output_per_mtok),
+                ] {
+                    // Written so that NaN fails too.
+                    if !(v >= 0.0 && v.is_finite()) {
+                        return Err(invalid(
+                            at(&format!("price.{k}")),
+                            format!("must be a price in USD per million tokens >= 0, got {v}"),
+                        ));
+                    }
+                }
+            }
+        }
+        let sla = &self.sla;
+        if sla.window.is_some_and(|d| d.is_zero()) {
+            return Err(invalid("sla.window", "must be longer than zero"));
+        }
+        if sla.buckets == Some(0) {
+            return Err(invalid("sla.buckets", "must be at least 1"));
+        }
+        let window = self.sla_config();
+        if window.window < Duration::from_millis(u64::from(window.buckets)) {
+            return Err(invalid(
+                if sla.window.is_some() {
+                    "sla.window"
+                } else {
+                    "sla.buckets"
+                },
+                format!(
+                    "the window ({}) must hold at least 1ms per bucket ({} buckets)",
+                    humantime::format_duration(window.window),
+                    window.buckets
+                ),
+            ));
+        }
+        check_sla_target(&sla.target(), "sla")?;
+        let declared: HashSet<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+        for (name, t) in &sla.targets {
+            let at = format!("sla.targets.{name}");
+            if !declared.contains(name.as_str()) {
+                return Err(invalid(
+                    at,
+                    format!(
+                        "{name:?} is neither a model nor a chain: name a [[models]] entry (its \
+                         chain has the same name)"
+                    ),
+                ));
+            }
+            check_sla_target(t, &at)?;
+        }
+        let a = &self.alerts;
+        if a.window.is_some_and(|d| d < Duration::from_secs(1)) {
+            return Err(invalid("alerts.window", "must be at least 1s"));
+        }
+        if a.min_calls == Some(0) {
+            return Err(invalid("alerts.min_calls", "must be at least 1"));
+        }
+        for (k, rate) in [
+            ("failure_rate", a.failure_rate),
+            ("fallback_rate", a.fallback_rate),
+        ] {
+            if let Some(Threshold::At(r)) = rate {
+                if !(r > 0.0 && r < 100.0) {
+                    return Err(invalid(
+                        format!("alerts.{k}"),
+                        format!("must be a percentage in (0, 100) or \"off\", got {r}"),
+                    ));
+                }
+            }
+        }
+        if let Some(Threshold::At(d)) = a.breaker_open_for {
+            if d.is_zero() {
+                return Err(invalid(
+                    "alerts.breaker_open_for",
+                    "must be longer than zero (or \"off\")",
+                ));
+            }
+        }
+        if a.webhook_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(invalid(
+                "alerts.webhook_timeout",
+                "must be longer than zero",
+            ));
+        }
+        match (&a.webhook_url, &a.webhook_url_env) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "alerts.webhook_url_env",
+                    "set either webhook_url or webhook_url_env, not both",
+                ))
+            }
+            (Some(url), None) => {
+                if let Some(problem) = webhook_url_problem(url) {
+                    return Err(invalid("alerts.webhook_url", problem));
+                }
+            }
+            (None, Some(var)) => {
+                if let Some(problem) = env_name_problem(var) {
+                    return Err(invalid("alerts.webhook_url_env", problem));
+                }
+            }
+            (None, None) => {
+                if a.webhook_timeout.is_some() {
+                    return Err(invalid(
+                        "alerts.webhook_timeout",
+                        "is set but there is no webhook: add webhook_url (or webhook_url_env)",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The upstream a model is on: its `upstream`, or the first one declared.
     pub fn upstream_of<'a>(&'a self, model: &'a ModelConfig) -> &'a str {
         model
@@ -1249,6 +1667,74 @@ impl Config {
         let mut hops = vec![m.name.as_str()];
         hops.extend(m.fallbacks.iter().map(FallbackEntry::model));
         Some(hops)
+    }
+
+    /// The response cache in force, `(max_entries, ttl)`: `[cache]`, or its defaults when a
+    /// model's `degrade` lists `"cache"` without the section; `None` when nothing uses it.
+    pub fn response_cache(&self) -> Option<(u64, Duration)> {
+        let used = self
+            .models
+            .iter()
+            .any(|m| m.degrade.contains(&DegradeKind::Cache));
+        match &self.cache {
+            Some(c) => Some((
+                c.max_entries.unwrap_or(DEFAULT_CACHE_ENTRIES),
+                c.ttl.unwrap_or(DEFAULT_CACHE_TTL),
+            )),
+            None if used => Some((DEFAULT_CACHE_ENTRIES, DEFAULT_CACHE_TTL)),
+            None => None,
+        }
+    }
+
+    /// The probes of one model, `None` when it is not probed: its `[models.probe] enabled`
+    /// when set, else `[probes] enabled` (default `true`) for a model that heads a chain with
+    /// fallbacks. Its keys over `[probes]` over the defaults (30 s interval, 10 s timeout, a
+    /// 1-token message).
+    pub fn probe_for(&self, model: &ModelConfig) -> Option<ProbeConfig> {
+        let own = model.probe.unwrap_or_default();
+        let on = own
+            .enabled
+            .unwrap_or(self.probes.enabled.unwrap_or(true) && !model.fallbacks.is_empty());
+        if !on {
+            return None;
+        }
+        let all = self.probes;
+        let kind = match own.kind.or(all.kind).unwrap_or(ProbeKindConfig::Message) {
+            ProbeKindConfig::Message => ProbeKind::Message,
+            ProbeKindConfig::CountTokens => ProbeKind::Auto,
+        };
+        Some(ProbeConfig {
+            interval: own
+                .interval
+                .or(all.interval)
+                .unwrap_or(DEFAULT_PROBE_INTERVAL),
+            timeout: own.timeout.or(all.timeout).unwrap_or(DEFAULT_PROBE_TIMEOUT),
+            kind,
+        })
+    }
+
+    /// The SLA window in force (`[sla] window, buckets` over 60 minutes in 12 buckets).
+    pub fn sla_config(&self) -> SlaConfig {
+        let d = SlaConfig::default();
+        SlaConfig {
+            window: self.sla.window.unwrap_or(d.window),
+            buckets: self.sla.buckets.unwrap_or(d.buckets),
+        }
+    }
+
+    /// The SLA target of every model and chain without one of its own (`[sla]`).
+    pub fn sla_target(&self) -> SlaTarget {
+        self.sla.target().apply(SlaTarget::default())
+    }
+
+    /// The targets of single models or chains (`[sla.targets.<name>]` over `[sla]`).
+    pub fn sla_targets(&self) -> Vec<(String, SlaTarget)> {
+        let base = self.sla_target();
+        self.sla
+            .targets
+            .iter()
+            .map(|(name, t)| (name.clone(), t.apply(base)))
+            .collect()
     }
 
     /// The `[breaker]` section over the runtime's defaults.
@@ -1389,6 +1875,47 @@ fn check_retry(r: &RetrySection, prefix: &str) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Checks on one probe section's own values, with exact key paths.
+fn check_probe(p: &ProbeSection, prefix: &str) -> Result<(), ConfigError> {
+    for (k, d) in [("interval", p.interval), ("timeout", p.timeout)] {
+        if d.is_some_and(|d| d.is_zero()) {
+            return Err(invalid(format!("{prefix}.{k}"), "must be longer than zero"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks on one SLA target's own values, with exact key paths.
+fn check_sla_target(t: &SlaTargetSection, prefix: &str) -> Result<(), ConfigError> {
+    if let Some(a) = t.availability {
+        // Written so that NaN fails too.
+        if !(0.0..=100.0).contains(&a) {
+            return Err(invalid(
+                format!("{prefix}.availability"),
+                format!("must be a percentage in [0, 100], got {a}"),
+            ));
+        }
+    }
+    if t.p99.is_some_and(|d| d.is_zero()) {
+        return Err(invalid(format!("{prefix}.p99"), "must be longer than zero"));
+    }
+    Ok(())
+}
+
+/// What is wrong with a webhook URL, without repeating it (it may carry a token).
+fn webhook_url_problem(url: &str) -> Option<String> {
+    match reqwest::Url::parse(url) {
+        Err(e) => Some(format!(
+            "is not a URL ({e}): write it like \"https://hooks.example.com/seawall\""
+        )),
+        Ok(u) if u.scheme() != "http" && u.scheme() != "https" => {
+            Some(format!("must use http or https, not {:?}", u.scheme()))
+        }
+        Ok(u) if u.host_str().is_none() => Some("has no host".into()),
+        Ok(_) => None,
+    }
 }
 
 /// The key a core `validate()` message is about: the message starts with the field's name.
@@ -1616,6 +2143,42 @@ pub struct Runtime {
     pub upstreams: Upstreams,
     /// Client tokens: `[gateway] tokens` plus the values of `token_envs`.
     pub tokens: Vec<ClientToken>,
+    /// Where alerts are POSTed (`[alerts] webhook_url` or `webhook_url_env`), if anywhere.
+    pub alert_webhook: Option<AlertWebhook>,
+}
+
+/// An alert webhook: its URL (a secret: `Debug` and [`AlertWebhook::redacted`] show only the
+/// scheme and host) and the time allowed to one delivery attempt.
+#[derive(Clone)]
+pub struct AlertWebhook {
+    url: reqwest::Url,
+    /// Time allowed to one delivery attempt.
+    pub timeout: Duration,
+}
+
+impl AlertWebhook {
+    /// The URL, to send to.
+    pub fn url(&self) -> &reqwest::Url {
+        &self.url
+    }
+
+    /// The URL as it may be logged: scheme, host and port, the rest elided.
+    pub fn redacted(&self) -> String {
+        let host = self.url.host_str().unwrap_or("?");
+        match self.url.port() {
+            Some(port) => format!("{}://{host}:{port}/…", self.url.scheme()),
+            None => format!("{}://{host}/…", self.url.scheme()),
+        }
+    }
+}
+
+impl fmt::Debug for AlertWebhook {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AlertWebhook")
+            .field("url", &self.redacted())
+            .field("timeout", &self.timeout)
+            .finish()
+    }
 }
 
 impl fmt::Debug for Runtime {
@@ -1626,6 +2189,7 @@ impl fmt::Debug for Runtime {
                 &self.upstreams.iter().map(|(n, _)| n).collect::<Vec<_>>(),
             )
             .field("tokens", &self.tokens.len())
+            .field("alert_webhook", &self.alert_webhook)
             .finish_non_exhaustive()
     }
 }
@@ -1655,6 +2219,7 @@ impl Config {
     ) -> Result<Runtime, ConfigError> {
         let upstreams = self.build_upstreams(&env)?;
         let tokens = self.resolve_tokens(&env)?;
+        let alert_webhook = self.resolve_webhook(&env)?;
         let mut builder = self.builder(&upstreams);
         if let Some(q) = &self.queue {
             let store = crate::jobstore::RedbJobStore::open(&q.path)
@@ -1669,7 +2234,46 @@ impl Config {
             seawall,
             upstreams,
             tokens,
+            alert_webhook,
         })
+    }
+
+    /// The alert webhook of `[alerts]`, its URL read through `env` for `webhook_url_env`.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] naming `alerts.webhook_url_env` when the variable is missing or
+    /// does not hold a usable URL (never the value).
+    pub fn resolve_webhook(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Option<AlertWebhook>, ConfigError> {
+        let a = &self.alerts;
+        let (key, text) = match (&a.webhook_url, &a.webhook_url_env) {
+            (Some(url), _) => ("alerts.webhook_url", url.clone()),
+            (None, Some(var)) => {
+                let value = env(var).ok_or_else(|| {
+                    invalid(
+                        "alerts.webhook_url_env",
+                        format!("environment variable {var} is not set: export it with the webhook's URL"),
+                    )
+                })?;
+                if let Some(problem) = webhook_url_problem(&value) {
+                    return Err(invalid(
+                        "alerts.webhook_url_env",
+                        format!("environment variable {var} {problem}"),
+                    ));
+                }
+                ("alerts.webhook_url_env", value)
+            }
+            (None, None) => return Ok(None),
+        };
+        let url =
+            reqwest::Url::parse(&text).map_err(|e| invalid(key, format!("is not a URL ({e})")))?;
+        Ok(Some(AlertWebhook {
+            url,
+            timeout: a.webhook_timeout(),
+        }))
     }
 
     /// The transports of every `[[upstreams]]` entry, keys read through `env`.
@@ -1796,17 +2400,28 @@ impl Config {
                 .max_pins_per_client
                 .unwrap_or(pins.max_per_tenant),
         });
-        if let Some(c) = &self.cache {
-            b = b.response_cache(
-                c.max_entries.unwrap_or(DEFAULT_CACHE_ENTRIES),
-                c.ttl.unwrap_or(DEFAULT_CACHE_TTL),
-            );
+        if let Some((max_entries, ttl)) = self.response_cache() {
+            b = b.response_cache(max_entries, ttl);
+        }
+        b = b
+            .sla_window(self.sla_config())
+            .sla_target(self.sla_target())
+            .alerts(self.alerts.to_config())
+            .log_prompts(self.log.prompts.unwrap_or(false));
+        for (name, target) in self.sla_targets() {
+            b = b.sla_target_for(&name, target);
         }
         for (name, upstream) in upstreams {
             b = b.upstream_arc(name, Arc::clone(upstream));
         }
         for m in &self.models {
             b = b.model_on(&m.name, self.upstream_of(m), Some(self.breaker_for(m)));
+            if let Some(probe) = self.probe_for(m) {
+                b = b.probe(&m.name, probe);
+            }
+            if let Some(price) = m.price {
+                b = b.prices(&m.name, price.to_price());
+            }
         }
         for m in &self.models {
             let hops = std::iter::once(seawall_actors::HopSpec::model(&m.name))
@@ -1888,6 +2503,65 @@ fn de_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
 
 fn de_opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     de_duration(d).map(Some)
+}
+
+/// A percentage threshold, or `"off"`.
+struct RateVisitor;
+
+impl Visitor<'_> for RateVisitor {
+    type Value = Threshold<f64>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a percentage (5 or 2.5) or \"off\"")
+    }
+
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Threshold<f64>, E> {
+        Ok(Threshold::At(v))
+    }
+
+    fn visit_i64<E: de::Error>(self, v: i64) -> Result<Threshold<f64>, E> {
+        Ok(Threshold::At(v as f64))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Threshold<f64>, E> {
+        Ok(Threshold::At(v as f64))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Threshold<f64>, E> {
+        if v == "off" {
+            Ok(Threshold::Off)
+        } else {
+            Err(E::custom(format!(
+                "{v:?} is neither a percentage nor \"off\": write failure_rate = 5 or \"off\""
+            )))
+        }
+    }
+}
+
+fn de_opt_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Threshold<f64>>, D::Error> {
+    d.deserialize_any(RateVisitor).map(Some)
+}
+
+/// A duration threshold, or `"off"`.
+struct LimitVisitor;
+
+impl Visitor<'_> for LimitVisitor {
+    type Value = Threshold<Duration>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration string such as \"60s\", or \"off\"")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Threshold<Duration>, E> {
+        if v == "off" {
+            return Ok(Threshold::Off);
+        }
+        DurationVisitor.visit_str(v).map(Threshold::At)
+    }
+}
+
+fn de_opt_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Threshold<Duration>>, D::Error> {
+    d.deserialize_str(LimitVisitor).map(Some)
 }
 
 struct WindowVisitor;

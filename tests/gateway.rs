@@ -1230,12 +1230,14 @@ async fn a_conversation_header_pins_the_fallback_until_the_primary_closes() {
         latency = "2ms"
     "#;
     let sim = sim(down).await;
-    // One failure opens the primary's breaker for 300 ms; one trial call closes it again.
+    // One failure opens the primary's breaker for 300 ms; one trial call closes it again. The
+    // trial is a user call's: without probes (with them, a probe takes it at 300 ms).
     let gw = Gw::start(&config(
         &sim.base_url(),
         &format!(
             "[[models]]\nname = \"primary\"\nfallbacks = [\"fallback\"]\n\
              [models.breaker]\nwindow = 1\nmin_calls = 1\nopen_for = \"300ms\"\nhalf_open_calls = 1\n\
+             [models.probe]\nenabled = false\n\
              [[models]]\nname = \"fallback\"\n{}",
             gateway_section("")
         ),

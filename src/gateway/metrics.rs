@@ -6,6 +6,11 @@
 //! installed its own recorder first, the runtime's metrics go there and `/metrics` falls back to
 //! reading breaker states at scrape time.
 //!
+//! Every `*_seconds` metric is rendered as a Prometheus histogram with the buckets of
+//! [`LATENCY_BUCKETS`] (5 ms to 120 s), not a summary: bucket counts add up across instances,
+//! so `histogram_quantile(0.99, sum by (le) (rate(seawall_call_duration_seconds_bucket[5m])))`
+//! is the fleet's p99, which averaging per-instance quantiles is not.
+//!
 //! | metric | type | labels |
 //! |---|---|---|
 //! | `seawall_breaker_state` | gauge | `model`; 0 closed, 1 half-open, 2 open |
@@ -13,22 +18,40 @@
 //! | `seawall_gateway_requests_total` | counter | `route` |
 //! | `seawall_gateway_responses_total` | counter | `route`, `status` |
 //!
-//! `route` is one of the gateway's own paths, or `other`, so a scanner cannot grow the label set.
+//! The gateway counters count every request the router sees and every answer it gives, the
+//! refusals made before the runtime included (401, 403, 404, 405, 413). `route` is one of the
+//! gateway's own paths (`/v1/seawall/jobs/{id}` for every job), or `other`, so a scanner cannot
+//! grow the label set.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::{Mutex, OnceLock};
 
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static PROMETHEUS: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// The upper bounds, in seconds, of the buckets of every `*_seconds` histogram: from a fast
+/// governor wait (5 ms) to the longest call deadline worth telling apart (120 s, the default).
+pub const LATENCY_BUCKETS: [f64; 16] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 120.0,
+];
+
+/// The exporter's settings: `*_seconds` histograms with [`LATENCY_BUCKETS`].
+fn builder() -> PrometheusBuilder {
+    // Fails only for an empty bucket list, which LATENCY_BUCKETS is not; summaries beat no
+    // exporter if it ever were.
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &LATENCY_BUCKETS)
+        .unwrap_or_else(|_| PrometheusBuilder::new())
+}
 
 /// The process-wide Prometheus recorder, installed on first use; `None` when another recorder
 /// was installed before.
 pub fn prometheus() -> Option<&'static PrometheusHandle> {
     PROMETHEUS
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let recorder = builder().build_recorder();
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok().map(|()| handle)
         })
@@ -47,8 +70,17 @@ const ROUTES: [&str; 6] = [
     "/status",
 ];
 
+/// The `route` label of job lookups, whatever the job.
+const JOBS_ROUTE: &str = "/v1/seawall/jobs/{id}";
+
 /// The `route` label of a request path.
 pub fn route_label(path: &str) -> &'static str {
+    if path
+        .strip_prefix("/v1/seawall/jobs/")
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+    {
+        return JOBS_ROUTE;
+    }
     ROUTES
         .iter()
         .find(|r| **r == path)
@@ -192,5 +224,48 @@ mod tests {
         assert!(text.contains(
             "seawall_gateway_responses_total{route=\"/v1/messages\",status=\"200\"} 1\n"
         ));
+    }
+
+    #[test]
+    fn job_lookups_share_one_route_label_and_scanners_get_other() {
+        assert_eq!(route_label("/v1/seawall/jobs/job_abc"), JOBS_ROUTE);
+        assert_eq!(route_label("/v1/seawall/jobs/"), "other");
+        assert_eq!(route_label("/v1/seawall/jobs/a/b"), "other");
+        assert_eq!(route_label("/metrics"), "/metrics");
+        assert_eq!(route_label("/.env"), "other");
+    }
+
+    #[test]
+    fn seconds_metrics_render_as_histograms_with_buckets() {
+        let recorder = builder().build_recorder();
+        let handle = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            metrics::histogram!("x_duration_seconds", "chain" => "c").record(0.03);
+            metrics::histogram!("x_size_bytes").record(3.0);
+        });
+        let text = handle.render();
+        assert!(
+            text.contains("# TYPE x_duration_seconds histogram"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_duration_seconds_bucket{chain=\"c\",le=\"0.05\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_duration_seconds_bucket{chain=\"c\",le=\"0.025\"} 0"),
+            "{text}"
+        );
+        assert!(
+            text.contains("x_duration_seconds_bucket{chain=\"c\",le=\"+Inf\"} 1"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("x_duration_seconds{"),
+            "no quantiles: {text}"
+        );
+        // Other histograms keep the exporter's default (a summary): no buckets in seconds for
+        // what is not a time.
+        assert!(text.contains("# TYPE x_size_bytes summary"), "{text}");
     }
 }

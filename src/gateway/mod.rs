@@ -8,8 +8,8 @@
 //! | `POST /v1/messages/count_tokens` | token | the first hop's upstream counter, else the heuristic |
 //! | `GET /healthz` | none | 200 while the process serves |
 //! | `GET /readyz` | none | 200 when every chain has a model whose breaker is not open, else 503 |
-//! | `GET /metrics` | token | Prometheus text: breaker states, calls in flight, requests and responses |
-//! | `GET /status` | token | JSON: breakers, governor buckets/keys/queues, in flight; never a key |
+//! | `GET /metrics` | token | Prometheus text: the runtime's metrics (latencies as histograms), calls in flight, every request and response by route and status |
+//! | `GET /status` | token | JSON: breakers, governor buckets/keys/queues, SLA, in flight; durations in `_ms` keys; never a key |
 //! | `GET /v1/seawall/jobs/{id}` | token | a queued call: `pending`, or `done` with the answer, `failed`, `expired`; `?wait=30s` waits for the outcome |
 //!
 //! **Client auth.** Clients present one of `[gateway] tokens` as `x-api-key: T` or
@@ -53,6 +53,9 @@
 //! break after content ends the stream with an `event: error` in the API's shape, never a
 //! silent cut. When no model could start a stream, the answer is the same JSON error as for a
 //! unary call, not SSE.
+//!
+//! **Alerts.** With `[alerts] webhook_url` (or `webhook_url_env`), [`Gateway::new`] starts a
+//! task that POSTs every alert event to it as JSON (bounded retries, never in a caller's way).
 //!
 //! **Shutdown.** [`Gateway::serve`] stops accepting when its shutdown future resolves, lets
 //! calls in flight finish for `shutdown_grace`, then stops the runtime.
@@ -148,7 +151,8 @@ pub enum ServeError {
 }
 
 impl Gateway {
-    /// A gateway over a runtime built from `config` (see [`Config::spawn`]).
+    /// A gateway over a runtime built from `config` (see [`Config::spawn`]). When the runtime
+    /// has an alert webhook, a task forwarding its alerts starts here (inside a tokio runtime).
     pub fn new(config: &Config, runtime: Runtime) -> Self {
         let upstreams: HashMap<&str, &Arc<dyn Upstream>> = runtime
             .upstreams
@@ -182,6 +186,9 @@ impl Gateway {
         }
         let max_body_bytes = usize::try_from(config.gateway.max_body_bytes()).unwrap_or(usize::MAX);
         let tenants = runtime.tokens.iter().map(auth::tenant_label).collect();
+        if let Some(hook) = runtime.alert_webhook {
+            ops::spawn_alert_webhook(&runtime.seawall, hook);
+        }
         Self {
             state: Arc::new(State {
                 seawall: runtime.seawall,

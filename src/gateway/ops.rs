@@ -1,8 +1,15 @@
-//! Operations endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`), the fallbacks, and the
-//! outer middleware that counts every request and gives every response a `request-id`.
+//! Operations endpoints (`/healthz`, `/readyz`, `/metrics`, `/status`), the fallbacks, the
+//! outer middleware that counts every request and gives every response a `request-id`, and the
+//! alert webhook.
+//!
+//! `/status` renders every duration in milliseconds, in a key ending in `_ms` (`open_for_ms`,
+//! `window_ms`, `p99_ms`, ...), never as serde's `{"secs", "nanos"}` object: the runtime's status
+//! types are converted here, and any duration a future status field adds is converted the same
+//! way ([`durations_to_ms`]).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State as Extract};
@@ -10,8 +17,11 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::Response;
-use seawall_actors::StateKind;
-use serde_json::{json, Value};
+use seawall_actors::{Event, Seawall, SlaEntry, SlaReport, StateKind};
+use serde_json::{json, Map, Value};
+use tokio::sync::broadcast::error::RecvError;
+
+use crate::config::{AlertWebhook, WEBHOOK_ATTEMPTS};
 
 use super::metrics::route_label;
 use super::reply::{api_error, REQUEST_ID};
@@ -179,7 +189,7 @@ pub(crate) async fn status(Extract(state): Extract<Arc<State>>) -> Response {
         .filter_map(|n| state.models.get(n).map(|m| (n.clone(), json!(m.chain))))
         .collect();
     let sla = match state.seawall.sla_report().await {
-        Ok(report) => serde_json::to_value(&report).unwrap_or(Value::Null),
+        Ok(report) => sla_json(&report),
         Err(e) => json!({"error": e.to_string()}),
     };
     let queue = match state.seawall.queue_depth().await {
@@ -187,18 +197,238 @@ pub(crate) async fn status(Extract(state): Extract<Arc<State>>) -> Response {
         Err(seawall_actors::Error::Config(_)) => Value::Null,
         Err(e) => json!({"error": e.to_string()}),
     };
-    json_response(
-        StatusCode::OK,
-        &json!({
-            "queue": queue,
-            "in_flight": state.seawall.in_flight(),
-            "draining": state.draining.load(Ordering::Acquire),
-            "breakers": breakers,
-            "governor": governor,
-            "sla": sla,
-            "chains": chains,
-        }),
-    )
+    let mut body = json!({
+        "queue": queue,
+        "in_flight": state.seawall.in_flight(),
+        "draining": state.draining.load(Ordering::Acquire),
+        "breakers": breakers,
+        "governor": governor,
+        "sla": sla,
+        "chains": chains,
+    });
+    durations_to_ms(&mut body);
+    json_response(StatusCode::OK, &body)
+}
+
+/// A duration in milliseconds, to the microsecond.
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+/// The SLA report for `/status`: durations in `_ms` keys, classes as an object.
+fn sla_json(report: &SlaReport) -> Value {
+    let entries = |list: &[SlaEntry]| -> Value { list.iter().map(sla_entry_json).collect() };
+    json!({
+        "window_ms": millis(report.window),
+        "healthy": report.is_healthy(),
+        "models": entries(&report.models),
+        "chains": entries(&report.chains),
+    })
+}
+
+fn sla_entry_json(e: &SlaEntry) -> Value {
+    let s = &e.stats;
+    let by_class: Map<String, Value> = s
+        .by_class
+        .iter()
+        .map(|(class, n)| (class.as_str().to_owned(), json!(n)))
+        .collect();
+    json!({
+        "name": e.name,
+        "healthy": e.is_healthy(),
+        "stats": {
+            "calls": s.calls,
+            "failures": s.failures,
+            "excluded": s.excluded,
+            "availability": s.availability,
+            "error_rate": s.error_rate,
+            "p50_ms": s.p50.map(millis),
+            "p95_ms": s.p95.map(millis),
+            "p99_ms": s.p99.map(millis),
+            "max_consecutive_failures": s.max_consecutive_failures,
+            "consecutive_failures": s.consecutive_failures,
+            "by_class": by_class,
+        },
+        "target": {
+            "availability": e.target.availability,
+            "p99_ms": millis(e.target.p99),
+            "max_consecutive_failures": e.target.max_consecutive_failures,
+            "min_calls": e.target.min_calls,
+        },
+        // Durations inside (a p99 violation's actual and target) become `_ms` keys below.
+        "violations": serde_json::to_value(&e.violations).unwrap_or(Value::Null),
+    })
+}
+
+/// True for serde's rendering of a `std::time::Duration`: `{"secs": N, "nanos": N}`.
+fn as_duration(v: &Value) -> Option<Duration> {
+    let o = v.as_object()?;
+    if o.len() != 2 {
+        return None;
+    }
+    let secs = o.get("secs")?.as_u64()?;
+    let nanos = u32::try_from(o.get("nanos")?.as_u64()?).ok()?;
+    Some(Duration::new(secs, nanos))
+}
+
+/// Replace every `{"secs", "nanos"}` object in `value` by milliseconds: an object's field `x`
+/// becomes `x_ms`, a duration inside an array becomes the number.
+pub(crate) fn durations_to_ms(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let old = std::mem::take(map);
+            for (key, mut v) in old {
+                match as_duration(&v) {
+                    Some(d) => {
+                        let key = if key.ends_with("_ms") {
+                            key
+                        } else {
+                            format!("{key}_ms")
+                        };
+                        map.insert(key, json!(millis(d)));
+                    }
+                    None => {
+                        durations_to_ms(&mut v);
+                        map.insert(key, v);
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            for v in items {
+                match as_duration(v) {
+                    Some(d) => *v = json!(millis(d)),
+                    None => durations_to_ms(v),
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Forward every [`Event::Alert`] of `seawall` to `hook`, as JSON, in order, from a task of its
+/// own: the runtime publishes on a broadcast channel and never waits for it. Each alert gets
+/// up to [`WEBHOOK_ATTEMPTS`] attempts, each cut at the hook's timeout, with a short pause
+/// between; a 2xx is delivered, a 4xx other than 408/429 is not retried. A failure is logged
+/// (naming the hook by host only, its path may hold a token) and the next alert goes on. The
+/// task ends when the runtime is gone. Outside a tokio runtime nothing is started.
+pub(crate) fn spawn_alert_webhook(seawall: &Seawall, hook: AlertWebhook) {
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        tracing::warn!(
+            webhook = %hook.redacted(),
+            "alert webhook not started: no tokio runtime"
+        );
+        return;
+    };
+    let client = match reqwest::Client::builder()
+        .timeout(hook.timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(webhook = %hook.redacted(), error = %e, "alert webhook not started");
+            return;
+        }
+    };
+    let mut events = seawall.subscribe();
+    handle.spawn(async move {
+        loop {
+            let event = match events.recv().await {
+                Ok(e) => e,
+                Err(RecvError::Lagged(lost)) => {
+                    tracing::warn!(
+                        webhook = %hook.redacted(),
+                        lost,
+                        "alert webhook fell behind: the oldest events were not delivered"
+                    );
+                    continue;
+                }
+                Err(RecvError::Closed) => break,
+            };
+            if let Some(body) = alert_body(&event) {
+                deliver(&client, &hook, &body).await;
+            }
+        }
+    });
+}
+
+/// The webhook's JSON for an alert event (`None` for other events): the event's fields, when
+/// it was sent, and a `text` line that chat webhooks (Slack, Mattermost) show as is.
+fn alert_body(event: &Event) -> Option<Value> {
+    let Event::Alert {
+        kind,
+        subject,
+        value,
+        threshold,
+        firing,
+    } = event
+    else {
+        return None;
+    };
+    let mut body = serde_json::to_value(event).ok()?;
+    let unit = if matches!(kind, seawall_actors::AlertKind::BreakerOpen) {
+        " s"
+    } else {
+        " %"
+    };
+    let text = if *firing {
+        format!(
+            "seawall alert firing: {} of {subject} is {value:.1}{unit} (threshold {threshold}{unit})",
+            kind.as_str()
+        )
+    } else {
+        format!("seawall alert cleared: {} of {subject}", kind.as_str())
+    };
+    if let Value::Object(o) = &mut body {
+        o.insert(
+            "at".into(),
+            json!(humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string()),
+        );
+        o.insert("text".into(), json!(text));
+    }
+    Some(body)
+}
+
+/// POST `body` to the hook, retrying a transient failure; log the outcome of a failure.
+async fn deliver(client: &reqwest::Client, hook: &AlertWebhook, body: &Value) {
+    let mut last = String::new();
+    for attempt in 1..=WEBHOOK_ATTEMPTS {
+        if attempt > 1 {
+            tokio::time::sleep(Duration::from_millis(200) * (attempt - 1)).await;
+        }
+        let request = client
+            .post(hook.url().clone())
+            .header(CONTENT_TYPE, "application/json")
+            .body(body.to_string());
+        match request.send().await {
+            Ok(r) if r.status().is_success() => return,
+            Ok(r) => {
+                let status = r.status().as_u16();
+                last = format!("HTTP {status}");
+                let transient = status >= 500 || status == 408 || status == 429;
+                if !transient {
+                    break;
+                }
+            }
+            // reqwest's error names the URL: say what failed without it.
+            Err(e) if e.is_timeout() => {
+                last = format!(
+                    "no answer within {}",
+                    humantime::format_duration(hook.timeout)
+                )
+            }
+            Err(e) if e.is_connect() => last = "cannot connect".into(),
+            Err(_) => last = "the request failed".into(),
+        }
+    }
+    tracing::warn!(
+        webhook = %hook.redacted(),
+        error = %last,
+        alert = %body["kind"].as_str().unwrap_or(""),
+        subject = %body["subject"].as_str().unwrap_or(""),
+        "alert webhook delivery failed"
+    );
 }
 
 /// Any other path: 404 in the API's shape.

@@ -3,7 +3,9 @@
 #![allow(dead_code)]
 
 pub mod gateway;
+pub mod process;
 pub mod raw;
+pub mod readme;
 pub mod redis;
 
 use std::io;
