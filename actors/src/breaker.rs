@@ -310,6 +310,9 @@ impl Actor for BreakerActor {
                     state.breaker.release(p, now);
                 }
             }
+            BreakerMsg::SpendRetry(reply) => {
+                let _ = reply.send(state.budget.try_retry(now));
+            }
             BreakerMsg::Record {
                 permit,
                 class,

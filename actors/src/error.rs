@@ -76,7 +76,9 @@ fn summary(trail: &[AttemptRecord]) -> String {
             Outcome::NoBudget { reason } => format!("{}: {reason}", r.model),
             Outcome::RetryBudgetSpent => format!("{}: retry budget spent", r.model),
             Outcome::Refused => format!("{}: refused", r.model),
-            Outcome::Cancelled { .. } => format!("{}: cancelled (another attempt answered)", r.model),
+            Outcome::Cancelled { .. } => {
+                format!("{}: cancelled (another attempt answered)", r.model)
+            }
         })
         .collect::<Vec<_>>()
         .join(", ")

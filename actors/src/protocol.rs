@@ -132,6 +132,9 @@ pub enum BreakerMsg {
         /// Where the answer goes; a permit it cannot deliver is given back.
         reply: Reply<Admission>,
     },
+    /// May one retry be spent from this model's retry budget (a hedge this model made
+    /// necessary)? Answered at once.
+    SpendRetry(Reply<bool>),
     /// The result of a permitted call.
     Record {
         /// The permit the call was made under.

@@ -8,8 +8,7 @@ mod support;
 
 use seawall_actors::scripted::{Answer, ScriptedUpstream, StreamAnswer};
 use seawall_actors::{
-    BreakerConfig, Call, Hedge, Limits, Outcome, RetryBudgetConfig, RetryPolicy, Seawall,
-    StateKind,
+    BreakerConfig, Call, Hedge, Limits, Outcome, RetryBudgetConfig, RetryPolicy, Seawall, StateKind,
 };
 use support::drain;
 use tokio::time::Instant;
@@ -56,17 +55,26 @@ async fn runtime(up: &ScriptedUpstream, policy: RetryPolicy) -> Seawall {
 #[tokio::test(start_paused = true)]
 async fn a_hang_costs_the_hedge_delay_and_the_first_answer_wins() {
     let up = ScriptedUpstream::new();
-    up.on("primary", |_, _| Answer::ok("primary", "late").after(Duration::from_secs(600)));
+    up.on("primary", |_, _| {
+        Answer::ok("primary", "late").after(Duration::from_secs(600))
+    });
     up.healthy("fallback", 30 * MS);
     let sw = runtime(&up, policy(Hedge::After(100 * MS))).await;
     let t0 = Instant::now();
     let reply = sw.complete(call()).await.unwrap();
-    assert_eq!(t0.elapsed(), 130 * MS, "the hedge at 100 ms, answered 30 ms later");
+    assert_eq!(
+        t0.elapsed(),
+        130 * MS,
+        "the hedge at 100 ms, answered 30 ms later"
+    );
     assert_eq!(reply.model, "fallback");
     assert_eq!(reply.attempts, 2);
     // The trail says what happened: the hedge answered, the hung attempt was cancelled.
-    assert!(reply.trail.iter().any(|r| r.model == "fallback"
-        && matches!(r.outcome, Outcome::Attempted { hedge: true, .. })));
+    assert!(reply
+        .trail
+        .iter()
+        .any(|r| r.model == "fallback"
+            && matches!(r.outcome, Outcome::Attempted { hedge: true, .. })));
     assert!(reply
         .trail
         .iter()
@@ -75,17 +83,26 @@ async fn a_hang_costs_the_hedge_delay_and_the_first_answer_wins() {
     tokio::task::yield_now().await;
     let status = sw.breaker_status("primary").await.unwrap();
     assert_eq!(status.state, StateKind::Closed);
-    assert_eq!(status.stats.calls, 0, "a cancelled attempt is not a failure");
+    assert_eq!(
+        status.stats.calls, 0,
+        "a cancelled attempt is not a failure"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_cancelled_attempt_keeps_its_budget_as_charged() {
     let up = ScriptedUpstream::new();
-    up.on("primary", |_, _| Answer::ok("primary", "late").after(Duration::from_secs(600)));
+    up.on("primary", |_, _| {
+        Answer::ok("primary", "late").after(Duration::from_secs(600))
+    });
     up.healthy("fallback", 30 * MS);
     let sw = Seawall::builder()
         .upstream("s", up.clone())
-        .chain_with("primary", ["primary", "fallback"], policy(Hedge::After(100 * MS)))
+        .chain_with(
+            "primary",
+            ["primary", "fallback"],
+            policy(Hedge::After(100 * MS)),
+        )
         .limits(
             "s",
             Limits {
@@ -109,11 +126,19 @@ async fn a_cancelled_attempt_keeps_its_budget_as_charged() {
 #[tokio::test(start_paused = true)]
 async fn no_hedge_without_retry_budget_and_at_most_one_per_call() {
     let up = ScriptedUpstream::new();
-    up.on("primary", |_, _| Answer::ok("primary", "slow").after(500 * MS));
-    up.on("fallback", |_, _| Answer::ok("fallback", "slow too").after(500 * MS));
+    up.on("primary", |_, _| {
+        Answer::ok("primary", "slow").after(500 * MS)
+    });
+    up.on("fallback", |_, _| {
+        Answer::ok("fallback", "slow too").after(500 * MS)
+    });
     let sw = Seawall::builder()
         .upstream("s", up.clone())
-        .chain_with("primary", ["primary", "fallback"], policy(Hedge::After(100 * MS)))
+        .chain_with(
+            "primary",
+            ["primary", "fallback"],
+            policy(Hedge::After(100 * MS)),
+        )
         // No retries allowed at all: a hedge is a retry for the budget.
         .retry_budget(RetryBudgetConfig {
             ratio: 0.0,
@@ -131,8 +156,12 @@ async fn no_hedge_without_retry_budget_and_at_most_one_per_call() {
 
     // With budget, one hedge and no more, even though both are slow.
     let up = ScriptedUpstream::new();
-    up.on("primary", |_, _| Answer::ok("primary", "slow").after(500 * MS));
-    up.on("fallback", |_, _| Answer::ok("fallback", "slow too").after(500 * MS));
+    up.on("primary", |_, _| {
+        Answer::ok("primary", "slow").after(500 * MS)
+    });
+    up.on("fallback", |_, _| {
+        Answer::ok("fallback", "slow too").after(500 * MS)
+    });
     let sw = runtime(&up, policy(Hedge::After(100 * MS))).await;
     let reply = sw.complete(call()).await.unwrap();
     assert_eq!(reply.model, "primary", "the first answer wins");
@@ -142,7 +171,9 @@ async fn no_hedge_without_retry_budget_and_at_most_one_per_call() {
 #[tokio::test(start_paused = true)]
 async fn hedging_off_waits_out_the_attempt() {
     let up = ScriptedUpstream::new();
-    up.on("primary", |_, _| Answer::ok("primary", "slow").after(500 * MS));
+    up.on("primary", |_, _| {
+        Answer::ok("primary", "slow").after(500 * MS)
+    });
     up.healthy("fallback", 30 * MS);
     let sw = runtime(&up, policy(Hedge::Off)).await;
     let t0 = Instant::now();
@@ -198,7 +229,11 @@ async fn a_stream_hedges_before_its_first_content_never_after() {
     let reply = sw.stream(call()).await.unwrap();
     assert_eq!(reply.model, "primary");
     drain(reply).await;
-    assert_eq!(up.calls("fallback"), 0, "committed at content: never hedged");
+    assert_eq!(
+        up.calls("fallback"),
+        0,
+        "committed at content: never hedged"
+    );
 
     // A stream whose head never comes is hedged before content.
     let up = ScriptedUpstream::new();
@@ -212,14 +247,20 @@ async fn a_stream_hedges_before_its_first_content_never_after() {
     let t0 = Instant::now();
     let reply = sw.stream(call()).await.unwrap();
     assert_eq!(reply.model, "fallback");
-    assert_eq!(t0.elapsed(), 111 * MS, "hedged at 100 ms; content 11 ms later");
+    assert_eq!(
+        t0.elapsed(),
+        111 * MS,
+        "hedged at 100 ms; content 11 ms later"
+    );
     drain(reply).await;
 }
 
 #[tokio::test(start_paused = true)]
 async fn a_silent_stream_ends_with_an_error_event_at_the_idle_timeout() {
     let up = ScriptedUpstream::new();
-    up.on_stream("primary", |_, _| content_then_silence("primary", Duration::from_secs(600)));
+    up.on_stream("primary", |_, _| {
+        content_then_silence("primary", Duration::from_secs(600))
+    });
     let sw = Seawall::builder()
         .upstream("s", up.clone())
         .model("primary", BreakerConfig::default())
@@ -237,5 +278,9 @@ async fn a_silent_stream_ends_with_an_error_event_at_the_idle_timeout() {
     assert_eq!(last.event, "error");
     assert!(last.data.contains("timeout_error"), "{}", last.data);
     assert!(last.data.contains("sent nothing for 5s"), "{}", last.data);
-    assert_eq!(t0.elapsed(), Duration::from_secs(5), "not the 2-minute deadline");
+    assert_eq!(
+        t0.elapsed(),
+        Duration::from_secs(5),
+        "not the 2-minute deadline"
+    );
 }

@@ -35,10 +35,10 @@ use crate::directory::Directory;
 use crate::events::{AlertKind, Event, EventSender};
 use crate::fleet::Fleet;
 use crate::latency::LatencyBook;
-use crate::policy::latency::{LatencyModel, MIN_SAMPLES};
 use crate::policy::alert::{AlarmChange, AlertConfig, DownAlarm, RateAlarm};
 use crate::policy::breaker::StateKind;
 use crate::policy::classify::Class;
+use crate::policy::latency::{LatencyModel, MIN_SAMPLES};
 use crate::policy::sla::{SlaConfig, SlaOutcome, SlaTarget, SlaWindow};
 use crate::protocol::{
     AttemptSample, BreakerMsg, CallRecord, CallStatus, ChainReadiness, MonitorMsg, Readiness,

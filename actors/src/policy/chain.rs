@@ -128,7 +128,11 @@ impl RetryPolicy {
                     return Some(UNLEARNED_HEDGE);
                 };
                 // A stream hedges on its first content: the fixed part is what it waits for.
-                let wait = if stream { e.fixed } else { e.for_tokens(max_tokens) };
+                let wait = if stream {
+                    e.fixed
+                } else {
+                    e.for_tokens(max_tokens)
+                };
                 Some(wait.saturating_mul(2).max(MIN_AUTO_HEDGE))
             }
         }
@@ -321,6 +325,13 @@ pub enum Event {
         /// The count.
         tokens: Option<u64>,
     },
+    /// The retry budget of `hop`'s model answered a hedge's request.
+    RetryBudget {
+        /// The hop whose model pays.
+        hop: usize,
+        /// It may.
+        granted: bool,
+    },
     /// The governor answered `hop`'s reservation.
     Budget {
         /// The hop.
@@ -353,6 +364,12 @@ pub enum Step {
         hop: usize,
         /// A re-attempt on the same model.
         retry: bool,
+    },
+    /// Spend one retry from the retry budget of `hop`'s model (for a hedge it made necessary);
+    /// answer with [`Event::RetryBudget`].
+    SpendRetry {
+        /// The hop whose model pays.
+        hop: usize,
     },
     /// Count `hop`'s input tokens with the upstream's counter; answer with [`Event::Counted`].
     CountTokens {
@@ -494,6 +511,11 @@ struct HopState {
 /// An ask outstanding with the breaker or the governor.
 #[derive(Clone, Copy, Debug)]
 enum Ask {
+    /// May the model of `hedged` pay a hedge from its retry budget?
+    HedgeBudget {
+        hedged: usize,
+        candidate: usize,
+    },
     Admission {
         hop: usize,
         hedge: bool,
@@ -654,6 +676,7 @@ impl ChainWalk {
             Event::Admission { hop, admission } => self.on_admission(hop, admission),
             Event::Counted { hop, tokens } => self.on_counted(hop, tokens),
             Event::Budget { hop, decision } => self.on_budget(hop, decision),
+            Event::RetryBudget { hop, granted } => self.on_retry_budget(hop, granted),
             Event::Finished { attempt, report } => self.on_finished(attempt, report),
             Event::Lost(why) => self.end(Ending::Internal(why)),
         }
@@ -736,7 +759,9 @@ impl ChainWalk {
     }
 
     fn acquire(&mut self, hop: usize, hedge: bool) {
-        let retry = hedge || self.hops[hop].attempts > 0;
+        // A re-attempt on this hop's model, which its retry budget must allow (a hedge's own
+        // budget was spent on the model it hedges).
+        let retry = self.hops[hop].attempts > 0;
         self.ask = Some(Ask::Admission { hop, hedge });
         self.out.push_back(Step::Acquire { hop, retry });
     }
@@ -776,9 +801,28 @@ impl ChainWalk {
                 })
             })
             .or_else(|| (self.hops.len() == 1 && !self.hops[0].done).then_some(0));
-        if let Some(hop) = candidate {
+        if let Some(candidate) = candidate {
             self.hedges += 1;
-            self.acquire(hop, true);
+            // A hedge is paid from the retry budget of the model that made it necessary.
+            let hedged = self.flights[due].hop;
+            self.ask = Some(Ask::HedgeBudget { hedged, candidate });
+            self.out.push_back(Step::SpendRetry { hop: hedged });
+        }
+    }
+
+    fn on_retry_budget(&mut self, hop: usize, granted: bool) {
+        let Some(Ask::HedgeBudget { hedged, candidate }) = self.ask else {
+            return;
+        };
+        if hedged != hop {
+            return;
+        }
+        self.ask = None;
+        if granted {
+            self.acquire(candidate, true);
+        } else {
+            // No budget for a hedge: the attempt in flight goes on alone.
+            self.note(hedged, Outcome::RetryBudgetSpent);
         }
     }
 
@@ -1122,7 +1166,7 @@ impl ChainWalk {
                     });
                 }
                 // Its answer, when it comes, is released by the driver (the walk is over).
-                Ask::Admission { .. } => {}
+                Ask::Admission { .. } | Ask::HedgeBudget { .. } => {}
             }
         }
         let served = match ending {
@@ -1299,12 +1343,20 @@ mod hedge_tests {
             hedge_streams: true,
             ..RetryPolicy::default()
         };
-        assert_eq!(streams.hedge_after(e, 4096, true, false), Some(80 * MS), "first content");
+        assert_eq!(
+            streams.hedge_after(e, 4096, true, false),
+            Some(80 * MS),
+            "first content"
+        );
         let fixed = RetryPolicy {
             hedge: Hedge::After(2 * MS),
             ..RetryPolicy::default()
         };
-        assert_eq!(fixed.hedge_after(None, 16, false, true), Some(2 * MS), "any chain");
+        assert_eq!(
+            fixed.hedge_after(None, 16, false, true),
+            Some(2 * MS),
+            "any chain"
+        );
         let off = RetryPolicy {
             hedge: Hedge::Off,
             ..RetryPolicy::default()
@@ -1321,12 +1373,20 @@ mod hedge_tests {
         });
         // 16 tokens: 0.72 s x 4 = 2.88 s, not the minute of attempt_timeout.
         assert_eq!(p.attempt_timeout_for(e, 16), Some(2880 * MS));
-        assert_eq!(p.attempt_timeout_for(e, 100_000), Some(p.attempt_timeout), "capped");
+        assert_eq!(
+            p.attempt_timeout_for(e, 100_000),
+            Some(p.attempt_timeout),
+            "capped"
+        );
         let tiny = Some(Expected {
             fixed: MS,
             per_token: Duration::ZERO,
         });
         assert_eq!(p.attempt_timeout_for(tiny, 1), Some(MIN_LEARNED_TIMEOUT));
-        assert_eq!(p.attempt_timeout_for(None, 16), None, "unlearned: the policy's");
+        assert_eq!(
+            p.attempt_timeout_for(None, 16),
+            None,
+            "unlearned: the policy's"
+        );
     }
 }

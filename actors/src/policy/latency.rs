@@ -147,7 +147,11 @@ mod tests {
         for _ in 0..KEEP {
             m.record(30 * MS, 10);
         }
-        assert_eq!(m.estimate().unwrap().fixed, 30 * MS, "the slow past is forgotten");
+        assert_eq!(
+            m.estimate().unwrap().fixed,
+            30 * MS,
+            "the slow past is forgotten"
+        );
         assert_eq!(m.len(), KEEP);
     }
 }

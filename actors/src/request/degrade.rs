@@ -163,7 +163,12 @@ pub(crate) fn stream_of(reply: Reply) -> StreamReply {
 fn attempted(trail: &[AttemptRecord]) -> u32 {
     trail
         .iter()
-        .filter(|s| matches!(s.outcome, Outcome::Attempted { .. } | Outcome::Cancelled { .. }))
+        .filter(|s| {
+            matches!(
+                s.outcome,
+                Outcome::Attempted { .. } | Outcome::Cancelled { .. }
+            )
+        })
         .count() as u32
 }
 

@@ -202,6 +202,13 @@ pub(crate) enum RequestMsg {
     Pinned(Option<PinAnswer>),
     /// Where the fleet has the conversation pinned (a model name), if anywhere.
     FleetPinned(Option<String>),
+    /// A model's retry budget answered a hedge (`None`: lost).
+    RetryBudget {
+        /// The hop whose model pays.
+        hop: usize,
+        /// It may.
+        granted: Option<bool>,
+    },
     /// An input-token count.
     Counted {
         /// The hop.
@@ -660,6 +667,24 @@ impl RequestState {
                     }
                 }
                 Step::Acquire { hop, retry } => self.acquire(myself, hop, retry),
+                Step::SpendRetry { hop } => match self.breaker(hop) {
+                    Some(breaker) => {
+                        let reply = Answer::cast(
+                            myself,
+                            move |granted| RequestMsg::RetryBudget { hop, granted },
+                            |_| None,
+                        );
+                        let _ = breaker.cast(BreakerMsg::SpendRetry(reply));
+                    }
+                    // No breaker to ask (being restarted): no hedge this time.
+                    None => self.walk.handle(
+                        Event::RetryBudget {
+                            hop,
+                            granted: false,
+                        },
+                        clock::now(),
+                    ),
+                },
                 Step::CountTokens { hop } => self.count_tokens(myself, hop),
                 Step::Reserve {
                     hop,
@@ -1061,6 +1086,13 @@ impl Actor for RequestActor {
             RequestMsg::Counted { hop, tokens } => {
                 state.walk.handle(Event::Counted { hop, tokens }, now)
             }
+            RequestMsg::RetryBudget { hop, granted } => state.walk.handle(
+                Event::RetryBudget {
+                    hop,
+                    granted: granted.unwrap_or(false),
+                },
+                now,
+            ),
             RequestMsg::BreakerRef { hop, breaker } => match breaker {
                 Some(b) => {
                     state.breakers[hop] = Some(b);

@@ -167,8 +167,7 @@ impl Pump {
             loop {
                 // Whichever comes first: the call's deadline, or a silence too long.
                 let idle = tokio::time::Instant::now() + idle_timeout;
-                let item = match tokio::time::timeout_at(end.min(idle), head.events.recv()).await
-                {
+                let item = match tokio::time::timeout_at(end.min(idle), head.events.recv()).await {
                     Err(_) => {
                         let message = if idle < end {
                             format!(

@@ -1,4 +1,5 @@
 //! Helpers shared by the actor test binaries.
+#![allow(dead_code)]
 
 use seawall_actors::{SseEvent, StreamReply};
 

@@ -981,11 +981,23 @@ fn a_slow_attempt_is_hedged_on_the_next_hop_and_the_first_answer_wins() {
     w.handle_timeout(t0 + 300 * MS);
     assert_eq!(
         drain(&mut w),
+        vec![Step::SpendRetry { hop: 0 }],
+        "a hedge is paid from the retry budget of the model it hedges"
+    );
+    w.handle(
+        Event::RetryBudget {
+            hop: 0,
+            granted: true,
+        },
+        t0 + 300 * MS,
+    );
+    assert_eq!(
+        drain(&mut w),
         vec![Step::Acquire {
             hop: 1,
-            retry: true
+            retry: false
         }],
-        "a hedge counts against the retry budget"
+        "the call's first attempt on the fallback"
     );
     w.handle(
         Event::Admission {
@@ -1053,6 +1065,14 @@ fn a_failed_attempt_while_its_hedge_flies_waits_for_the_hedge() {
     admit_and_send(&mut w, 0, t0);
     w.handle_timeout(t0 + 100 * MS);
     drain(&mut w);
+    w.handle(
+        Event::RetryBudget {
+            hop: 0,
+            granted: true,
+        },
+        t0 + 100 * MS,
+    );
+    drain(&mut w);
     let hedge = admit_and_send(&mut w, 1, t0 + 100 * MS);
     w.handle(
         Event::Finished {
@@ -1080,12 +1100,40 @@ fn a_failed_attempt_while_its_hedge_flies_waits_for_the_hedge() {
 }
 
 #[test]
+fn no_retry_budget_means_no_hedge() {
+    let t0 = Instant::now();
+    let mut w = walk(hedged(2, 100 * MS), policy(), t0);
+    drain(&mut w);
+    admit_and_send(&mut w, 0, t0);
+    w.handle_timeout(t0 + 100 * MS);
+    assert_eq!(drain(&mut w), vec![Step::SpendRetry { hop: 0 }]);
+    w.handle(
+        Event::RetryBudget {
+            hop: 0,
+            granted: false,
+        },
+        t0 + 100 * MS,
+    );
+    assert_eq!(drain(&mut w), vec![], "the attempt in flight goes on alone");
+    assert_eq!(w.in_flight(), 1);
+    assert_eq!(w.poll_timeout(), None);
+}
+
+#[test]
 fn a_budget_refusal_stops_the_hedge_and_the_primary_goes_on() {
     let t0 = Instant::now();
     let mut w = walk(hedged(2, 100 * MS), policy(), t0);
     drain(&mut w);
     admit_and_send(&mut w, 0, t0);
     w.handle_timeout(t0 + 100 * MS);
+    drain(&mut w);
+    w.handle(
+        Event::RetryBudget {
+            hop: 0,
+            granted: true,
+        },
+        t0 + 100 * MS,
+    );
     drain(&mut w);
     w.handle(
         Event::Admission {
@@ -1136,12 +1184,21 @@ fn a_chain_of_one_hedges_the_same_model_and_no_hedge_is_started_without_time() {
     drain(&mut w);
     admit_and_send(&mut w, 0, t0);
     w.handle_timeout(t0 + 100 * MS);
+    assert_eq!(drain(&mut w), vec![Step::SpendRetry { hop: 0 }]);
+    w.handle(
+        Event::RetryBudget {
+            hop: 0,
+            granted: true,
+        },
+        t0 + 100 * MS,
+    );
     assert_eq!(
         drain(&mut w),
         vec![Step::Acquire {
             hop: 0,
             retry: true
-        }]
+        }],
+        "the same model again: a re-attempt on it"
     );
 
     // Less than min_attempt left: no hedge.
