@@ -3,6 +3,7 @@
 pub use seawall_actors as core;
 
 pub mod anthropic;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod gateway;

@@ -354,7 +354,7 @@ fn rfc3339_ceil(now: SystemTime, wait: Duration) -> String {
 /// A duration the way Go prints it (and OpenAI sends it): `250ms`, `1s`, `1.5s`, `6m0s`,
 /// `1h2m3s`; rounded up to the millisecond.
 pub(crate) fn go_duration(d: Duration) -> String {
-    let ms = d.as_millis() + u128::from(d.subsec_nanos() % 1_000_000 > 0);
+    let ms = d.as_millis() + u128::from(!d.subsec_nanos().is_multiple_of(1_000_000));
     if ms == 0 {
         return "0s".to_owned();
     }

@@ -4,6 +4,7 @@
 
 pub mod gateway;
 pub mod raw;
+pub mod redis;
 
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock};

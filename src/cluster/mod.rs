@@ -1,0 +1,7 @@
+//! The fleet on Redis (opt-in with `[cluster]`): several seawall instances sharing one Redis
+//! behave like one. Without `[cluster]` nothing here connects to anything.
+//!
+//! - [`conn`]: one bounded connection (every call answers or fails within about a second), the
+//!   errors it reports (what to fix, never the password), the instances' heartbeat.
+
+pub mod conn;
