@@ -52,12 +52,14 @@ use serde::Deserialize;
 
 use seawall_actors::upstream::Upstream;
 use seawall_actors::{
-    Backoff, BreakerConfig, Bulkhead, Degrade, Error as CoreError, Estimate, Jitter, Limits,
-    OpenBackoff, QueueConfig, RestartIntensity, RetryBudgetConfig, RetryPolicy, Seawall, Trip,
-    WindowKind,
+    Backoff, BreakerConfig, Bulkhead, Degrade, Error as CoreError, Estimate, Jitter, JobStore,
+    Limits, OpenBackoff, QueueConfig, RestartIntensity, RetryBudgetConfig, RetryPolicy, Seawall,
+    Trip, WindowKind,
 };
 
 use crate::anthropic::{AnthropicOptions, AnthropicUpstream, AuthStyle, TransportSetupError};
+use crate::cluster::conn::{ConnOptions, RedisConn};
+use crate::cluster::jobs::{RedisJobStore, RedisStoreOptions};
 use crate::openai::{OpenAiOptions, OpenAiUpstream};
 use crate::secret::{ApiKey, KeyError};
 
@@ -133,6 +135,65 @@ pub struct Config {
     pub cache: Option<CacheSection>,
     /// The durable queue for later, for models whose `degrade` lists `"queue"`.
     pub queue: Option<QueueSection>,
+    /// The fleet: instances sharing one Redis (opt-in; without it nothing connects).
+    pub cluster: Option<ClusterSection>,
+}
+
+/// `[cluster]`: several seawall instances share one Redis and behave like one fleet. The queue
+/// (when `[queue]` is set) lives in Redis: any instance accepts a job and answers for it, one
+/// replays it, and a dead instance's jobs are taken over.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `redis://[:PASSWORD@]HOST[:PORT][/DB]` (`rediss://` for TLS). Shown only redacted.
+    pub redis_url: String,
+    /// The fleet's name: instances with the same name share state. Letters, digits, `_`, `-`.
+    pub name: String,
+}
+
+impl fmt::Debug for ClusterSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterSection")
+            .field("redis_url", &crate::cluster::conn::redact(&self.redis_url))
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// The longest `[cluster] name`.
+pub const MAX_CLUSTER_NAME: usize = 64;
+
+impl ClusterSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let url = &self.redis_url;
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(invalid(
+                "cluster.redis_url",
+                format!(
+                    "{} must start with redis:// (or rediss:// for TLS), e.g. \
+                     \"redis://:PASSWORD@10.0.0.5:6379/0\"",
+                    crate::cluster::conn::redact(url)
+                ),
+            ));
+        }
+        let name = &self.name;
+        if name.is_empty() || name.len() > MAX_CLUSTER_NAME {
+            return Err(invalid(
+                "cluster.name",
+                format!("must be 1 to {MAX_CLUSTER_NAME} characters, e.g. \"prod-eu\""),
+            ));
+        }
+        if let Some(c) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+        {
+            return Err(invalid(
+                "cluster.name",
+                format!("{name:?} has {c:?}: use only letters, digits, '_' and '-'"),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// `[cache]`: a bounded in-memory cache of live answers, served only as degradation.
@@ -146,12 +207,14 @@ pub struct CacheSection {
     pub ttl: Option<Duration>,
 }
 
-/// `[queue]`: calls no model can answer are stored in a redb file and answered with a job id.
+/// `[queue]`: calls no model can answer are stored and answered with a job id: in a redb file,
+/// or in the fleet's Redis with `[cluster]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSection {
-    /// The store file (created if missing; its directory must exist).
-    pub path: PathBuf,
+    /// The store file (created if missing; its directory must exist). Required without
+    /// `[cluster]`; refused with it (the fleet's jobs live in Redis).
+    pub path: Option<PathBuf>,
     /// A job not answered within this long expires. Default "1h".
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub ttl: Option<Duration>,
@@ -993,12 +1056,32 @@ impl Config {
                 return Err(invalid("cache.ttl", "must be longer than zero"));
             }
         }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
         if let Some(q) = &self.queue {
-            if q.path.as_os_str().is_empty() {
-                return Err(invalid(
-                    "queue.path",
-                    "must name the store file, e.g. \"seawall-jobs.redb\"",
-                ));
+            match (&q.path, &self.cluster) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "queue.path",
+                        "with [cluster] the queue lives in the fleet's Redis: remove path (or \
+                         remove [cluster] to keep jobs in this file)",
+                    ))
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        "queue.path",
+                        "is required: name the store file, e.g. \"seawall-jobs.redb\" (or add \
+                         [cluster] to keep jobs in the fleet's Redis)",
+                    ))
+                }
+                (Some(p), None) if p.as_os_str().is_empty() => {
+                    return Err(invalid(
+                        "queue.path",
+                        "must name the store file, e.g. \"seawall-jobs.redb\"",
+                    ));
+                }
+                _ => {}
             }
             for (key, d) in [
                 ("ttl", q.ttl),
@@ -1033,7 +1116,8 @@ impl Config {
                     DegradeKind::Queue if self.queue.is_none() => {
                         return Err(invalid(
                             key,
-                            "\"queue\" needs a [queue] section with path = \"<file>.redb\"",
+                            "\"queue\" needs a [queue] section with path = \"<file>.redb\" \
+                             (or [cluster] for the fleet's queue in Redis)",
                         ));
                     }
                     DegradeKind::Static if m.static_answer.as_deref().is_none_or(str::is_empty) => {
@@ -1656,10 +1740,28 @@ impl Config {
         let upstreams = self.build_upstreams(&env)?;
         let tokens = self.resolve_tokens(&env)?;
         let mut builder = self.builder(&upstreams);
+        let redis = self.connect_cluster().await?;
         if let Some(q) = &self.queue {
-            let store = crate::jobstore::RedbJobStore::open(&q.path)
-                .map_err(|e| invalid("queue.path", e))?;
-            builder = builder.queue(Arc::new(store), q.to_config());
+            let store: Arc<dyn JobStore> = match (&redis, &q.path) {
+                (Some((conn, fleet)), _) => {
+                    let instance = crate::cluster::conn::new_instance_id();
+                    let store = RedisJobStore::start(
+                        conn.clone(),
+                        fleet,
+                        &instance,
+                        RedisStoreOptions::default(),
+                    )
+                    .await
+                    .map_err(|e| invalid("cluster.redis_url", e.to_string()))?;
+                    Arc::new(store)
+                }
+                (None, Some(path)) => Arc::new(
+                    crate::jobstore::RedbJobStore::open(path)
+                        .map_err(|e| invalid("queue.path", e))?,
+                ),
+                (None, None) => return Err(invalid("queue.path", "is required")),
+            };
+            builder = builder.queue(store, q.to_config());
         }
         let seawall = builder.spawn().await.map_err(|e| match e {
             CoreError::Config(m) => ConfigError::Runtime(m),
@@ -1670,6 +1772,27 @@ impl Config {
             upstreams,
             tokens,
         })
+    }
+
+    /// With `[cluster]`: connect to the fleet's Redis and check that it takes writes, so a bad
+    /// URL, a wrong password, a read-only replica or a full Redis is a clear error at start
+    /// (within about a second, never a hang). Without it: nothing connects.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] for `cluster.redis_url`, saying what to fix (the password
+    /// redacted).
+    pub async fn connect_cluster(&self) -> Result<Option<(RedisConn, String)>, ConfigError> {
+        let Some(c) = &self.cluster else {
+            return Ok(None);
+        };
+        let at =
+            |e: crate::cluster::conn::ClusterError| invalid("cluster.redis_url", e.to_string());
+        let conn = RedisConn::connect(&c.redis_url, ConnOptions::default())
+            .await
+            .map_err(at)?;
+        conn.ping_writable().await.map_err(at)?;
+        Ok(Some((conn, c.name.clone())))
     }
 
     /// The transports of every `[[upstreams]]` entry, keys read through `env`.

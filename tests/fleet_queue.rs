@@ -1,17 +1,23 @@
 //! The fleet's shared queue over a real `redis-server` (started per test on a free loopback
 //! port by `support::redis`): the store's semantics (one consumer per job, exactly one finisher,
-//! reclaim from a dead instance, reads from any instance) and its bounds when Redis dies or
-//! stops answering. Real time, ms settings.
+//! reclaim from a dead instance, reads from any instance), start-up errors that say what to fix
+//! within about a second, and the issue's done-means: `kill -9` of a `seawall serve` holding
+//! queued jobs, and another instance finishes every job exactly once. Real time, ms settings.
 
 mod support;
 
 use std::collections::HashSet;
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use seawall::cluster::conn::{ConnOptions, RedisConn};
 use seawall::cluster::jobs::{RedisJobStore, RedisStoreOptions};
+use seawall::config::Config;
 use seawall::core::{Finished, Job, JobState, JobStore};
+use seawall::sim::{Scenario, Sim, SimHandle};
+use serde_json::{json, Value};
 use support::redis::RedisServer;
 
 static FLEETS: AtomicU64 = AtomicU64::new(0);
@@ -324,4 +330,388 @@ async fn a_blackholed_redis_costs_about_a_second_per_call_not_a_hang() {
         a.get("job_1").await.ok().flatten()
     })
     .await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Start-up errors: clear, redacted, within about a second
+
+const MINIMAL: &str = r#"
+listen = "127.0.0.1:0"
+[[upstreams]]
+name = "sim"
+base_url = "http://127.0.0.1:9"
+api_key_env = "K"
+[[models]]
+name = "m"
+degrade = ["queue"]
+[queue]
+"#;
+
+/// Start a runtime from `[cluster] redis_url = url`: the error, and how long it took.
+async fn start_error(url: &str) -> (String, Duration) {
+    let toml = format!(
+        "{MINIMAL}\n[cluster]\nredis_url = \"{url}\"\nname = \"{}\"\n",
+        fleet()
+    );
+    let config = Config::from_toml(&toml).expect("valid config");
+    let started = Instant::now();
+    let e = match config
+        .spawn_with_env(|_| Some("sk-ant-test-key-000000000000".into()))
+        .await
+    {
+        Ok(_) => panic!("started against {url}"),
+        Err(e) => e,
+    };
+    assert_eq!(e.key(), Some("cluster.redis_url"), "{e}");
+    (e.to_string(), started.elapsed())
+}
+
+fn assert_quick_and_secret(what: &str, (message, took): &(String, Duration), says: &str) {
+    println!("{what}: {took:?}: {message}");
+    assert!(message.contains(says), "{what}: {message}");
+    assert!(
+        !message.contains("hunter2"),
+        "{what} leaks the password: {message}"
+    );
+    assert!(*took < Duration::from_secs(2), "{what} took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_problems_at_start_are_clear_errors_within_a_second_or_two() {
+    let redis = RedisServer::start_with(&["--requirepass", "right-one"]);
+    let port = redis.port();
+    let wrong = start_error(&format!("redis://:hunter2@127.0.0.1:{port}/0")).await;
+    assert_quick_and_secret("wrong password", &wrong, "check the password in redis_url");
+    assert!(wrong.0.contains("redis://:***@127.0.0.1"), "{}", wrong.0);
+    let none = start_error(&format!("redis://127.0.0.1:{port}/0")).await;
+    assert_quick_and_secret("no password", &none, "check the password in redis_url");
+
+    let primary = RedisServer::start();
+    let replica =
+        RedisServer::start_with(&["--replicaof", "127.0.0.1", &primary.port().to_string()]);
+    let read_only = start_error(&replica.url()).await;
+    assert_quick_and_secret("replica", &read_only, "point redis_url at the primary");
+
+    let full = RedisServer::start();
+    full.command(&["CONFIG", "SET", "maxmemory", "1"]);
+    let oom = start_error(&full.url()).await;
+    assert_quick_and_secret("maxmemory", &oom, "out of memory");
+
+    let mut gone = RedisServer::start();
+    let gone_url = format!("redis://:hunter2@127.0.0.1:{}/0", gone.port());
+    gone.kill();
+    let refused = start_error(&gone_url).await;
+    assert_quick_and_secret("nothing listening", &refused, "unavailable");
+
+    let paused = RedisServer::start();
+    paused.pause();
+    let silent = start_error(&paused.url()).await;
+    assert_quick_and_secret("a paused server", &silent, "unavailable");
+    paused.resume();
+
+    let no_host = start_error("redis://:hunter2@/0").await;
+    assert_quick_and_secret("no host", &no_host, "no host");
+}
+
+#[test]
+fn the_cluster_section_is_checked_when_the_file_is_read() {
+    let with = |cluster: &str| Config::from_toml(&format!("{MINIMAL}\n[cluster]\n{cluster}\n"));
+    let e = with("redis_url = \"http://:hunter2@h\"\nname = \"f\"").unwrap_err();
+    assert_eq!(e.key(), Some("cluster.redis_url"), "{e}");
+    assert!(e.to_string().contains("redis://"), "{e}");
+    assert!(!e.to_string().contains("hunter2"), "{e}");
+    let e = with("redis_url = \"redis://h\"\nname = \"prod eu\"").unwrap_err();
+    assert_eq!(e.key(), Some("cluster.name"), "{e}");
+    let e = with("redis_url = \"redis://h\"\nname = \"\"").unwrap_err();
+    assert_eq!(e.key(), Some("cluster.name"), "{e}");
+    let e = with("redis_url = \"redis://h\"").unwrap_err();
+    assert!(e.to_string().contains("name"), "{e}");
+    let c = with("redis_url = \"redis://:hunter2@h:6379/0\"\nname = \"prod-eu_1\"").unwrap();
+    let shown = format!("{c:?}");
+    assert!(
+        !shown.contains("hunter2"),
+        "Debug leaks the password: {shown}"
+    );
+    assert!(shown.contains("redis://:***@h:6379/0"), "{shown}");
+    // The fleet's queue lives in Redis: a file path alongside [cluster] is a mistake.
+    let e = Config::from_toml(&format!(
+        "{MINIMAL}path = \"jobs.redb\"\n[cluster]\nredis_url = \"redis://h\"\nname = \"f\"\n"
+    ))
+    .unwrap_err();
+    assert_eq!(e.key(), Some("queue.path"), "{e}");
+    // Without [cluster], the file is required.
+    let e = Config::from_toml(MINIMAL).unwrap_err();
+    assert_eq!(e.key(), Some("queue.path"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seawall_serve_with_a_wrong_redis_password_exits_at_once_saying_what_to_fix() {
+    let redis = RedisServer::start_with(&["--requirepass", "right-one"]);
+    let dir = temp_dir();
+    let path = dir.join("seawall.toml");
+    let toml = format!(
+        "{MINIMAL}\n[cluster]\nredis_url = \"redis://:hunter2@127.0.0.1:{}/0\"\nname = \"f\"\n",
+        redis.port()
+    );
+    std::fs::write(&path, toml).unwrap();
+    let started = Instant::now();
+    let out = Command::new(env!("CARGO_BIN_EXE_seawall"))
+        .args(["serve", "--config"])
+        .arg(&path)
+        .env("K", "sk-ant-test-key-000000000000")
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!(
+        "seawall serve exited {:?} after {took:?}: {stderr}",
+        out.status.code()
+    );
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("cluster.redis_url"), "{stderr}");
+    assert!(
+        stderr.contains("check the password in redis_url"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The done-means: kill -9 of an instance holding jobs; another finishes each exactly once
+
+const KEY_ENV: &str = "SEAWALL_FLEET_TEST_KEY";
+const KEY: &str = "sk-ant-api03-FLEETSECRETFLEETSECRET-ffff";
+const TOKEN: &str = "fleet-test-client-token-0123456789";
+
+const DOWN: &str = r#"
+    seed = 7
+    [[models]]
+    name = "m"
+    latency = "1ms"
+    [[models.faults]]
+    kind = "status"
+    status = 529
+"#;
+
+const UP: &str = r#"
+    seed = 7
+    [[models]]
+    name = "m"
+    latency = "1ms"
+"#;
+
+fn temp_dir() -> std::path::PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let dir = std::env::temp_dir().join(format!("seawall-fleet-{}-{nanos}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn fleet_config(sim: &SimHandle, redis: &RedisServer, fleet: &str) -> String {
+    format!(
+        r#"
+listen = "127.0.0.1:0"
+[[upstreams]]
+name = "sim"
+base_url = "{base}"
+api_key_env = "{KEY_ENV}"
+[[models]]
+name = "m"
+degrade = ["queue"]
+[models.retry]
+deadline = "1s"
+# One failure opens the breaker for longer than the test: once its first call has failed, an
+# instance sends nothing more upstream, so none of its requests is in flight when it is killed.
+[breaker]
+window = 1
+min_calls = 1
+open_for = "60s"
+[queue]
+poll = "50ms"
+run_timeout = "1s"
+ttl = "1h"
+[cluster]
+redis_url = "{url}"
+name = "{fleet}"
+[gateway]
+tokens = ["{TOKEN}"]
+"#,
+        base = sim.base_url(),
+        url = redis.url(),
+    )
+}
+
+/// A `seawall serve` process and its base URL.
+struct Instance {
+    child: Child,
+    base: String,
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+impl Instance {
+    fn start(config: &std::path::Path) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_seawall"))
+            .args(["serve", "--config"])
+            .arg(config)
+            .env(KEY_ENV, KEY)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("the binary starts");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("a first line");
+        let base = line
+            .trim_end()
+            .strip_prefix("seawall serve listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .to_owned();
+        Self { child, base }
+    }
+
+    /// SIGKILL: no shutdown code runs, its heartbeat just stops.
+    fn kill_9(mut self) {
+        let killed = Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.code(), None, "killed by a signal: {status:?}");
+    }
+
+    async fn ask(&self, n: usize) -> reqwest::Response {
+        client()
+            .post(format!("{}/v1/messages", self.base))
+            .header("x-api-key", TOKEN)
+            .header("anthropic-version", "2023-06-01")
+            .json(&json!({"model": "m", "max_tokens": 16,
+                          "messages": [{"role": "user", "content": format!("fleet job {n}")}]}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    async fn job(&self, id: &str, wait: &str) -> (u16, Value) {
+        let r = client()
+            .get(format!("{}/v1/seawall/jobs/{id}?wait={wait}", self.base))
+            .header("x-api-key", TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    /// Jobs this instance holds and is not running, and replays it runs.
+    async fn queue(&self) -> (u64, u64) {
+        let status: Value = client()
+            .get(format!("{}/status", self.base))
+            .header("x-api-key", TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let q = &status["queue"];
+        (
+            q["pending"].as_u64().unwrap_or(u64::MAX),
+            q["running"].as_u64().unwrap_or(u64::MAX),
+        )
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_an_instance_holding_jobs_and_another_finishes_each_exactly_once() {
+    let redis = RedisServer::start();
+    let sim = Sim::start(
+        Scenario::from_toml(DOWN).unwrap(),
+        "127.0.0.1:0".parse().unwrap(),
+    )
+    .await
+    .unwrap();
+    let dir = temp_dir();
+    let config = dir.join("seawall.toml");
+    std::fs::write(&config, fleet_config(&sim, &redis, &fleet())).unwrap();
+
+    // The model is down: instance A accepts five calls as jobs and holds them.
+    let a = Instance::start(&config);
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        let r = a.ask(n).await;
+        assert_eq!(r.status(), 202, "queued, not failed");
+        assert_eq!(r.headers()["seawall-source"], "queued");
+        ids.push(r.headers()["seawall-job-id"].to_str().unwrap().to_owned());
+    }
+    let (waiting, running) = a.queue().await;
+    assert_eq!(waiting + running, 5, "A holds every job it accepted");
+    // B joins the fleet: it can answer for A's jobs, but does not take them while A lives.
+    let b = Instance::start(&config);
+    let (status, seen) = b.job(&ids[0], "0s").await;
+    assert_eq!(
+        (status, seen["state"].as_str()),
+        (200, Some("pending")),
+        "{seen}"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await; // six of B's polls
+    assert_eq!(b.queue().await, (0, 0), "A is alive: its jobs stay its own");
+    assert_eq!(
+        sim.log().len(),
+        1,
+        "after A's first failure its open breaker kept everything else local"
+    );
+
+    a.kill_9();
+    let killed = Instant::now();
+    sim.set_scenario(Scenario::from_toml(UP).unwrap()).unwrap();
+    for (n, id) in ids.iter().enumerate() {
+        let (status, job) = b.job(id, "20s").await;
+        assert_eq!(status, 200);
+        assert_eq!(job["state"], "done", "job {n}: {job}");
+        assert_eq!(job["result"]["status"], 200);
+        assert_eq!(job["result"]["body"]["type"], "message", "{job}");
+    }
+    println!(
+        "every job done {:?} after A was killed (heartbeat ttl 5 s)",
+        killed.elapsed()
+    );
+    // Exactly once: one upstream 200 per job id, and nothing else reached the model.
+    let log = sim.log();
+    for id in &ids {
+        let ok = log
+            .iter()
+            .filter(|e| e.idempotency_key.as_deref() == Some(id.as_str()))
+            .filter(|e| e.status == Some(200))
+            .count();
+        assert_eq!(ok, 1, "job {id} answered {ok} times");
+    }
+    assert_eq!(
+        log.iter().filter(|e| e.status == Some(200)).count(),
+        ids.len()
+    );
+    assert_eq!(b.queue().await, (0, 0), "nothing left");
+    // A third instance finds every job finished, and reads them.
+    let c = Instance::start(&config);
+    let (code, job) = c.job(&ids[4], "0s").await;
+    assert_eq!((code, job["state"].as_str()), (200, Some("done")));
+    assert_eq!(c.queue().await, (0, 0));
+    drop((b, c));
+    let _ = std::fs::remove_dir_all(&dir);
 }
