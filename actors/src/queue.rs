@@ -286,7 +286,12 @@ impl QueueState {
         if room > 0 {
             match self.args.store.claim(&consumer, room).await {
                 Ok(jobs) => got.extend(jobs),
-                Err(e) => tracing::warn!(error = %e, "could not claim jobs from the store"),
+                Err(e) => {
+                    // A claim that failed halfway may have handed jobs to this consumer that
+                    // never reached it: ask for what it holds again next time.
+                    self.resumed = false;
+                    tracing::warn!(error = %e, "could not claim jobs from the store")
+                }
             }
         }
         let mut taken = 0;
