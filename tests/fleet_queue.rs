@@ -332,6 +332,43 @@ async fn a_blackholed_redis_costs_about_a_second_per_call_not_a_hang() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_reads_have_their_own_connection_and_do_not_delay_other_calls() {
+    let redis = RedisServer::start();
+    let c = conn(&redis).await;
+    let mut blocking = c.blocking().await.unwrap();
+    let block = tokio::spawn(async move {
+        let t = Instant::now();
+        // Longer than the shared manager's 500 ms reply timeout: it would be cut there.
+        let r: redis::RedisResult<Option<redis::Value>> = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(800)
+            .arg("STREAMS")
+            .arg("nothing-here")
+            .arg("$")
+            .query_async(&mut blocking)
+            .await;
+        (r, t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    let pong: String = c
+        .call("PING", |mut m| async move {
+            redis::cmd("PING").query_async(&mut m).await
+        })
+        .await
+        .unwrap();
+    assert_eq!(pong, "PONG");
+    assert!(
+        t.elapsed() < Duration::from_millis(200),
+        "{:?}",
+        t.elapsed()
+    );
+    let (r, took) = block.await.unwrap();
+    assert!(matches!(r, Ok(None)), "{r:?}");
+    assert!(took >= Duration::from_millis(750), "{took:?}");
+}
+
 // ---------------------------------------------------------------------------------------------
 // Start-up errors: clear, redacted, within about a second
 

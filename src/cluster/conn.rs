@@ -337,19 +337,17 @@ impl RedisConn {
     ///
     /// As [`RedisConn::connect`].
     pub async fn blocking(&self) -> Result<ConnectionManager, ClusterError> {
-        let cell = self.blocking.clone();
-        let connect = async {
-            let config = self.opts.manager_config(None);
-            let r = self
-                .bounded(
+        self.blocking
+            .get_or_try_init(|| {
+                let config = self.opts.manager_config(None);
+                self.bounded(
                     "connect for blocking reads",
                     self.opts.call_timeout,
                     self.client.get_connection_manager_with_config(config),
                 )
-                .await;
-            r
-        };
-        cell.get_or_try_init(|| connect).await.cloned()
+            })
+            .await
+            .cloned()
     }
 
     async fn bounded<T>(

@@ -170,24 +170,28 @@ impl RedisJobStore {
             }
         }
         if !settled.is_empty() {
-            let (stream, settled2) = (self.stream.clone(), settled.clone());
-            let _: Result<(), ClusterError> = self
+            let stream = self.stream.clone();
+            // Best effort: an entry left over comes back with a later claim and is settled then.
+            let acked: Result<(), ClusterError> = self
                 .conn
                 .call("acknowledge settled entries", |mut m| async move {
                     redis::pipe()
                         .cmd("XACK")
                         .arg(&stream)
                         .arg(GROUP)
-                        .arg(&settled2)
+                        .arg(&settled)
                         .ignore()
                         .cmd("XDEL")
                         .arg(&stream)
-                        .arg(&settled2)
+                        .arg(&settled)
                         .ignore()
                         .query_async(&mut m)
                         .await
                 })
                 .await;
+            if let Err(e) = acked {
+                tracing::debug!(error = %e, "could not acknowledge settled stream entries");
+            }
         }
         jobs.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(jobs)
