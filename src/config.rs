@@ -50,14 +50,17 @@ use std::time::Duration;
 use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
+use seawall_actors::fleet::Fleet as _;
 use seawall_actors::upstream::Upstream;
 use seawall_actors::{
     AlertConfig, Backoff, BreakerConfig, Bulkhead, Degrade, Error as CoreError, Estimate, Jitter,
-    Limits, OpenBackoff, Price, ProbeConfig, ProbeKind, QueueConfig, RestartIntensity,
+    JobStore, Limits, OpenBackoff, Price, ProbeConfig, ProbeKind, QueueConfig, RestartIntensity,
     RetryBudgetConfig, RetryPolicy, Seawall, SlaConfig, SlaTarget, Trip, WindowKind,
 };
 
 use crate::anthropic::{AnthropicOptions, AnthropicUpstream, AuthStyle, TransportSetupError};
+use crate::cluster::jobs::{RedisJobStore, RedisStoreOptions};
+use crate::cluster::{ClusterBuilder, RedisCluster};
 use crate::openai::{OpenAiOptions, OpenAiUpstream};
 use crate::secret::{ApiKey, KeyError};
 
@@ -154,6 +157,8 @@ pub struct Config {
     /// Logging: the format and whether prompts are logged (`[log]`).
     #[serde(default)]
     pub log: LogSection,
+    /// The fleet: instances sharing one Redis (opt-in; without it nothing connects).
+    pub cluster: Option<ClusterSection>,
 }
 
 /// `[probes]` (and `[models.probe]`): active health probes. A probed model's half-open trials
@@ -325,6 +330,27 @@ impl fmt::Debug for AlertsSection {
     }
 }
 
+/// `[cluster]`: several seawall instances share one Redis and behave like one fleet. The queue
+/// (when `[queue]` is set) lives in Redis: any instance accepts a job and answers for it, one
+/// replays it, and a dead instance's jobs are taken over.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    /// `redis://[:PASSWORD@]HOST[:PORT][/DB]` (`rediss://` for TLS). Shown only redacted.
+    pub redis_url: String,
+    /// The fleet's name: instances with the same name share state. Letters, digits, `_`, `-`.
+    pub name: String,
+}
+
+impl fmt::Debug for ClusterSection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClusterSection")
+            .field("redis_url", &crate::cluster::conn::redact(&self.redis_url))
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
 impl AlertsSection {
     /// The runtime's alert thresholds: these keys over [`AlertConfig::default`].
     pub fn to_config(&self) -> AlertConfig {
@@ -394,6 +420,19 @@ pub struct LogSection {
     pub prompts: Option<bool>,
 }
 
+impl ClusterSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        use crate::cluster::conn::{check_fleet_name, check_url, redact};
+        check_url(&self.redis_url).map_err(|problem| {
+            invalid(
+                "cluster.redis_url",
+                format!("{} {problem}", redact(&self.redis_url)),
+            )
+        })?;
+        check_fleet_name(&self.name).map_err(|e| invalid("cluster.name", e.to_string()))
+    }
+}
+
 /// `[cache]`: a bounded in-memory cache of live answers, served only as degradation.
 #[derive(Clone, Copy, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -405,12 +444,14 @@ pub struct CacheSection {
     pub ttl: Option<Duration>,
 }
 
-/// `[queue]`: calls no model can answer are stored in a redb file and answered with a job id.
+/// `[queue]`: calls no model can answer are stored and answered with a job id: in a redb file,
+/// or in the fleet's Redis with `[cluster]`.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QueueSection {
-    /// The store file (created if missing; its directory must exist).
-    pub path: PathBuf,
+    /// The store file (created if missing; its directory must exist). Required without
+    /// `[cluster]`; refused with it (the fleet's jobs live in Redis).
+    pub path: Option<PathBuf>,
     /// A job not answered within this long expires. Default "1h".
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub ttl: Option<Duration>,
@@ -1278,12 +1319,32 @@ impl Config {
                 return Err(invalid("cache.ttl", "must be longer than zero"));
             }
         }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
         if let Some(q) = &self.queue {
-            if q.path.as_os_str().is_empty() {
-                return Err(invalid(
-                    "queue.path",
-                    "must name the store file, e.g. \"seawall-jobs.redb\"",
-                ));
+            match (&q.path, &self.cluster) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "queue.path",
+                        "with [cluster] the queue lives in the fleet's Redis: remove path (or \
+                         remove [cluster] to keep jobs in this file)",
+                    ))
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        "queue.path",
+                        "is required: name the store file, e.g. \"seawall-jobs.redb\" (or add \
+                         [cluster] to keep jobs in the fleet's Redis)",
+                    ))
+                }
+                (Some(p), None) if p.as_os_str().is_empty() => {
+                    return Err(invalid(
+                        "queue.path",
+                        "must name the store file, e.g. \"seawall-jobs.redb\"",
+                    ));
+                }
+                _ => {}
             }
             for (key, d) in [
                 ("ttl", q.ttl),
@@ -1312,7 +1373,8 @@ impl Config {
                     DegradeKind::Queue if self.queue.is_none() => {
                         return Err(invalid(
                             key,
-                            "\"queue\" needs a [queue] section with path = \"<file>.redb\"",
+                            "\"queue\" needs a [queue] section with path = \"<file>.redb\" \
+                             (or [cluster] for the fleet's queue in Redis)",
                         ));
                     }
                     DegradeKind::Static if m.static_answer.as_deref().is_none_or(str::is_empty) => {
@@ -2221,10 +2283,30 @@ impl Config {
         let tokens = self.resolve_tokens(&env)?;
         let alert_webhook = self.resolve_webhook(&env)?;
         let mut builder = self.builder(&upstreams);
+        let cluster = self.connect_cluster().await?;
+        if let Some(c) = &cluster {
+            builder = builder.cluster(c.clone());
+        }
         if let Some(q) = &self.queue {
-            let store = crate::jobstore::RedbJobStore::open(&q.path)
-                .map_err(|e| invalid("queue.path", e))?;
-            builder = builder.queue(Arc::new(store), q.to_config());
+            let store: Arc<dyn JobStore> = match (&cluster, &q.path) {
+                (Some(c), _) => {
+                    let store = RedisJobStore::start(
+                        c.conn().clone(),
+                        c.name(),
+                        c.instance(),
+                        RedisStoreOptions::default(),
+                    )
+                    .await
+                    .map_err(|e| invalid("cluster.redis_url", e.to_string()))?;
+                    Arc::new(store)
+                }
+                (None, Some(path)) => Arc::new(
+                    crate::jobstore::RedbJobStore::open(path)
+                        .map_err(|e| invalid("queue.path", e))?,
+                ),
+                (None, None) => return Err(invalid("queue.path", "is required")),
+            };
+            builder = builder.queue(store, q.to_config());
         }
         let seawall = builder.spawn().await.map_err(|e| match e {
             CoreError::Config(m) => ConfigError::Runtime(m),
@@ -2274,6 +2356,25 @@ impl Config {
             url,
             timeout: a.webhook_timeout(),
         }))
+    }
+
+    /// With `[cluster]`: connect to the fleet's Redis and check that it takes writes, so a bad
+    /// URL, a wrong password, a read-only replica or a full Redis is a clear error at start
+    /// (within about a second, never a hang). Without it: nothing connects.
+    ///
+    /// # Errors
+    ///
+    /// [`ConfigError::Invalid`] for `cluster.redis_url`, saying what to fix (the password
+    /// redacted).
+    pub async fn connect_cluster(&self) -> Result<Option<RedisCluster>, ConfigError> {
+        let Some(c) = &self.cluster else {
+            return Ok(None);
+        };
+        let cluster = RedisCluster::connect(&c.redis_url, &c.name)
+            .await
+            .map_err(|e| invalid("cluster.redis_url", e.to_string()))?;
+        tracing::info!(fleet = %c.name, instance = %cluster.instance(), "joined the fleet");
+        Ok(Some(cluster))
     }
 
     /// The transports of every `[[upstreams]]` entry, keys read through `env`.

@@ -41,7 +41,7 @@ pub use error::Error;
 pub use events::{AlertKind, Event};
 pub use fleet::{Fleet, FleetError, HealthNews};
 pub use idempotency::IdempotencyConfig;
-pub use job::{Job, JobState, JobStore, MemoryJobStore, QueueConfig};
+pub use job::{Finished, Job, JobState, JobStore, MemoryJobStore, QueueConfig, StoreFuture};
 pub use monitor::{ProbeConfig, ProbeKind};
 pub use policy::alert::AlertConfig;
 pub use policy::backoff::{Backoff, Jitter};

@@ -483,6 +483,7 @@ impl Builder {
             idempotency: plan.idempotency,
             pins: plan.pins,
             queue: queue.map(|(store, config)| QueueArgs {
+                consumer: store.consumer().unwrap_or_else(crate::queue::new_consumer),
                 store,
                 config,
                 events: events.clone(),

@@ -164,7 +164,7 @@ impl Supervisor {
             }
             Child::Queue => {
                 let args = state.args.queue.clone().ok_or("no queue is configured")?;
-                // A restarted queue reloads every pending job from the store.
+                // A restarted queue takes back from the store the jobs it held (same consumer name).
                 let (actor, _) = Actor::spawn_linked(None, QueueActor, args, cell).await?;
                 state.children.insert(actor.get_id(), child);
                 state.args.directory.queue.insert((), actor);

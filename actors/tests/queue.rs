@@ -265,9 +265,13 @@ async fn jobs_survive_a_restart_and_are_finished_by_the_next_runtime_from_the_sa
     for id in &ids {
         let job = second.wait_job(id, secs(60)).await.unwrap().unwrap();
         assert_eq!(job.state.as_str(), "done", "{id}: {:?}", job.state);
-        assert_eq!(store.get(id).unwrap().unwrap().state, job.state, "stored");
+        assert_eq!(
+            store.get(id).await.unwrap().unwrap().state,
+            job.state,
+            "stored"
+        );
     }
-    assert!(store.pending().unwrap().is_empty());
+    assert_eq!(store.pending_count().await.unwrap(), 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -409,5 +413,90 @@ async fn finished_jobs_are_purged_while_the_queue_runs() {
     // Purged within a purge interval (a minute here) after keep_finished passed.
     tokio::time::sleep(secs(180)).await;
     assert_eq!(sw.job(&id).await.unwrap(), None);
-    assert!(store.get(&id).unwrap().is_none());
+    assert!(store.get(&id).await.unwrap().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_restarted_queue_takes_back_the_jobs_it_held_and_finishes_each_once() {
+    let (up, mode) = switchable();
+    let store = Arc::new(MemoryJobStore::default());
+    let sw = runtime(&up, store.clone(), secs(600)).await;
+    let mut events = sw.subscribe();
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(sw.complete(ask("code", n)).await.unwrap().job_id().unwrap());
+    }
+    assert_eq!(
+        sw.queue_depth().await.unwrap(),
+        (3, 0),
+        "held by this queue"
+    );
+    sw.inject_panic("queue").await.unwrap();
+    // The supervisor restarts the queue; the new incarnation claims under the same name and
+    // gets its jobs back from the store.
+    let restarted = loop {
+        match events.recv().await {
+            Ok(Event::Restarted { .. }) => break true,
+            Ok(_) => continue,
+            Err(_) => break false,
+        }
+    };
+    assert!(restarted, "the queue was restarted");
+    assert_eq!(sw.queue_depth().await.unwrap(), (3, 0), "taken back");
+    let before: Vec<usize> = ids.iter().map(|id| attempts_for(&up, id)).collect();
+    mode.store(UP, Ordering::SeqCst);
+    for (id, before) in ids.iter().zip(before) {
+        let job = sw.wait_job(id, secs(60)).await.unwrap().unwrap();
+        assert_eq!(job.state.as_str(), "done", "{id}: {:?}", job.state);
+        assert_eq!(attempts_for(&up, id) - before, 1, "{id} answered once");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_job_finished_elsewhere_is_let_go_not_run_and_its_waiters_get_that_outcome() {
+    let (up, mode) = switchable();
+    let store = Arc::new(MemoryJobStore::default());
+    let sw = runtime(&up, store.clone(), secs(600)).await;
+    let mut events = sw.subscribe();
+    let id = sw.complete(ask("code", 1)).await.unwrap().job_id().unwrap();
+    let waiting = {
+        let sw = sw.clone();
+        let id = id.clone();
+        tokio::spawn(async move { sw.wait_job(&id, secs(120)).await })
+    };
+    // Another instance of a fleet finishes it (as the store sees it) while this one waits for
+    // the model to recover.
+    let mut elsewhere = store.get(&id).await.unwrap().unwrap();
+    elsewhere.state = JobState::Done {
+        model: "m".into(),
+        status: 200,
+        body: "answered elsewhere".into(),
+        finished_ms: elsewhere.created_ms + 1,
+    };
+    assert_eq!(
+        store.finish(&elsewhere).await.unwrap(),
+        seawall_actors::Finished::Stored
+    );
+    let before = attempts_for(&up, &id);
+    mode.store(UP, Ordering::SeqCst);
+    let job = waiting.await.unwrap().unwrap().unwrap();
+    assert_eq!(
+        job.state, elsewhere.state,
+        "the stored outcome, not a second run"
+    );
+    tokio::time::sleep(secs(30)).await;
+    assert_eq!(attempts_for(&up, &id), before, "never replayed here again");
+    assert_eq!(sw.queue_depth().await.unwrap(), (0, 0), "let go");
+    let announced = std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|e| {
+            matches!(
+                e,
+                Event::Job {
+                    outcome: "done",
+                    ..
+                }
+            )
+        })
+        .count();
+    assert_eq!(announced, 0, "announced where it finished, not here");
 }

@@ -44,13 +44,17 @@ fn ensure_installed() {
             .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
             .unwrap_or(false);
         if !(debian && root) {
-            return Err("redis-server is not on PATH. The fleet tests run a real Redis: install \
+            return Err(
+                "redis-server is not on PATH. The fleet tests run a real Redis: install \
                  it (Debian/Ubuntu: `sudo apt-get install -y redis-server`; macOS: `brew install \
                  redis`) and run the tests again"
-                .into());
+                    .into(),
+            );
         }
         let script = "apt-get update -qq && apt-get install -y -qq redis-server";
-        eprintln!("tests/support/redis: redis-server is not on PATH; running `{script}` (root on Debian/Ubuntu)");
+        say(&format!(
+            "redis-server is not on PATH; running `{script}` (root on Debian/Ubuntu)"
+        ));
         let started = Instant::now();
         let status = Command::new("sh")
             .args(["-c", script])
@@ -58,20 +62,32 @@ fn ensure_installed() {
             .stdout(Stdio::null())
             .status()
             .map_err(|e| format!("could not run `{script}`: {e}"))?;
-        if !status.success() || !on_path("redis-server") {
+        if !status.success() {
             return Err(format!(
                 "`{script}` failed ({status}); install redis-server by hand and run the tests again"
             ));
         }
-        eprintln!(
-            "tests/support/redis: installed redis-server in {:.1?}",
+        if !on_path("redis-server") {
+            return Err(format!(
+                "`{script}` succeeded but redis-server is still not on PATH: add its directory \
+                 (usually /usr/bin) to PATH"
+            ));
+        }
+        say(&format!(
+            "installed redis-server in {:.1?}",
             started.elapsed()
-        );
+        ));
         Ok(())
     });
     if let Err(e) = result {
         panic!("{e}");
     }
+}
+
+/// Straight to the process's stderr: the test harness captures `eprintln!`, and CI logs should
+/// show that something was installed.
+fn say(what: &str) {
+    let _ = writeln!(std::io::stderr(), "tests/support/redis: {what}");
 }
 
 fn on_path(program: &str) -> bool {
