@@ -119,9 +119,11 @@ pub trait Fleet: Send + Sync + 'static {
     /// This instance's id in the fleet.
     fn instance(&self) -> &str;
 
-    /// Take `want` from the shared bucket of `group` (all dimensions or none), or else at least
-    /// `min`, or else nothing with the time until `min` fits. The bucket refills continuously
-    /// at `limits` per minute, like the governor's own, with the same transit allowance `lag`.
+    /// Take as much of `want` as the shared bucket of `group` holds, provided that covers `min`
+    /// in every dimension and is not nothing (one change: all dimensions or none); else take
+    /// nothing and say when `min` (at least one unit of what is wanted) fits. The bucket
+    /// refills continuously at `limits` per minute, like the governor's own, with the same
+    /// transit allowance `lag`.
     fn lease(
         &self,
         group: &GroupKey,

@@ -105,16 +105,17 @@ local function save()
 end
 local a = {tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])}
 if op == 'lease' then
+  -- As much of the wish as the bucket holds, if that covers the minimum in every dimension.
   local m = {tonumber(ARGV[9]), tonumber(ARGV[10]), tonumber(ARGV[11])}
-  local function fits(x)
-    for k = 1, 3 do
-      if caps[k] > 0 and lv[k] + 1e-9 < x[k] then return false end
+  local take, ok, any = {0, 0, 0}, true, false
+  for k = 1, 3 do
+    if caps[k] > 0 then
+      take[k] = math.max(0, math.min(a[k], math.floor(lv[k] + 1e-9)))
+      if take[k] < m[k] then ok = false end
+      if take[k] > 0 then any = true end
     end
-    return true
   end
-  local take = nil
-  if fits(a) then take = a elseif fits(m) then take = m end
-  if take then
+  if ok and any then
     for k = 1, 3 do
       if caps[k] > 0 and take[k] > 0 then
         if lag > 0 and lv[k] >= caps[k] - 1e-9 then last[k] = math.max(last[k], now + lag) end
@@ -124,12 +125,17 @@ if op == 'lease' then
     save()
     return {take[1], take[2], take[3], 0}
   end
+  -- Nothing now: when the minimum (at least one unit of what is wished) fits.
   local wait = 0
   for k = 1, 3 do
-    if caps[k] > 0 and m[k] > 0 then
-      if m[k] > caps[k] then save() return {0, 0, 0, -1} end
-      local w = (m[k] - lv[k]) * 60000 / caps[k] + math.max(0, last[k] - now)
-      if w > wait then wait = w end
+    if caps[k] > 0 then
+      local need = m[k]
+      if need < 1 and a[k] > 0 then need = 1 end
+      if need > caps[k] then save() return {0, 0, 0, -1} end
+      if need > lv[k] then
+        local w = (need - lv[k]) * 60000 / caps[k] + math.max(0, last[k] - now)
+        if w > wait then wait = w end
+      end
     end
   end
   save()

@@ -197,7 +197,20 @@ pub(crate) async fn status(Extract(state): Extract<Arc<State>>) -> Response {
         Err(seawall_actors::Error::Config(_)) => Value::Null,
         Err(e) => json!({"error": e.to_string()}),
     };
+    // {"mode": "alone" | "shared" | "local", "share": .., "live_instances": .., "round_trips": ..}
+    let fleet = match state.seawall.fleet_status().await {
+        Ok(f) => {
+            let mut v = serde_json::to_value(f.mode).unwrap_or(Value::Null);
+            if let Value::Object(m) = &mut v {
+                m.insert("live_instances".into(), json!(f.live_instances));
+                m.insert("round_trips".into(), json!(f.round_trips));
+            }
+            v
+        }
+        Err(e) => json!({"error": e.to_string()}),
+    };
     let mut body = json!({
+        "fleet": fleet,
         "queue": queue,
         "in_flight": state.seawall.in_flight(),
         "draining": state.draining.load(Ordering::Acquire),

@@ -384,16 +384,27 @@ struct Pool {
     level: [f64; 3],
     /// A lease is on its way.
     leasing: bool,
-    /// The shared bucket said the minimum fits no sooner than this.
+    /// The fleet's bucket is dry: the last lease was refused or cut short, and the next is not
+    /// asked before this (when the shared bucket said the minimum fits, and at least
+    /// [`DRY_PAUSE`] later, so a dry fleet is not polled once per call).
     not_before: Option<Instant>,
-    /// The largest shortfall since the last lease was asked: a lease asks at least this.
+    /// What the lease on its way asked for.
+    asked: Cost,
+    /// The largest shortfall of a call that could have gone now since the last lease was
+    /// asked: a lease asks at least this (its minimum).
     short: Cost,
+    /// The largest shortfall seen since the last lease was asked, queues included: a lease
+    /// wishes for at least this (never its minimum: one call's worth already helps a queue).
+    demand: Cost,
     /// When budget was last taken: a pool idle for a while gives its budget back.
     last_take: Instant,
 }
 
 /// How long a lease round trip is expected to take: a waiter may wait this long for one.
 const LEASE_WAIT: Duration = Duration::from_millis(20);
+/// A dry fleet (its bucket could not give a whole lease) is asked again no sooner than this:
+/// the budget refilled meanwhile comes in one lease rather than one round trip per call.
+const DRY_PAUSE: Duration = Duration::from_millis(500);
 /// A pool not drawn from for this long gives its budget back to the fleet.
 const IDLE_RETURN: Duration = Duration::from_secs(1);
 /// A lease asks for this share of the limit per minute (at least the call that needs it): a
@@ -413,6 +424,12 @@ fn limit_dims(l: Limits) -> [Option<u64>; 3] {
     ]
 }
 
+/// Per dimension, the larger of `a` and `b`.
+fn max_of(a: Cost, b: [u64; 3]) -> Cost {
+    let a = dims(a);
+    cost_of([0, 1, 2].map(|i| a[i].max(b[i])))
+}
+
 fn cost_of(d: [u64; 3]) -> Cost {
     Cost {
         requests: d[0],
@@ -428,16 +445,19 @@ impl Pool {
             level: [0.0; 3],
             leasing: false,
             not_before: None,
+            asked: Cost::default(),
             short: Cost::default(),
+            demand: Cost::default(),
             last_take: now,
         }
     }
 
-    fn fits(&mut self, cost: Cost, now: Instant) -> Result<(), Blocked> {
+    /// Per dimension, how much of `cost` the pool lacks (all zero: it fits); a cost larger than
+    /// the limit itself never fits.
+    fn shortfall(&self, cost: Cost) -> Result<[u64; 3], Blocked> {
         let need = dims(cost);
         let limits = limit_dims(self.limits);
         let mut short = [0u64; 3];
-        let mut fits = true;
         for i in 0..3 {
             let Some(limit) = limits[i] else { continue };
             if need[i] > limit {
@@ -449,27 +469,63 @@ impl Pool {
                 });
             }
             if self.level[i] + 1e-9 < need[i] as f64 {
-                fits = false;
                 short[i] = (need[i] as f64 - self.level[i]).ceil().max(0.0) as u64;
             }
         }
-        if fits {
+        Ok(short)
+    }
+
+    /// Whether `cost` fits now; if not, the next lease asks at least what it lacks.
+    fn fits(&mut self, cost: Cost, now: Instant) -> Result<(), Blocked> {
+        let short = self.shortfall(cost)?;
+        if short == [0; 3] {
             return Ok(());
         }
-        // Ask for it: the next lease covers at least this shortfall.
-        let mut s = dims(self.short);
-        for i in 0..3 {
-            s[i] = s[i].max(short[i]);
+        self.short = max_of(self.short, short);
+        self.demand = max_of(self.demand, short);
+        Err(self.blocked(short, now))
+    }
+
+    /// Remember what a queue lacks, for the next lease's wish.
+    fn note_demand(&mut self, cost: Cost) {
+        if let Ok(short) = self.shortfall(cost) {
+            self.demand = max_of(self.demand, short);
         }
-        self.short = cost_of(s);
+    }
+
+    /// When `cost` could fit, at best: after the next lease, and, when the fleet's bucket was
+    /// dry at the last lease, after it has refilled what the pool lacks at the whole limit's
+    /// rate. An estimate only: it asks for nothing (a queue's total cost must not become one
+    /// lease's minimum).
+    fn earliest(&self, cost: Cost, now: Instant) -> Option<Instant> {
+        match self.shortfall(cost) {
+            Ok(short) if short == [0; 3] => Some(now),
+            Ok(short) => self.blocked(short, now).earliest,
+            Err(b) => b.earliest,
+        }
+    }
+
+    fn blocked(&self, short: [u64; 3], now: Instant) -> Blocked {
+        // A fleet with budget to spare fills any shortfall with the next lease: only a dry one
+        // (it said when the last minimum would fit) makes the shortfall wait for refill.
+        let mut refill = Duration::ZERO;
+        if self.not_before.is_some() {
+            for (s, limit) in short.iter().zip(limit_dims(self.limits)) {
+                if let Some(limit) = limit.filter(|l| *l > 0) {
+                    let secs = *s as f64 * 60.0 / limit as f64;
+                    refill = refill.max(Duration::from_secs_f64(secs));
+                }
+            }
+        }
         let dimension = (0..3)
             .find(|&i| short[i] > 0)
             .map_or(Dimension::Requests, |i| Dimension::ALL[i]);
         let soon = now + LEASE_WAIT;
-        Err(Blocked {
+        let next_lease = self.not_before.map_or(soon, |t| t.max(soon));
+        Blocked {
             reason: RejectReason::NoBudget { dimension },
-            earliest: Some(self.not_before.map_or(soon, |t| t.max(soon))),
-        })
+            earliest: Some(next_lease.max(now + refill)),
+        }
     }
 
     fn take(&mut self, cost: Cost, now: Instant) {
@@ -554,10 +610,10 @@ impl Funding {
     fn earliest(&mut self, cost: Cost, now: Instant) -> Option<Instant> {
         match self {
             Funding::Local(b) => b.earliest(cost, now),
-            Funding::Leased(p) => match p.fits(cost, now) {
-                Ok(()) => Some(now),
-                Err(b) => b.earliest,
-            },
+            Funding::Leased(p) => {
+                p.note_demand(cost);
+                p.earliest(cost, now)
+            }
         }
     }
 
@@ -873,11 +929,17 @@ impl Lanes {
                 let low = (0..3).any(|i| {
                     limit_dims(p.limits)[i].is_some() && p.level[i] < dims(batch)[i] as f64 / 2.0
                 });
-                if p.short == Cost::default() && !low {
+                // Topping up ahead of need only while the fleet has budget to spare: from a dry
+                // one, only what waiting calls need.
+                let dry = p.not_before.is_some();
+                if p.short == Cost::default() && p.demand == Cost::default() && (dry || !low) {
                     continue;
                 }
                 let mut want = dims(batch);
                 let mut min = dims(p.short);
+                for (w, d) in want.iter_mut().zip(dims(p.demand)) {
+                    *w = (*w).max(d);
+                }
                 let limits = limit_dims(p.limits);
                 for i in 0..3 {
                     // Cover the debt too, never more than the limit itself.
@@ -893,7 +955,9 @@ impl Lanes {
                     }
                 }
                 p.leasing = true;
+                p.asked = cost_of(want);
                 p.short = Cost::default();
+                p.demand = Cost::default();
                 out.push(LeaseAsk {
                     group: (u, org, class),
                     limits: p.limits,
@@ -924,7 +988,12 @@ impl Lanes {
             for (level, g) in p.level.iter_mut().zip(dims(granted)) {
                 *level += g as f64;
             }
-            p.not_before = retry_after.map(|d| now + d);
+            let cut_short = dims(granted).iter().zip(dims(p.asked)).any(|(g, a)| *g < a);
+            p.not_before = match retry_after {
+                Some(d) => Some(now + d.max(DRY_PAUSE)),
+                None if cut_short => Some(now + DRY_PAUSE),
+                None => None,
+            };
             self.touched.push(group);
         }
     }
@@ -1638,12 +1707,49 @@ mod tests {
                 Reserved::Now(Decision::Grant { .. })
             ));
         }
-        // ...and below half a slice, the next lease is asked for before the pool runs dry; it
-        // covers at least the demand refused meanwhile (the two calls counted for the refusal).
+        // ...and with demand refused meanwhile, the next lease is asked for before the pool runs
+        // dry; its minimum is what a call that could have gone lacked (none here), never more.
         let asks = l.lease_asks(t0);
         assert_eq!(asks.len(), 1);
-        assert_eq!(asks[0].min.requests, 2);
+        assert_eq!(asks[0].min.requests, 0);
         assert_eq!(asks[0].want.requests, 30);
+    }
+
+    #[test]
+    fn a_queue_raises_what_a_lease_wishes_for_never_its_minimum() {
+        let t0 = Instant::now();
+        let mut l = shared_upstream(600);
+        for w in 1..=40 {
+            assert_eq!(
+                l.reserve(req(Lane::Interactive, S * 10), w, t0),
+                Reserved::Parked
+            );
+        }
+        let asks = l.lease_asks(t0);
+        assert_eq!(asks.len(), 1);
+        assert_eq!(asks[0].min.requests, 1, "the first call in line");
+        assert_eq!(
+            asks[0].want.requests, 40,
+            "the whole line, over a twentieth"
+        );
+        // A dry fleet gives 5 (a partial lease): the next ask waits a pause, not once per call.
+        let five = Cost {
+            requests: 5,
+            ..Cost::default()
+        };
+        l.leased(asks[0].group, five, None, t0);
+        assert_eq!(l.pump(t0).len(), 5);
+        assert!(l.lease_asks(t0 + DRY_PAUSE / 2).is_empty());
+        assert_eq!(l.lease_asks(t0 + DRY_PAUSE).len(), 1);
+        // While dry, the estimate for a call at the back counts the refill of the line ahead
+        // (35 at 10 a second): far beyond a lease's round trip, so a short wait is refused at once.
+        match l.reserve(req(Lane::Interactive, S), 99, t0 + DRY_PAUSE) {
+            Reserved::Now(Decision::Reject { earliest, .. }) => {
+                let wait = earliest.unwrap() - (t0 + DRY_PAUSE);
+                assert!(wait >= S * 3, "{wait:?}");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
