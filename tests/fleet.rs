@@ -327,6 +327,11 @@ async fn without_redis_each_instance_spends_its_share_and_shares_again_when_it_r
     for sw in &instances {
         sw.complete(call("m")).await.unwrap();
     }
+    // Calls keep coming on both instances while Redis dies and comes back.
+    let traffic: Vec<_> = instances
+        .iter()
+        .map(|sw| fire(sw, "m", 150, Duration::from_millis(25)))
+        .collect();
     redis.kill();
     // Calls keep being answered, each instance on half the limit (it counted 2 alive).
     for sw in &instances {
@@ -360,8 +365,23 @@ async fn without_redis_each_instance_spends_its_share_and_shares_again_when_it_r
             .await
             .expect("served again in shared mode");
     }
+    // Every call of the traffic got exactly one answer: served, or an honest refusal.
+    let mut served = 0;
+    for t in traffic {
+        for r in t.await.unwrap() {
+            match r {
+                Ok(_) => served += 1,
+                Err(e) => assert!(matches!(e, Error::Unavailable { .. }), "{e}"),
+            }
+        }
+    }
+    println!("fleet outage: {served} of 300 calls served across Redis's death and return");
+    assert!(served > 0);
     let log = sim.log();
     assert_eq!(log.iter().filter(|e| e.status == Some(429)).count(), 0);
+    // No call reached the upstream twice: one request per served call at most, plus the
+    // others of this test.
+    assert!(log.len() <= served + 2 + 10 + 20 + 2, "{} upstream calls", log.len());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
