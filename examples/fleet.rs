@@ -49,7 +49,14 @@ impl LocalRedis {
             .map_err(|e| e.to_string())?
             .port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -140,7 +147,10 @@ async fn offer(instances: &[Seawall], sim: &SimHandle, rate: f64, seconds: f64) 
             let at = t0 + every.mul_f64(k as f64);
             tasks.push(tokio::spawn(async move {
                 tokio::time::sleep_until(at.into()).await;
-                (i, sw.complete(Call::new("m", 16).user("fleet")).await.is_ok())
+                (
+                    i,
+                    sw.complete(Call::new("m", 16).user("fleet")).await.is_ok(),
+                )
             }));
         }
     }
@@ -157,11 +167,7 @@ async fn offer(instances: &[Seawall], sim: &SimHandle, rate: f64, seconds: f64) 
     for sw in instances {
         round_trips += sw.fleet_status().await.map_or(0, |s| s.round_trips);
     }
-    let upstream_429 = sim
-        .log()
-        .iter()
-        .filter(|e| e.status == Some(429))
-        .count();
+    let upstream_429 = sim.log().iter().filter(|e| e.status == Some(429)).count();
     Run {
         served,
         refused,
@@ -271,13 +277,23 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let s = sim(rpm, "20ms").await?;
     let alone = three(&s, rpm, None).await?;
     let run = offer(&alone, &s, rate, seconds).await;
-    report("Alone (each instance believes the whole limit is its own):", &run, rpm, seconds);
+    report(
+        "Alone (each instance believes the whole limit is its own):",
+        &run,
+        rpm,
+        seconds,
+    );
 
     let s = sim(rpm, "20ms").await?;
     let name = format!("example-{run_id}");
     let fleet = three(&s, rpm, Some((&url, &name))).await?;
     let run = offer(&fleet, &s, rate, seconds).await;
-    report("\nA fleet on Redis (one shared budget):", &run, rpm, seconds);
+    report(
+        "\nA fleet on Redis (one shared budget):",
+        &run,
+        rpm,
+        seconds,
+    );
 
     if flag("--bench") {
         println!("\nOverhead per call, one caller, sequential calls, the limit far away:");

@@ -51,11 +51,13 @@ use serde::de::{self, Deserializer, Visitor};
 use serde::Deserialize;
 
 use seawall_actors::fleet::Fleet as _;
+use seawall_actors::policy::invalid::Invalid;
 use seawall_actors::upstream::Upstream;
 use seawall_actors::{
-    AlertConfig, Backoff, BreakerConfig, Bulkhead, Degrade, Error as CoreError, Estimate, Jitter,
-    JobStore, Limits, OpenBackoff, Price, ProbeConfig, ProbeKind, QueueConfig, RestartIntensity,
-    RetryBudgetConfig, RetryPolicy, Seawall, SlaConfig, SlaTarget, Trip, WindowKind,
+    AlertConfig, Backoff, BreakerConfig, Bulkhead, Degrade, Error as CoreError, Estimate, Hedge,
+    Jitter, JobStore, Limits, OpenBackoff, Price, ProbeConfig, ProbeKind, QueueConfig,
+    RestartIntensity, RetryBudgetConfig, RetryPolicy, Seawall, SlaConfig, SlaTarget, Trip,
+    WindowKind,
 };
 
 use crate::anthropic::{AnthropicOptions, AnthropicUpstream, AuthStyle, TransportSetupError};
@@ -780,6 +782,21 @@ pub struct RetrySection {
     pub max_attempts: Option<u32>,
     /// `"heuristic"` (default) or `"count_tokens"` (ask the provider once per call).
     pub estimate: Option<EstimateKind>,
+    /// When to hedge an attempt that has not answered: `"auto"` (default: chains with a
+    /// fallback, after the model's learned latency for the request), `"off"`, or a duration.
+    #[serde(default, deserialize_with = "de_opt_hedge")]
+    pub hedge_after: Option<Hedge>,
+    /// Hedge streams too, before their first content event. Default false.
+    pub hedge_streams: Option<bool>,
+    /// Hedges per call at most (0: never). Default 1.
+    pub max_hedges: Option<u32>,
+    /// Streams, after content: the longest silence between events before the stream ends with
+    /// an `error` event. Default "30s".
+    #[serde(default, deserialize_with = "de_opt_duration")]
+    pub idle_timeout: Option<Duration>,
+    /// Cut a unary attempt at what the request should take, learned from the model's recent
+    /// answers (`attempt_timeout` stays the cap). Default true.
+    pub learned_timeouts: Option<bool>,
     /// Delays between attempts on one model.
     pub backoff: Option<BackoffSection>,
 }
@@ -1148,14 +1165,12 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_upstreams()?;
         self.validate_limits()?;
-        check_breaker(&self.breaker, "breaker")?;
         self.breaker_defaults()
             .validate()
-            .map_err(|e| invalid(attribute("breaker", &e, |_| true), e))?;
-        check_retry(&self.retry, "retry")?;
+            .map_err(|e| field_error("breaker", e, |_| true))?;
         self.retry_defaults()
             .validate()
-            .map_err(|e| invalid(attribute("retry", &e, |_| true), e))?;
+            .map_err(|e| field_error("retry", e, |_| true))?;
         self.validate_models()?;
         self.validate_degradation()?;
         let budget = &self.retry_budget;
@@ -1467,21 +1482,15 @@ impl Config {
             }
             if let Some(b) = &m.breaker {
                 let prefix = format!("models[{i}].breaker");
-                check_breaker(b, &prefix)?;
-                self.breaker_for(m).validate().map_err(|e| {
-                    // A key the model sets is named; a clash with an inherited one names the
-                    // model's section.
-                    invalid(attribute(&prefix, &e, |f| b.sets(f)), e)
-                })?;
+                self.breaker_for(m)
+                    .validate()
+                    .map_err(|e| field_error(&prefix, e, |f| b.sets(f)))?;
             }
             if let Some(r) = &m.retry {
                 let prefix = format!("models[{i}].retry");
-                check_retry(r, &prefix)?;
-                self.retry_for(m).validate().map_err(|e| {
-                    // A key the model sets is named; a clash with an inherited one names the
-                    // model's section.
-                    invalid(attribute(&prefix, &e, |f| r.sets(f)), e)
-                })?;
+                self.retry_for(m)
+                    .validate()
+                    .map_err(|e| field_error(&prefix, e, |f| r.sets(f)))?;
             }
         }
         Ok(())
@@ -1857,88 +1866,6 @@ impl Config {
     }
 }
 
-/// Checks on one breaker section's own values, with exact key paths.
-fn check_breaker(b: &BreakerSection, prefix: &str) -> Result<(), ConfigError> {
-    let at = |k: &str| format!("{prefix}.{k}");
-    if let Some(WindowKind::Time(d)) = b.window {
-        if d < Duration::from_secs(1) {
-            return Err(invalid(
-                at("window"),
-                format!(
-                    "a time window must be at least 1s, got {}",
-                    humantime::format_duration(d)
-                ),
-            ));
-        }
-    }
-    for (k, v) in [
-        ("failure_rate", b.failure_rate),
-        ("slow_call_rate", b.slow_call_rate),
-    ] {
-        if let Some(v) = v {
-            // Written so that NaN fails too.
-            if !(v > 0.0 && v <= 100.0) {
-                return Err(invalid(
-                    at(k),
-                    format!("must be a percentage in (0, 100], got {v}"),
-                ));
-            }
-        }
-    }
-    for (k, d) in [
-        ("slow_call_duration", b.slow_call_duration),
-        ("open_for", b.open_for),
-        ("max_wait_in_half_open", b.max_wait_in_half_open),
-    ] {
-        if d.is_some_and(|d| d.is_zero()) {
-            return Err(invalid(at(k), "must be longer than zero"));
-        }
-    }
-    for (k, n) in [
-        ("min_calls", b.min_calls),
-        ("half_open_calls", b.half_open_calls),
-        ("consecutive_failures", b.consecutive_failures),
-    ] {
-        if n == Some(0) {
-            return Err(invalid(at(k), "must be at least 1"));
-        }
-    }
-    if let Some(o) = b.open_backoff {
-        if !(o.multiplier >= 1.0 && o.multiplier.is_finite()) {
-            return Err(invalid(
-                at("open_backoff.multiplier"),
-                format!("must be a finite number >= 1.0, got {}", o.multiplier),
-            ));
-        }
-    }
-    Ok(())
-}
-
-/// Checks on one retry section's own values, with exact key paths.
-fn check_retry(r: &RetrySection, prefix: &str) -> Result<(), ConfigError> {
-    let at = |k: &str| format!("{prefix}.{k}");
-    let backoff = r.backoff.unwrap_or_default();
-    for (k, d) in [
-        ("deadline", r.deadline),
-        ("attempt_timeout", r.attempt_timeout),
-        ("first_token_timeout", r.first_token_timeout),
-        ("backoff.base", backoff.base),
-    ] {
-        if d.is_some_and(|d| d.is_zero()) {
-            return Err(invalid(at(k), "must be longer than zero"));
-        }
-    }
-    for (k, n) in [
-        ("max_attempts", r.max_attempts),
-        ("backoff.attempts", backoff.attempts),
-    ] {
-        if n == Some(0) {
-            return Err(invalid(at(k), "must be at least 1"));
-        }
-    }
-    Ok(())
-}
-
 /// Checks on one probe section's own values, with exact key paths.
 fn check_probe(p: &ProbeSection, prefix: &str) -> Result<(), ConfigError> {
     for (k, d) in [("interval", p.interval), ("timeout", p.timeout)] {
@@ -1980,44 +1907,25 @@ fn webhook_url_problem(url: &str) -> Option<String> {
     }
 }
 
-/// The key a core `validate()` message is about: the message starts with the field's name.
-/// Fields the section does not set (per `sets`) are attributed to the section alone.
-fn attribute(prefix: &str, message: &str, sets: impl Fn(&str) -> bool) -> String {
-    let first = message
-        .split([' ', ':', '('])
-        .next()
-        .unwrap_or_default()
-        .trim();
-    let field = match first {
+/// The config key of a core settings field (they differ in two places).
+fn key_of(field: &'static str) -> &'static str {
+    match field {
         "trip" => "consecutive_failures",
         "backoff.max_attempts" => "backoff.attempts",
         other => other,
-    };
-    const FIELDS: [&str; 17] = [
-        "window",
-        "failure_rate",
-        "slow_call_rate",
-        "slow_call_duration",
-        "min_calls",
-        "half_open_calls",
-        "open_for",
-        "open_backoff.multiplier",
-        "open_backoff.max",
-        "max_wait_in_half_open",
-        "consecutive_failures",
-        "deadline",
-        "attempt_timeout",
-        "first_token_timeout",
-        "min_attempt",
-        "max_attempts",
-        "backoff.cap",
-    ];
-    let known = FIELDS.contains(&field) || field == "backoff.base" || field == "backoff.attempts";
-    if known && sets(field) {
-        format!("{prefix}.{field}")
+    }
+}
+
+/// A core validation error as a config error: at `prefix.key` when the section sets that key,
+/// else at the section itself (its value clashes with one it inherits).
+fn field_error(prefix: &str, e: Invalid, sets: impl Fn(&str) -> bool) -> ConfigError {
+    let key = key_of(e.field);
+    let path = if sets(key) {
+        format!("{prefix}.{key}")
     } else {
         prefix.to_owned()
-    }
+    };
+    invalid(path, format!("{key} {}", e.problem))
 }
 
 impl BreakerSection {
@@ -2108,6 +2016,21 @@ impl RetrySection {
                 EstimateKind::CountTokens => Estimate::CountTokens,
             };
         }
+        if let Some(h) = self.hedge_after {
+            p.hedge = h;
+        }
+        if let Some(b) = self.hedge_streams {
+            p.hedge_streams = b;
+        }
+        if let Some(n) = self.max_hedges {
+            p.max_hedges = n;
+        }
+        if let Some(d) = self.idle_timeout {
+            p.idle_timeout = d;
+        }
+        if let Some(b) = self.learned_timeouts {
+            p.learned_timeouts = b;
+        }
         if let Some(b) = self.backoff {
             p.backoff = b.apply(p.backoff);
         }
@@ -2122,6 +2045,8 @@ impl RetrySection {
             "first_token_timeout" => self.first_token_timeout.is_some(),
             "min_attempt" => self.min_attempt.is_some(),
             "max_attempts" => self.max_attempts.is_some(),
+            "idle_timeout" => self.idle_timeout.is_some(),
+            "hedge_after" => self.hedge_after.is_some(),
             "backoff.base" => b.base.is_some(),
             "backoff.cap" => b.cap.is_some(),
             "backoff.attempts" => b.attempts.is_some(),
@@ -2643,6 +2568,36 @@ fn de_opt_rate<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Threshold<f64>>
     d.deserialize_any(RateVisitor).map(Some)
 }
 
+/// `"auto"`, `"off"` or a duration.
+struct HedgeVisitor;
+
+impl Visitor<'_> for HedgeVisitor {
+    type Value = Hedge;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"auto\", \"off\" or a duration string such as \"2s\"")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Hedge, E> {
+        match v {
+            "auto" => Ok(Hedge::Auto),
+            "off" => Ok(Hedge::Off),
+            _ => DurationVisitor
+                .visit_str(v)
+                .map(Hedge::After)
+                .map_err(|_: E| {
+                    E::custom(format!(
+                        "{v:?} is not \"auto\", \"off\" or a duration such as \"2s\""
+                    ))
+                }),
+        }
+    }
+}
+
+fn de_opt_hedge<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Hedge>, D::Error> {
+    d.deserialize_str(HedgeVisitor).map(Some)
+}
+
 /// A duration threshold, or `"off"`.
 struct LimitVisitor;
 
@@ -2724,22 +2679,32 @@ mod tests {
     use super::*;
 
     #[test]
-    fn attribute_maps_core_messages_to_keys() {
+    fn core_fields_map_to_keys_by_table() {
+        let e = |field, problem: &str| Invalid::new(field, problem);
+        let key = |err: ConfigError| err.key().map(str::to_owned);
         assert_eq!(
-            attribute(
+            key(field_error(
                 "breaker",
-                "min_calls (30) exceeds the window's Count(20)",
+                e("min_calls", "(30) exceeds"),
                 |_| true
-            ),
-            "breaker.min_calls"
+            )),
+            Some("breaker.min_calls".into())
         );
         assert_eq!(
-            attribute("retry", "backoff.cap (1s) must be at least", |_| true),
-            "retry.backoff.cap"
+            key(field_error("retry", e("backoff.max_attempts", "x"), |_| {
+                true
+            })),
+            Some("retry.backoff.attempts".into())
         );
         assert_eq!(
-            attribute("models[0].retry", "deadline must be", |_| false),
-            "models[0].retry"
+            key(field_error("models[0].breaker", e("trip", "x"), |k| {
+                k == "consecutive_failures"
+            })),
+            Some("models[0].breaker.consecutive_failures".into())
         );
+        // A key the section does not set: the clash is the section's.
+        let err = field_error("models[0].retry", e("deadline", "must be"), |_| false);
+        assert_eq!(err.key(), Some("models[0].retry"));
+        assert!(err.to_string().contains("deadline must be"), "{err}");
     }
 }

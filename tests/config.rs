@@ -1287,3 +1287,35 @@ fn the_queue_section_fills_defaults_and_keeps_what_is_set() {
         vec![seawall::core::Degrade::Queue]
     );
 }
+
+#[test]
+fn hedging_and_learned_timeouts_are_keys_of_retry() {
+    let c = Config::from_toml(&minimal(
+        "[retry]\nhedge_after = \"off\"\nidle_timeout = \"5s\"\nlearned_timeouts = false\n\
+         [models.retry]\nhedge_after = \"750ms\"\nhedge_streams = true\nmax_hedges = 2",
+    ))
+    .unwrap();
+    let all = c.retry_defaults();
+    assert_eq!(all.hedge, seawall::core::Hedge::Off);
+    assert_eq!(all.idle_timeout, Duration::from_secs(5));
+    assert!(!all.learned_timeouts);
+    let m1 = c.retry_for(&c.models[0]);
+    assert_eq!(
+        m1.hedge,
+        seawall::core::Hedge::After(Duration::from_millis(750))
+    );
+    assert!(m1.hedge_streams);
+    assert_eq!(m1.max_hedges, 2);
+    assert_eq!(m1.idle_timeout, Duration::from_secs(5), "inherited");
+    let c = Config::from_toml(&minimal("[retry]\nhedge_after = \"auto\"")).unwrap();
+    assert_eq!(c.retry_defaults().hedge, seawall::core::Hedge::Auto);
+
+    // Bad values name their key.
+    let e = err(&minimal("[retry]\nhedge_after = \"sometimes\""));
+    assert_eq!(e.key(), Some("retry.hedge_after"), "{e}");
+    assert!(e.to_string().contains("\"auto\""), "{e}");
+    let e = err(&minimal("[retry]\nhedge_after = \"0s\""));
+    assert_eq!(e.key(), Some("retry.hedge_after"), "{e}");
+    let e = err(&minimal("[models.retry]\nidle_timeout = \"0s\""));
+    assert_eq!(e.key(), Some("models[0].retry.idle_timeout"), "{e}");
+}

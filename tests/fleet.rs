@@ -381,7 +381,11 @@ async fn without_redis_each_instance_spends_its_share_and_shares_again_when_it_r
     assert_eq!(log.iter().filter(|e| e.status == Some(429)).count(), 0);
     // No call reached the upstream twice: one request per served call at most, plus the
     // others of this test.
-    assert!(log.len() <= served + 2 + 10 + 20 + 2, "{} upstream calls", log.len());
+    assert!(
+        log.len() <= served + 2 + 10 + 20 + 2,
+        "{} upstream calls",
+        log.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -9,6 +9,8 @@
 
 use std::time::Duration;
 
+use super::invalid::Invalid;
+
 /// How a computed backoff delay `d` is randomised, so that many clients failing together do not
 /// retry together.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -65,18 +67,25 @@ pub enum Step {
 
 impl Backoff {
     /// Check the settings; the error names the offending field.
-    pub fn validate(&self) -> Result<(), String> {
+    ///
+    /// # Errors
+    ///
+    /// The first field that cannot work.
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.base.is_zero() {
-            return Err("backoff.base must be greater than zero".to_owned());
+            return Err(Invalid::new("backoff.base", "must be greater than zero"));
         }
         if self.cap < self.base {
-            return Err(format!(
-                "backoff.cap ({:?}) must be at least backoff.base ({:?})",
-                self.cap, self.base
+            return Err(Invalid::new(
+                "backoff.cap",
+                format!(
+                    "({:?}) must be at least backoff.base ({:?})",
+                    self.cap, self.base
+                ),
             ));
         }
         if self.max_attempts == 0 {
-            return Err("backoff.max_attempts must be at least 1".to_owned());
+            return Err(Invalid::new("backoff.max_attempts", "must be at least 1"));
         }
         Ok(())
     }
@@ -214,17 +223,20 @@ mod tests {
             base: Duration::ZERO,
             ..Backoff::default()
         };
-        assert!(zero_base.validate().unwrap_err().contains("base"));
+        assert_eq!(zero_base.validate().unwrap_err().field, "backoff.base");
         let low_cap = Backoff {
             cap: ms(100),
             ..Backoff::default()
         };
-        assert!(low_cap.validate().unwrap_err().contains("cap"));
+        assert_eq!(low_cap.validate().unwrap_err().field, "backoff.cap");
         let no_attempts = Backoff {
             max_attempts: 0,
             ..Backoff::default()
         };
-        assert!(no_attempts.validate().unwrap_err().contains("max_attempts"));
+        assert_eq!(
+            no_attempts.validate().unwrap_err().field,
+            "backoff.max_attempts"
+        );
     }
 
     #[test]

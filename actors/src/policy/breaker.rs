@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use super::classify::Class;
+use super::invalid::Invalid;
 use super::window::{Window, WindowKind, WindowStats};
 
 /// What trips a closed breaker.
@@ -92,35 +93,48 @@ impl BreakerConfig {
         }
     }
 
-    /// Check the settings; the error names the field and what is wrong with it.
-    pub fn validate(&self) -> Result<(), String> {
-        let rate = |field: &str, value: f64| {
+    /// Check the settings.
+    ///
+    /// # Errors
+    ///
+    /// The first field that cannot work, and what is wrong with it.
+    pub fn validate(&self) -> Result<(), Invalid> {
+        let rate = |field: &'static str, value: f64| {
             // Written so that NaN fails too.
             if value > 0.0 && value <= 100.0 {
                 Ok(())
             } else {
-                Err(format!(
-                    "{field} must be a percentage in (0, 100], got {value}"
+                Err(Invalid::new(
+                    field,
+                    format!("must be a percentage in (0, 100], got {value}"),
                 ))
             }
         };
-        let nonzero = |field: &str, value: Duration| {
+        let nonzero = |field: &'static str, value: Duration| {
             if value.is_zero() {
-                Err(format!("{field} must be longer than zero"))
+                Err(Invalid::new(field, "must be longer than zero"))
             } else {
                 Ok(())
             }
         };
         match self.window {
-            WindowKind::Count(0) => return Err("window: Count(n) needs n >= 1".into()),
+            WindowKind::Count(0) => {
+                return Err(Invalid::new("window", "must count at least 1 call"))
+            }
             WindowKind::Count(n) if self.trip == Trip::FailureRate && self.min_calls > n => {
-                return Err(format!(
-                    "min_calls ({}) exceeds the window's Count({n}): the rates could never be judged",
-                    self.min_calls
+                return Err(Invalid::new(
+                    "min_calls",
+                    format!(
+                        "({}) exceeds the window's {n} calls: the rates could never be judged",
+                        self.min_calls
+                    ),
                 ))
             }
             WindowKind::Time(d) if d < Duration::from_secs(1) => {
-                return Err(format!("window: Time(d) needs d >= 1 s, got {d:?}"))
+                return Err(Invalid::new(
+                    "window",
+                    format!("a time window must be at least 1s, got {d:?}"),
+                ))
             }
             _ => {}
         }
@@ -128,24 +142,27 @@ impl BreakerConfig {
         rate("slow_call_rate", self.slow_call_rate)?;
         nonzero("slow_call_duration", self.slow_call_duration)?;
         if self.min_calls == 0 {
-            return Err("min_calls must be at least 1".into());
+            return Err(Invalid::new("min_calls", "must be at least 1"));
         }
         if self.half_open_calls == 0 {
-            return Err("half_open_calls must be at least 1".into());
+            return Err(Invalid::new("half_open_calls", "must be at least 1"));
         }
         nonzero("open_for", self.open_for)?;
         if let Some(backoff) = self.open_backoff {
             // Written so that NaN fails too.
             if !(backoff.multiplier >= 1.0 && backoff.multiplier.is_finite()) {
-                return Err(format!(
-                    "open_backoff.multiplier must be a finite number >= 1.0, got {}",
-                    backoff.multiplier
+                return Err(Invalid::new(
+                    "open_backoff.multiplier",
+                    format!("must be a finite number >= 1.0, got {}", backoff.multiplier),
                 ));
             }
             if backoff.max < self.open_for {
-                return Err(format!(
-                    "open_backoff.max ({:?}) must be at least open_for ({:?})",
-                    backoff.max, self.open_for
+                return Err(Invalid::new(
+                    "open_backoff.max",
+                    format!(
+                        "({:?}) must be at least open_for ({:?})",
+                        backoff.max, self.open_for
+                    ),
                 ));
             }
         }
@@ -153,7 +170,7 @@ impl BreakerConfig {
             nonzero("max_wait_in_half_open", wait)?;
         }
         if self.trip == Trip::ConsecutiveFailures(0) {
-            return Err("trip: ConsecutiveFailures(n) needs n >= 1".into());
+            return Err(Invalid::new("trip", "needs at least 1 consecutive failure"));
         }
         Ok(())
     }
@@ -1189,7 +1206,7 @@ mod tests {
         ];
         for (config, field) in cases {
             let err = config.validate().expect_err(field);
-            assert!(err.starts_with(field), "{field}: {err}");
+            assert_eq!(err.field, field, "{err}");
         }
         let good = BreakerConfig {
             open_backoff: Some(backoff),

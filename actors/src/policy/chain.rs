@@ -39,6 +39,7 @@ use crate::call::{AttemptRecord, Outcome};
 use crate::policy::backoff::{Backoff, SplitMix64, Step as Backoff_};
 use crate::policy::breaker::{Admission, Permit};
 use crate::policy::classify::{Class, Scope, Verdict};
+use crate::policy::invalid::Invalid;
 use crate::policy::lanes::{Decision, RejectReason, Ticket};
 use crate::wire::{Cost, SseEvent};
 
@@ -204,29 +205,34 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Check the settings; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Check the settings.
+    ///
+    /// # Errors
+    ///
+    /// The first field that cannot work, and what is wrong with it.
+    pub fn validate(&self) -> Result<(), Invalid> {
         self.backoff.validate()?;
-        if self.deadline.is_zero() {
-            return Err("deadline must be greater than zero".into());
-        }
-        if self.attempt_timeout.is_zero() {
-            return Err("attempt_timeout must be greater than zero".into());
-        }
-        if self.first_token_timeout.is_zero() {
-            return Err("first_token_timeout must be greater than zero".into());
+        for (field, d) in [
+            ("deadline", self.deadline),
+            ("attempt_timeout", self.attempt_timeout),
+            ("first_token_timeout", self.first_token_timeout),
+            ("idle_timeout", self.idle_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(Invalid::new(field, "must be longer than zero"));
+            }
         }
         if self.min_attempt >= self.deadline {
-            return Err("min_attempt must be shorter than deadline".into());
+            return Err(Invalid::new("min_attempt", "must be shorter than deadline"));
         }
         if self.max_attempts == 0 {
-            return Err("max_attempts must be at least 1".into());
-        }
-        if self.idle_timeout.is_zero() {
-            return Err("idle_timeout must be greater than zero".into());
+            return Err(Invalid::new("max_attempts", "must be at least 1"));
         }
         if self.hedge == Hedge::After(Duration::ZERO) {
-            return Err("hedge_after must be greater than zero (or \"off\")".into());
+            return Err(Invalid::new(
+                "hedge_after",
+                "must be longer than zero (or \"off\")",
+            ));
         }
         Ok(())
     }

@@ -7,6 +7,7 @@ pub mod breaker;
 pub mod bucket;
 pub mod chain;
 pub mod classify;
+pub mod invalid;
 pub mod lanes;
 pub mod latency;
 pub mod pins;
