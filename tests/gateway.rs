@@ -1279,3 +1279,35 @@ async fn a_conversation_header_pins_the_fallback_until_the_primary_closes() {
     let back = turn(Some("task-7")).await.unwrap();
     assert_eq!(header(&back, "seawall-model").as_deref(), Some("primary"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedged_call_says_so_in_its_headers() {
+    let sim = sim(r#"
+        [[models]]
+        name = "m"
+        [[models.faults]]
+        kind = "hang"
+        [[models]]
+        name = "f"
+        latency = "5ms"
+    "#)
+    .await;
+    let gw = Gw::start(&config(
+        &sim.base_url(),
+        &format!(
+            "[[models]]\nname = \"m\"\nfallbacks = [\"f\"]\n[models.retry]\nhedge_after = \"100ms\"\n\
+             [[models]]\nname = \"f\"\n{}",
+            gateway_section("")
+        ),
+    ))
+    .await;
+    let started = Instant::now();
+    let resp = post(&gw, "/v1/messages", Some(TOKEN), &body("m")).await;
+    let took = started.elapsed();
+    assert_eq!(resp.status(), 200);
+    assert!(took < Duration::from_secs(1), "hedged at 100 ms: {took:?}");
+    let h = resp.headers();
+    assert_eq!(h["seawall-model"], "f");
+    assert_eq!(h["seawall-attempts"], "2", "the hung attempt was sent too");
+    assert_eq!(h["seawall-hedges"], "1");
+}

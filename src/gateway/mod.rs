@@ -29,7 +29,8 @@
 //! **Response headers.** `seawall-model` (who served), `seawall-source` (`live`, `replay` for an
 //! idempotent repeat, `cache` or `static` when degraded, `queued` with `seawall-job-id` and HTTP
 //! 202 when the call was stored for later),
-//! `seawall-attempts` (upstream attempts), the upstream's `request-id` (every response has one:
+//! `seawall-attempts` (upstream attempts, cancelled ones included), `seawall-hedges` (when the
+//! call hedged), the upstream's `request-id` (every response has one:
 //! the upstream's, or a `req_seawall_…` id for answers the gateway made), and
 //! `seawall-translation-dropped` from an OpenAI-compatible hop.
 //!

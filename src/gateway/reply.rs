@@ -20,6 +20,9 @@ pub(crate) const REQUEST_ID: HeaderName = HeaderName::from_static("request-id");
 pub(crate) const SEAWALL_MODEL: HeaderName = HeaderName::from_static("seawall-model");
 pub(crate) const SEAWALL_SOURCE: HeaderName = HeaderName::from_static("seawall-source");
 pub(crate) const SEAWALL_ATTEMPTS: HeaderName = HeaderName::from_static("seawall-attempts");
+/// Hedges started (attempts begun while another of the call was still in flight); only when
+/// there were any.
+pub(crate) const SEAWALL_HEDGES: HeaderName = HeaderName::from_static("seawall-hedges");
 pub(crate) const SEAWALL_JOB_ID: HeaderName = HeaderName::from_static("seawall-job-id");
 const RETRY_AFTER_MS: HeaderName = HeaderName::from_static("retry-after-ms");
 
@@ -85,12 +88,40 @@ pub(crate) fn api_error(
     response
 }
 
-/// Upstream attempts in a trail.
+/// Upstream attempts in a trail: those that answered and those cancelled in flight (a hedge,
+/// or the attempt it hedged) alike, since each was sent.
 fn attempts(trail: &[AttemptRecord]) -> usize {
     trail
         .iter()
-        .filter(|r| matches!(r.outcome, Outcome::Attempted { .. }))
+        .filter(|r| {
+            matches!(
+                r.outcome,
+                Outcome::Attempted { .. } | Outcome::Cancelled { .. }
+            )
+        })
         .count()
+}
+
+/// Hedges in a trail.
+fn hedges(trail: &[AttemptRecord]) -> usize {
+    trail
+        .iter()
+        .filter(|r| {
+            matches!(
+                r.outcome,
+                Outcome::Attempted { hedge: true, .. } | Outcome::Cancelled { hedge: true }
+            )
+        })
+        .count()
+}
+
+/// `seawall-attempts`, and `seawall-hedges` when the call hedged.
+fn set_attempts(response: &mut Response, attempts: usize, trail: &[AttemptRecord]) {
+    set(response, SEAWALL_ATTEMPTS, &attempts.to_string());
+    let n = hedges(trail);
+    if n > 0 {
+        set(response, SEAWALL_HEDGES, &n.to_string());
+    }
 }
 
 /// Copy the passed-through upstream headers onto `response`.
@@ -125,7 +156,7 @@ pub(crate) fn success(reply: &Reply, ids: &RequestIds) -> Response {
     }
     set(&mut response, SEAWALL_MODEL, &reply.model);
     set(&mut response, SEAWALL_SOURCE, reply.source.as_str());
-    set(&mut response, SEAWALL_ATTEMPTS, &reply.attempts.to_string());
+    set_attempts(&mut response, reply.attempts as usize, &reply.trail);
     if let Some(job) = reply.job_id() {
         set(&mut response, SEAWALL_JOB_ID, &job);
     }
@@ -143,6 +174,7 @@ pub(crate) fn stream(reply: StreamReply, ids: &RequestIds) -> Response {
         headers,
         attempts,
         events,
+        trail,
         ..
     } = reply;
     let served_by = model.clone();
@@ -187,7 +219,7 @@ pub(crate) fn stream(reply: StreamReply, ids: &RequestIds) -> Response {
     }
     set(&mut response, SEAWALL_MODEL, &model);
     set(&mut response, SEAWALL_SOURCE, source.as_str());
-    set(&mut response, SEAWALL_ATTEMPTS, &attempts.to_string());
+    set_attempts(&mut response, attempts as usize, &trail);
     response
 }
 
@@ -229,11 +261,7 @@ pub(crate) fn call_error(err: &Error, ids: &RequestIds, time_spent: bool) -> Res
             }
             set(&mut response, SEAWALL_MODEL, model);
             set(&mut response, SEAWALL_SOURCE, "live");
-            set(
-                &mut response,
-                SEAWALL_ATTEMPTS,
-                &attempts(trail).to_string(),
-            );
+            set_attempts(&mut response, attempts(trail), trail);
             response
         }
         Error::Unavailable {
@@ -259,11 +287,7 @@ pub(crate) fn call_error(err: &Error, ids: &RequestIds, time_spent: bool) -> Res
                     &d.as_millis().max(1).to_string(),
                 );
             }
-            set(
-                &mut response,
-                SEAWALL_ATTEMPTS,
-                &attempts(trail).to_string(),
-            );
+            set_attempts(&mut response, attempts(trail), trail);
             response
         }
         Error::InvalidCall(message) => api_error(
