@@ -151,6 +151,8 @@ pub enum IncidentKind {
     LongContext,
     /// Some connections to the primary are reset.
     Resets,
+    /// Some requests to the primary never get an answer (the tail).
+    Hangs,
 }
 
 /// One window of the scripted incident, on the simulator's clock (which starts with the run).
@@ -274,6 +276,14 @@ impl Plan {
 
         let incidents = vec![
             Incident {
+                kind: IncidentKind::Hangs,
+                model: Some(PRIMARY.to_owned()),
+                from: at(2.0),
+                until: at(5.5),
+                label: format!("hangs: {PRIMARY}"),
+                detail: "10% of requests never answered".to_owned(),
+            },
+            Incident {
                 kind: IncidentKind::Outage,
                 model: Some(PRIMARY.to_owned()),
                 from: at(6.0),
@@ -389,6 +399,13 @@ impl Plan {
             until,
             probability: 0.2,
             ..Fault::new(FaultKind::Reset)
+        });
+        let (from, until) = self.window(IncidentKind::Hangs);
+        primary.faults.push(Fault {
+            from,
+            until,
+            probability: 0.1,
+            ..Fault::new(FaultKind::Hang)
         });
 
         let mut fallback = ModelSpec::new(FALLBACK);
@@ -615,6 +632,11 @@ pub struct Summary {
     pub breaker_skips: usize,
     /// Calls issued during the long-context burst, and how many of them the primary served.
     pub burst_calls: (usize, usize),
+    /// Hedged attempts started (a twin of an attempt still in flight), and how many of them
+    /// answered first.
+    pub hedges: (usize, usize),
+    /// Upstream requests the simulator never answered (held until the client let go).
+    pub upstream_hangs: usize,
 }
 
 impl DemoReport {
@@ -704,6 +726,30 @@ impl DemoReport {
             breaker_skips: steps()
                 .filter(|s| matches!(s.outcome, Outcome::BreakerOpen))
                 .count(),
+            hedges: (
+                steps()
+                    .filter(|s| {
+                        matches!(
+                            s.outcome,
+                            Outcome::Attempted { hedge: true, .. }
+                                | Outcome::Cancelled { hedge: true }
+                        )
+                    })
+                    .count(),
+                steps()
+                    .filter(|s| {
+                        matches!(
+                            s.outcome,
+                            Outcome::Attempted {
+                                hedge: true,
+                                class: Class::Success,
+                                ..
+                            }
+                        )
+                    })
+                    .count(),
+            ),
+            upstream_hangs: upstream_of(&|u| u.outcome == "hang"),
             burst_calls: (
                 burst.len(),
                 burst

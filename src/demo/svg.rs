@@ -48,6 +48,7 @@ fn incident_colour(kind: IncidentKind) -> (&'static str, &'static str) {
         IncidentKind::SlowFirstByte => ("#F28E2B", "#9A5400"),
         IncidentKind::LongContext => ("#8E6BBF", "#5B3E8A"),
         IncidentKind::Resets => ("#7F7F7F", "#4D4D4D"),
+        IncidentKind::Hangs => ("#4E79A7", "#2B4A6F"),
     }
 }
 

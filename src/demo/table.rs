@@ -97,6 +97,16 @@ pub fn render_table(report: &DemoReport) -> String {
     row(&mut out, "resets", s.upstream_resets, "");
     row(
         &mut out,
+        "hung requests",
+        s.upstream_hangs,
+        &format!(
+            "{} hedged attempts, {} answered first: a hang costs the model's learned latency, \
+             not a timeout",
+            s.hedges.0, s.hedges.1
+        ),
+    );
+    row(
+        &mut out,
         &format!(
             "attempts cut at {} timeout",
             fmt_duration(plan.attempt_timeout)
