@@ -33,7 +33,9 @@
 //!    upstream holds answers for `--hold` s and `--inflight` connections send one call each. RSS
 //!    is sampled every 50 ms; `peak` is the largest sample taken while the upstream held all N
 //!    calls. `after` is sampled `--settle` s after the calls were answered and the clients
-//!    closed their connections. `KB/call` = (peak - idle) / N.
+//!    closed their connections; `--late S` adds a sample S s later (the upstream connection
+//!    pool's idle timeout is 90 s). `KB/call` = (peak - idle) / N. `fds` counts the gateway's
+//!    open descriptors (its client and upstream connections) at idle, peak, after and late.
 //! 4. `library`: a child process with only the runtime (`seawall::core::Seawall`) and an
 //!    in-process upstream that sleeps `--hold` s: `--lib-inflight` calls (`complete` in spawned
 //!    tasks) in flight at once, same samples.
@@ -41,7 +43,12 @@
 //! **Reading it.** Latency and rps move with this 2-core machine's noise; compare rows of one
 //! run. The `cpu` columns give CPU time per request (µs) of each party, from
 //! `/proc/<pid>/task/*/schedstat`: the generator's and the upstream's own cost shows how much of
-//! the 2 cores the gateway did not get. Pick phases with `--phases latency,memory,library`;
+//! the 2 cores the gateway did not get; `irq` is interrupt work charged to no thread (mostly
+//! this run's loopback traffic) and `other` is what the rest of the machine took meanwhile (a
+//! run with `other` well above zero shared the machine). Pick phases with
+//! `--phases latency,memory,library`; `--phases serve --seconds 60` only starts the upstream and
+//! a gateway child and prints their addresses, for an outside generator such as wrk
+//! (`benches/wrk_messages.lua`);
 //! `--perf-out FILE` records `perf record -g` of the gateway during the recorded window of the
 //! last gateway phase.
 
@@ -98,6 +105,7 @@ struct Args {
     inflight: usize,
     hold: f64,
     settle: f64,
+    late: f64,
     lib_inflight: usize,
     phases: Vec<String>,
     in_process: bool,
@@ -144,6 +152,7 @@ fn parse_args() -> Args {
         inflight: num("--inflight", 2000.0) as usize,
         hold: num("--hold", 10.0),
         settle: num("--settle", 2.0),
+        late: num("--late", 0.0),
         lib_inflight: num("--lib-inflight", 10_000.0) as usize,
         phases: list("--phases", "latency,memory,library"),
         in_process: argv.iter().any(|a| a == "--in-process"),
@@ -299,11 +308,12 @@ tokens = ["{TOKEN}"]
     )
 }
 
-/// Start the gateway for `upstream_url`, serving on loopback until `stop` resolves; its address.
+/// Start the gateway for `upstream_url`, serving on loopback until `stop` resolves; its address
+/// and the task that ends when it has drained.
 async fn serve_gateway(
     upstream_url: &str,
     stop: impl std::future::Future<Output = ()> + Send + 'static,
-) -> SocketAddr {
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
     let config = Config::from_toml(&gateway_toml(upstream_url)).expect("the benchmark's config");
     let gateway = Gateway::start_with_env(&config, |v| {
         (v == "LOAD_BENCH_KEY").then(|| UPSTREAM_KEY.to_owned())
@@ -314,12 +324,12 @@ async fn serve_gateway(
         .await
         .expect("the gateway binds on loopback");
     let addr = listener.local_addr().expect("the gateway's address");
-    tokio::spawn(async move {
+    let served = tokio::spawn(async move {
         if let Err(e) = gateway.serve(listener, stop).await {
             eprintln!("gateway_load: the gateway stopped: {e}");
         }
     });
-    addr
+    (addr, served)
 }
 
 fn init_logging(level: &str) {
@@ -350,14 +360,14 @@ fn gateway_child(args: &Args) {
             while std::io::stdin().read_line(&mut sink).is_ok_and(|n| n > 0) {}
             let _ = stop_tx.send(());
         });
-        let addr = serve_gateway(&upstream, async move {
+        let (addr, served) = serve_gateway(&upstream, async move {
             let _ = stop_rx.await;
         })
         .await;
         println!("listening {addr}");
         let _ = std::io::stdout().flush();
-        // Serve until stop; the served task ends the process by returning here.
-        std::future::pending::<()>().await;
+        // Serve until stdin closes and the gateway has drained.
+        let _ = served.await;
     });
 }
 
@@ -430,7 +440,7 @@ fn spawn_gateway_in_process(upstream: SocketAddr) -> (GatewayProc, SocketAddr) {
                 .build()
                 .expect("the gateway's runtime");
             runtime.block_on(async move {
-                let addr =
+                let (addr, _served) =
                     serve_gateway(&format!("http://{upstream}"), std::future::pending()).await;
                 let _ = tx.send(addr);
                 std::future::pending::<()>().await;
@@ -567,14 +577,12 @@ async fn closed_loop(
             break;
         }
         match read_response(&mut stream, &mut buf).await {
-            Ok(status) if started >= record_from => {
-                if status == 200 {
-                    let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                    tally.latency.saturating_record(ns.max(1));
-                    tally.ok += 1;
-                } else {
-                    tally.error(format!("status {status}"));
-                }
+            // A wrong answer counts in the warm-up too: it means a misconfigured run.
+            Ok(status) if status != 200 => tally.error(format!("status {status}")),
+            Ok(_) if started >= record_from => {
+                let ns = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                tally.latency.saturating_record(ns.max(1));
+                tally.ok += 1;
             }
             Ok(_) => {}
             Err(e) => {
@@ -612,11 +620,13 @@ struct Cpu {
     generator: u64,
     upstream: u64,
     machine_busy: u64,
+    machine_irq: u64,
     machine_total: u64,
 }
 
-/// The machine's (busy, total) CPU ticks since boot, from the first line of `/proc/stat`.
-fn machine_ticks() -> (u64, u64) {
+/// The machine's (busy, irq + softirq, total) CPU ticks since boot, from the first line of
+/// `/proc/stat`. Interrupt work (loopback packet delivery, mostly) is charged to no thread.
+fn machine_ticks() -> (u64, u64, u64) {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let fields: Vec<u64> = stat
         .lines()
@@ -628,14 +638,16 @@ fn machine_ticks() -> (u64, u64) {
         .collect();
     let total: u64 = fields.iter().take(8).sum();
     // idle and iowait are the 4th and 5th fields.
-    let idle = fields.get(3).copied().unwrap_or(0) + fields.get(4).copied().unwrap_or(0);
-    (total.saturating_sub(idle), total)
+    let field = |i: usize| fields.get(i).copied().unwrap_or(0);
+    let idle = field(3) + field(4);
+    (total.saturating_sub(idle), field(5) + field(6), total)
 }
 
 fn cpu_now(gateway: Option<&GatewayProc>) -> Cpu {
-    let (machine_busy, machine_total) = machine_ticks();
+    let (machine_busy, machine_irq, machine_total) = machine_ticks();
     let mut cpu = Cpu {
         machine_busy,
+        machine_irq,
         machine_total,
         ..Cpu::default()
     };
@@ -664,8 +676,11 @@ struct Phase {
     cpu_per_request: [f64; 3],
     /// Cores busy on average: gateway, generator, upstream.
     cores: [f64; 3],
-    /// Cores busy on average with anything else on the machine (other processes, the kernel's
-    /// own work not charged to our threads).
+    /// Cores busy on average with interrupt work (irq + softirq: on an otherwise quiet machine,
+    /// mostly the loopback traffic of this benchmark).
+    irq_cores: f64,
+    /// Cores busy on average with anything else (other processes, steal): a run with this well
+    /// above zero shared the machine.
     other_cores: f64,
 }
 
@@ -699,6 +714,7 @@ impl Phase {
                 "gateway": self.cores[0],
                 "generator": self.cores[1],
                 "upstream": self.cores[2],
+                "irq": self.irq_cores,
                 "other": self.other_cores,
             },
         })
@@ -746,11 +762,15 @@ async fn run_phase(
     let total = cpu_end
         .machine_total
         .saturating_sub(cpu_start.machine_total) as f64;
-    let machine_busy = if total > 0.0 {
-        busy / total * machine_cores
-    } else {
-        0.0
+    let irq = cpu_end.machine_irq.saturating_sub(cpu_start.machine_irq) as f64;
+    let share = |ticks: f64| {
+        if total > 0.0 {
+            ticks / total * machine_cores
+        } else {
+            0.0
+        }
     };
+    let irq_cores = share(irq);
     Phase {
         target,
         connections,
@@ -758,7 +778,8 @@ async fn run_phase(
         tally,
         cpu_per_request: spent.map(|ns| ns as f64 / 1000.0 / n),
         cores,
-        other_cores: (machine_busy - cores.iter().sum::<f64>()).max(0.0),
+        irq_cores,
+        other_cores: (share(busy) - irq_cores - cores.iter().sum::<f64>()).max(0.0),
     }
 }
 
@@ -793,6 +814,11 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Open file descriptors of `pid` (its connections, mostly).
+fn fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, |d| d.count())
+}
+
 /// RSS samples of one memory phase.
 struct Memory {
     what: &'static str,
@@ -804,6 +830,10 @@ struct Memory {
     held_at_peak: usize,
     answered_kib: u64,
     after_kib: u64,
+    /// RSS `--late` s after the last answer (when asked for).
+    late_kib: Option<u64>,
+    /// Open descriptors at idle, at the peak, after and late (gateway only).
+    fds: [usize; 4],
     errors: usize,
 }
 
@@ -826,6 +856,13 @@ impl Memory {
             "peak_kib": self.peak_kib,
             "answered_kib": self.answered_kib,
             "after_kib": self.after_kib,
+            "late_kib": self.late_kib,
+            "fds": {
+                "idle": self.fds[0],
+                "peak": self.fds[1],
+                "after": self.fds[2],
+                "late": self.fds[3],
+            },
             "kib_per_call": self.per_call_kib(),
             "after_over_idle": self.after_ratio(),
             "errors": self.errors,
@@ -843,6 +880,8 @@ impl Memory {
             held_at_peak: n("held_at_peak") as usize,
             answered_kib: n("answered_kib"),
             after_kib: n("after_kib"),
+            late_kib: v.get("late_kib").and_then(Value::as_u64),
+            fds: [0; 4],
             errors: n("errors") as usize,
         }
     }
@@ -907,6 +946,7 @@ async fn gateway_memory(args: &Args, upstream: SocketAddr, state: &UpstreamState
     let _ = run_phase(&warm, "warm-up", addr, 16, None, None).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_kib = rss_kib(pid);
+    let idle_fds = fds(pid);
 
     state
         .hold_ms
@@ -926,11 +966,15 @@ async fn gateway_memory(args: &Args, upstream: SocketAddr, state: &UpstreamState
             ))
         })
         .collect();
+    let peak_fds = AtomicUsize::new(0);
     let (peak_kib, held_at_peak) = sample_peak(
         args.inflight,
         &done,
         || state.held.load(Ordering::Relaxed),
-        || rss_kib(pid),
+        || {
+            peak_fds.fetch_max(fds(pid), Ordering::Relaxed);
+            rss_kib(pid)
+        },
     )
     .await;
     let answered_kib = rss_kib(pid);
@@ -941,6 +985,13 @@ async fn gateway_memory(args: &Args, upstream: SocketAddr, state: &UpstreamState
     }
     tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
     let after_kib = rss_kib(pid);
+    let after_fds = fds(pid);
+    let (late_kib, late_fds) = if args.late > 0.0 {
+        tokio::time::sleep(Duration::from_secs_f64(args.late)).await;
+        (Some(rss_kib(pid)), fds(pid))
+    } else {
+        (None, 0)
+    };
     drop(gateway);
     Memory {
         what: "gateway",
@@ -951,6 +1002,8 @@ async fn gateway_memory(args: &Args, upstream: SocketAddr, state: &UpstreamState
         held_at_peak,
         answered_kib,
         after_kib,
+        late_kib,
+        fds: [idle_fds, peak_fds.into_inner(), after_fds, late_fds],
         errors: args.inflight - ok.load(Ordering::Relaxed),
     }
 }
@@ -1053,6 +1106,12 @@ fn library_child(args: &Args) {
         let answered_kib = rss_kib(pid);
         tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
         let after_kib = rss_kib(pid);
+        let late_kib = if args.late > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(args.late)).await;
+            Some(rss_kib(pid))
+        } else {
+            None
+        };
         Memory {
             what: "library",
             inflight: n,
@@ -1062,6 +1121,8 @@ fn library_child(args: &Args) {
             held_at_peak,
             answered_kib,
             after_kib,
+            late_kib,
+            fds: [0; 4],
             errors: n - ok.load(Ordering::Relaxed),
         }
     });
@@ -1080,6 +1141,8 @@ fn library_memory(args: &Args) -> Memory {
             &args.hold.to_string(),
             "--settle",
             &args.settle.to_string(),
+            "--late",
+            &args.late.to_string(),
         ])
         .stderr(Stdio::inherit())
         .output()
@@ -1138,6 +1201,18 @@ fn coordinator(args: &Args) {
     let (phases, memory) = runtime.block_on(async {
         let mut phases = Vec::new();
         let mut memory = Vec::new();
+        if has("serve") {
+            // For an outside load generator (wrk): the upstream and a gateway child, for
+            // `--seconds`.
+            let (gateway, addr) = spawn_gateway_child(args, upstream);
+            println!(
+                "upstream http://{upstream}  gateway http://{addr} (pid {})  for {} s",
+                gateway.pid(),
+                args.seconds
+            );
+            let _ = std::io::stdout().flush();
+            tokio::time::sleep(Duration::from_secs_f64(args.seconds)).await;
+        }
         if has("latency") {
             let (gateway, addr) = if args.in_process {
                 spawn_gateway_in_process(upstream)
@@ -1215,7 +1290,7 @@ fn report(args: &Args, cores: usize, phases: &[Phase], memory: &[Memory]) {
     if !phases.is_empty() {
         println!();
         println!(
-            "{:<8} {:>5} {:>9} {:>9} {:>9} {:>9} {:>6}   {:>20}   {:>20}",
+            "{:<8} {:>5} {:>9} {:>9} {:>9} {:>9} {:>6}   {:>20}   {:>24}",
             "target",
             "conns",
             "rps",
@@ -1224,11 +1299,11 @@ fn report(args: &Args, cores: usize, phases: &[Phase], memory: &[Memory]) {
             "p99.9 us",
             "errors",
             "cpu us/req gw/gen/up",
-            "cores gw/gen/up/other"
+            "cores gw/gen/up/irq/other"
         );
         for p in phases {
             println!(
-                "{:<8} {:>5} {:>9.0} {:>9.1} {:>9.1} {:>9.1} {:>6}   {:>6.1}/{:>6.1}/{:>6.1}   {:>4.2}/{:>4.2}/{:>4.2}/{:>4.2}",
+                "{:<8} {:>5} {:>9.0} {:>9.1} {:>9.1} {:>9.1} {:>6}   {:>6.1}/{:>6.1}/{:>6.1}   {:>4.2}/{:>4.2}/{:>4.2}/{:>4.2}/{:>4.2}",
                 p.target,
                 p.connections,
                 p.rps(),
@@ -1242,6 +1317,7 @@ fn report(args: &Args, cores: usize, phases: &[Phase], memory: &[Memory]) {
                 p.cores[0],
                 p.cores[1],
                 p.cores[2],
+                p.irq_cores,
                 p.other_cores,
             );
             if let Some(e) = &p.tally.first_error {
@@ -1265,7 +1341,7 @@ fn report(args: &Args, cores: usize, phases: &[Phase], memory: &[Memory]) {
     if !memory.is_empty() {
         println!();
         println!(
-            "{:<8} {:>9} {:>6} {:>9} {:>8} {:>8} {:>9} {:>11} {:>9} {:>10} {:>6}",
+            "{:<8} {:>9} {:>6} {:>9} {:>8} {:>8} {:>9} {:>11} {:>9} {:>10} {:>8} {:>22} {:>6}",
             "memory",
             "in flight",
             "held",
@@ -1276,12 +1352,22 @@ fn report(args: &Args, cores: usize, phases: &[Phase], memory: &[Memory]) {
             "answered MB",
             "after MB",
             "after/idle",
+            "late MB",
+            "fds idle/peak/after/late",
             "errors"
         );
         let mb = |k: u64| k as f64 / 1024.0;
         for m in memory {
+            let late = m
+                .late_kib
+                .map_or_else(|| "-".to_owned(), |k| format!("{:.1}", mb(k)));
+            let fds = if m.fds[1] == 0 {
+                "-".to_owned()
+            } else {
+                format!("{}/{}/{}/{}", m.fds[0], m.fds[1], m.fds[2], m.fds[3])
+            };
             println!(
-                "{:<8} {:>9} {:>6} {:>9.1} {:>8.1} {:>8.1} {:>9.1} {:>11.1} {:>9.1} {:>10.2} {:>6}",
+                "{:<8} {:>9} {:>6} {:>9.1} {:>8.1} {:>8.1} {:>9.1} {:>11.1} {:>9.1} {:>10.2} {:>8} {:>22} {:>6}",
                 m.what,
                 m.inflight,
                 m.held_at_peak,
@@ -1292,13 +1378,15 @@ fn report(args: &Args, cores: usize, phases: &[Phase], memory: &[Memory]) {
                 mb(m.answered_kib),
                 mb(m.after_kib),
                 m.after_ratio(),
+                late,
+                fds,
                 m.errors,
             );
         }
         println!(
             "(hold {} s; KB/call = (peak - idle) / held; after: {} s after the last answer, \
-             client connections closed)",
-            args.hold, args.settle
+             client connections closed; late: --late {} s later)",
+            args.hold, args.settle, args.late
         );
     }
 }
