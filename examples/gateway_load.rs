@@ -36,6 +36,9 @@
 //!    closed their connections; `--late S` adds a sample S s later (the upstream connection
 //!    pool's idle timeout is 90 s). `KB/call` = (peak - idle) / N. `fds` counts the gateway's
 //!    open descriptors (its client and upstream connections) at idle, peak, after and late.
+//!    `--rounds R` repeats the burst R times in the same process (rows `gateway#2`, ...): a
+//!    second peak no higher than the first means the memory kept after a burst is reused, not
+//!    leaked.
 //! 4. `library`: a child process with only the runtime (`seawall::core::Seawall`) and an
 //!    in-process upstream that sleeps `--hold` s: `--lib-inflight` calls (`complete` in spawned
 //!    tasks) in flight at once, same samples.
@@ -106,6 +109,7 @@ struct Args {
     hold: f64,
     settle: f64,
     late: f64,
+    rounds: usize,
     lib_inflight: usize,
     phases: Vec<String>,
     in_process: bool,
@@ -153,6 +157,7 @@ fn parse_args() -> Args {
         hold: num("--hold", 10.0),
         settle: num("--settle", 2.0),
         late: num("--late", 0.0),
+        rounds: num("--rounds", 1.0) as usize,
         lib_inflight: num("--lib-inflight", 10_000.0) as usize,
         phases: list("--phases", "latency,memory,library"),
         in_process: argv.iter().any(|a| a == "--in-process"),
@@ -822,6 +827,8 @@ fn fds(pid: u32) -> usize {
 /// RSS samples of one memory phase.
 struct Memory {
     what: &'static str,
+    /// Which burst of `--rounds` (1-based); `idle` is always the one before the first.
+    round: usize,
     inflight: usize,
     fresh_kib: u64,
     idle_kib: u64,
@@ -849,6 +856,7 @@ impl Memory {
     fn json(&self) -> Value {
         json!({
             "what": self.what,
+            "round": self.round,
             "inflight": self.inflight,
             "held_at_peak": self.held_at_peak,
             "fresh_kib": self.fresh_kib,
@@ -873,6 +881,7 @@ impl Memory {
         let n = |k: &str| v.get(k).and_then(Value::as_u64).unwrap_or(0);
         Self {
             what: "library",
+            round: n("round") as usize,
             inflight: n("inflight") as usize,
             fresh_kib: n("fresh_kib"),
             idle_kib: n("idle_kib"),
@@ -932,7 +941,7 @@ async fn sample_peak(
 }
 
 /// The memory phase through a fresh gateway child.
-async fn gateway_memory(args: &Args, upstream: SocketAddr, state: &UpstreamState) -> Memory {
+async fn gateway_memory(args: &Args, upstream: SocketAddr, state: &UpstreamState) -> Vec<Memory> {
     let (gateway, addr) = spawn_gateway_child(args, upstream);
     let pid = gateway.pid();
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -947,65 +956,69 @@ async fn gateway_memory(args: &Args, upstream: SocketAddr, state: &UpstreamState
     tokio::time::sleep(Duration::from_secs(1)).await;
     let idle_kib = rss_kib(pid);
     let idle_fds = fds(pid);
-
-    state
-        .hold_ms
-        .store((args.hold * 1000.0) as u64, Ordering::Relaxed);
-    let request = request_bytes(addr);
-    let (close_tx, close_rx) = watch::channel(false);
-    let done = Arc::new(AtomicUsize::new(0));
-    let ok = Arc::new(AtomicUsize::new(0));
-    let tasks: Vec<_> = (0..args.inflight)
-        .map(|_| {
-            tokio::spawn(one_held_call(
-                addr,
-                Arc::clone(&request),
-                Arc::clone(&done),
-                Arc::clone(&ok),
-                close_rx.clone(),
-            ))
-        })
-        .collect();
-    let peak_fds = AtomicUsize::new(0);
-    let (peak_kib, held_at_peak) = sample_peak(
-        args.inflight,
-        &done,
-        || state.held.load(Ordering::Relaxed),
-        || {
-            peak_fds.fetch_max(fds(pid), Ordering::Relaxed);
-            rss_kib(pid)
-        },
-    )
-    .await;
-    let answered_kib = rss_kib(pid);
-    state.hold_ms.store(0, Ordering::Relaxed);
-    let _ = close_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
+    let mut rounds = Vec::new();
+    for round in 1..=args.rounds.max(1) {
+        state
+            .hold_ms
+            .store((args.hold * 1000.0) as u64, Ordering::Relaxed);
+        let request = request_bytes(addr);
+        let (close_tx, close_rx) = watch::channel(false);
+        let done = Arc::new(AtomicUsize::new(0));
+        let ok = Arc::new(AtomicUsize::new(0));
+        let tasks: Vec<_> = (0..args.inflight)
+            .map(|_| {
+                tokio::spawn(one_held_call(
+                    addr,
+                    Arc::clone(&request),
+                    Arc::clone(&done),
+                    Arc::clone(&ok),
+                    close_rx.clone(),
+                ))
+            })
+            .collect();
+        let peak_fds = AtomicUsize::new(0);
+        let (peak_kib, held_at_peak) = sample_peak(
+            args.inflight,
+            &done,
+            || state.held.load(Ordering::Relaxed),
+            || {
+                peak_fds.fetch_max(fds(pid), Ordering::Relaxed);
+                rss_kib(pid)
+            },
+        )
+        .await;
+        let answered_kib = rss_kib(pid);
+        state.hold_ms.store(0, Ordering::Relaxed);
+        let _ = close_tx.send(true);
+        for t in tasks {
+            let _ = t.await;
+        }
+        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+        let after_kib = rss_kib(pid);
+        let after_fds = fds(pid);
+        let (late_kib, late_fds) = if args.late > 0.0 {
+            tokio::time::sleep(Duration::from_secs_f64(args.late)).await;
+            (Some(rss_kib(pid)), fds(pid))
+        } else {
+            (None, 0)
+        };
+        rounds.push(Memory {
+            what: "gateway",
+            round,
+            inflight: args.inflight,
+            fresh_kib,
+            idle_kib,
+            peak_kib,
+            held_at_peak,
+            answered_kib,
+            after_kib,
+            late_kib,
+            fds: [idle_fds, peak_fds.into_inner(), after_fds, late_fds],
+            errors: args.inflight - ok.load(Ordering::Relaxed),
+        });
     }
-    tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
-    let after_kib = rss_kib(pid);
-    let after_fds = fds(pid);
-    let (late_kib, late_fds) = if args.late > 0.0 {
-        tokio::time::sleep(Duration::from_secs_f64(args.late)).await;
-        (Some(rss_kib(pid)), fds(pid))
-    } else {
-        (None, 0)
-    };
     drop(gateway);
-    Memory {
-        what: "gateway",
-        inflight: args.inflight,
-        fresh_kib,
-        idle_kib,
-        peak_kib,
-        held_at_peak,
-        answered_kib,
-        after_kib,
-        late_kib,
-        fds: [idle_fds, peak_fds.into_inner(), after_fds, late_fds],
-        errors: args.inflight - ok.load(Ordering::Relaxed),
-    }
+    rounds
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1048,7 +1061,7 @@ fn library_child(args: &Args) {
         .build()
         .expect("the library's runtime");
     let pid = std::process::id();
-    let memory = runtime.block_on(async {
+    let rounds = runtime.block_on(async {
         let hold_ms = Arc::new(AtomicU64::new(0));
         let held = Arc::new(AtomicUsize::new(0));
         let upstream = Held {
@@ -1087,49 +1100,56 @@ fn library_child(args: &Args) {
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
         let idle_kib = rss_kib(pid);
-
-        hold_ms.store((args.hold * 1000.0) as u64, Ordering::Relaxed);
-        let n = args.lib_inflight;
-        let done = Arc::new(AtomicUsize::new(0));
-        let ok = Arc::new(AtomicUsize::new(0));
-        for _ in 0..n {
-            let (seawall, done, ok) = (seawall.clone(), Arc::clone(&done), Arc::clone(&ok));
-            tokio::spawn(async move {
-                if seawall.complete(library_call()).await.is_ok() {
-                    ok.fetch_add(1, Ordering::Relaxed);
-                }
-                done.fetch_add(1, Ordering::Relaxed);
+        let mut rounds = Vec::new();
+        for round in 1..=args.rounds.max(1) {
+            hold_ms.store((args.hold * 1000.0) as u64, Ordering::Relaxed);
+            let n = args.lib_inflight;
+            let done = Arc::new(AtomicUsize::new(0));
+            let ok = Arc::new(AtomicUsize::new(0));
+            for _ in 0..n {
+                let (seawall, done, ok) = (seawall.clone(), Arc::clone(&done), Arc::clone(&ok));
+                tokio::spawn(async move {
+                    if seawall.complete(library_call()).await.is_ok() {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+            let (peak_kib, held_at_peak) =
+                sample_peak(n, &done, || held.load(Ordering::Relaxed), || rss_kib(pid)).await;
+            let answered_kib = rss_kib(pid);
+            hold_ms.store(0, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
+            let after_kib = rss_kib(pid);
+            let late_kib = if args.late > 0.0 {
+                tokio::time::sleep(Duration::from_secs_f64(args.late)).await;
+                Some(rss_kib(pid))
+            } else {
+                None
+            };
+            rounds.push(Memory {
+                what: "library",
+                round,
+                inflight: n,
+                fresh_kib,
+                idle_kib,
+                peak_kib,
+                held_at_peak,
+                answered_kib,
+                after_kib,
+                late_kib,
+                fds: [0; 4],
+                errors: n - ok.load(Ordering::Relaxed),
             });
         }
-        let (peak_kib, held_at_peak) =
-            sample_peak(n, &done, || held.load(Ordering::Relaxed), || rss_kib(pid)).await;
-        let answered_kib = rss_kib(pid);
-        tokio::time::sleep(Duration::from_secs_f64(args.settle)).await;
-        let after_kib = rss_kib(pid);
-        let late_kib = if args.late > 0.0 {
-            tokio::time::sleep(Duration::from_secs_f64(args.late)).await;
-            Some(rss_kib(pid))
-        } else {
-            None
-        };
-        Memory {
-            what: "library",
-            inflight: n,
-            fresh_kib,
-            idle_kib,
-            peak_kib,
-            held_at_peak,
-            answered_kib,
-            after_kib,
-            late_kib,
-            fds: [0; 4],
-            errors: n - ok.load(Ordering::Relaxed),
-        }
+        rounds
     });
-    println!("{}", memory.json());
+    for memory in rounds {
+        println!("{}", memory.json());
+    }
 }
 
-fn library_memory(args: &Args) -> Memory {
+fn library_memory(args: &Args) -> Vec<Memory> {
     let exe = std::env::current_exe().expect("this example's path");
     let output = Command::new(exe)
         .args([
@@ -1143,17 +1163,23 @@ fn library_memory(args: &Args) -> Memory {
             &args.settle.to_string(),
             "--late",
             &args.late.to_string(),
+            "--rounds",
+            &args.rounds.to_string(),
         ])
         .stderr(Stdio::inherit())
         .output()
         .expect("the library child runs");
     let text = String::from_utf8_lossy(&output.stdout);
-    let value: Value = text
+    let rounds: Vec<Memory> = text
         .lines()
-        .rev()
-        .find_map(|l| serde_json::from_str(l).ok())
-        .unwrap_or_else(|| panic!("the library child printed no result: {text:?}"));
-    Memory::from_json(&value)
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .map(|v| Memory::from_json(&v))
+        .collect();
+    assert!(
+        !rounds.is_empty(),
+        "the library child printed no result: {text:?}"
+    );
+    rounds
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1233,10 +1259,10 @@ fn coordinator(args: &Args) {
             }
         }
         if has("memory") {
-            memory.push(gateway_memory(args, upstream, &state).await);
+            memory.extend(gateway_memory(args, upstream, &state).await);
         }
         if has("library") {
-            memory.push(library_memory(args));
+            memory.extend(library_memory(args));
         }
         (phases, memory)
     });
@@ -1366,9 +1392,14 @@ fn report(args: &Args, cores: usize, phases: &[Phase], memory: &[Memory]) {
             } else {
                 format!("{}/{}/{}/{}", m.fds[0], m.fds[1], m.fds[2], m.fds[3])
             };
+            let what = if m.round > 1 {
+                format!("{}#{}", m.what, m.round)
+            } else {
+                m.what.to_owned()
+            };
             println!(
                 "{:<8} {:>9} {:>6} {:>9.1} {:>8.1} {:>8.1} {:>9.1} {:>11.1} {:>9.1} {:>10.2} {:>8} {:>22} {:>6}",
-                m.what,
+                what,
                 m.inflight,
                 m.held_at_peak,
                 mb(m.fresh_kib),
