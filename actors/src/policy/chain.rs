@@ -609,7 +609,7 @@ impl ChainWalk {
             rng: SplitMix64::new(facts.seed),
             deadline: now + total,
             // At least MIN_PAUSE: with a zero `min_attempt` an attempt could start at the
-            // deadline itself, with no time to run (found by policy/props.rs).
+            // deadline itself, with no time to run (found by policy/props/).
             min_attempt: policy.min_attempt.min(total / 2).max(MIN_PAUSE),
             facts,
             policy,

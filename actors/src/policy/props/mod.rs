@@ -1,4 +1,4 @@
-//! Properties of the pure policies, checked over random inputs and random event orders
+//! Properties of the pure policies (test-only, like `chain/tests.rs`; it may read the clock), checked over random inputs and random event orders
 //! (proptest, bounded so the suite stays fast): what each policy promises must hold for any
 //! sequence of calls, not only for the hand-set ones of the unit tests.
 //!
@@ -34,7 +34,11 @@ fn ms(n: u64) -> Duration {
 
 fn config() -> ProptestConfig {
     ProptestConfig {
-        cases: 256,
+        // PROPTEST_CASES=N runs a longer fuzz.
+        cases: std::env::var("PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(256),
         failure_persistence: None,
         ..ProptestConfig::default()
     }
