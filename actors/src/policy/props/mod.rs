@@ -1,6 +1,7 @@
-//! Properties of the pure policies (test-only, like `chain/tests.rs`; it may read the clock), checked over random inputs and random event orders
+//! Properties of the pure policies, checked over random inputs and random event orders
 //! (proptest, bounded so the suite stays fast): what each policy promises must hold for any
-//! sequence of calls, not only for the hand-set ones of the unit tests.
+//! sequence of calls, not only for the hand-set ones of the unit tests. Test-only, like
+//! `chain/tests.rs` (so it may read the clock).
 //!
 //! - a token bucket never grants beyond its capacity plus its refill over any window;
 //! - a breaker never admits while open, and a fresh half-open state admits exactly
