@@ -40,7 +40,7 @@ use seawall_actors::upstream::{
 };
 use tokio::sync::mpsc;
 
-use crate::secret::ApiKey;
+use crate::secret::{ApiKey, Redactor};
 use crate::sse::SseParser;
 
 /// The public API's base URL.
@@ -132,6 +132,8 @@ pub struct AnthropicUpstream {
     /// `{base_url}/v1/messages/count_tokens`.
     count_endpoint: Url,
     keys: Vec<ApiKey>,
+    /// Takes the keys (and `sk-` tokens) out of error bodies and error events.
+    redactor: Redactor,
     /// One ready-made, sensitive-marked auth header value per key slot.
     auth_values: Vec<HeaderValue>,
     auth_name: HeaderName,
@@ -189,6 +191,7 @@ impl AnthropicUpstream {
             client,
             endpoint,
             count_endpoint,
+            redactor: Redactor::new(&keys),
             keys,
             auth_values,
             auth_name,
@@ -289,8 +292,20 @@ impl AnthropicUpstream {
         Ok(UpstreamResponse {
             status,
             headers,
-            body,
+            body: self.redact_error(status, body),
         })
+    }
+
+    /// An error body (any status but 2xx) without the keys or anything shaped like one: an
+    /// upstream that echoes the key it was sent must not hand it to the client.
+    fn redact_error(&self, status: u16, body: bytes::Bytes) -> bytes::Bytes {
+        if (200..300).contains(&status) {
+            return body;
+        }
+        match self.redactor.redact(&body) {
+            Cow::Borrowed(_) => body,
+            Cow::Owned(clean) => bytes::Bytes::from(clean),
+        }
     }
 
     /// The POST of `attempt.body` to `url` with every header set, and no timeout: a plain
@@ -414,7 +429,7 @@ impl AnthropicUpstream {
             return Ok(StreamResponse {
                 status,
                 headers,
-                body: StreamBody::Complete(body),
+                body: StreamBody::Complete(self.redact_error(status, body)),
             });
         }
         let (tx, rx) = mpsc::channel(STREAM_CHANNEL);
@@ -422,6 +437,7 @@ impl AnthropicUpstream {
             model: attempt.model,
             key,
             request_id: headers.get("request-id").map(str::to_owned),
+            redactor: self.redactor.clone(),
         };
         tokio::spawn(pump(response, tx, budget, log));
         Ok(StreamResponse {
@@ -451,6 +467,8 @@ struct StreamLog {
     model: String,
     key: String,
     request_id: Option<String>,
+    /// For the data of `error` events.
+    redactor: Redactor,
 }
 
 /// Read a 2xx event stream chunk by chunk and send its events into `tx`, until the body ends,
@@ -496,7 +514,13 @@ async fn pump(
         };
         for item in parser.push(&bytes) {
             match item {
-                Ok(event) => {
+                Ok(mut event) => {
+                    // An error event's message may echo the key; content is the model's own.
+                    if event.event == "error" {
+                        if let Cow::Owned(clean) = log.redactor.redact_str(&event.data) {
+                            event.data = clean;
+                        }
+                    }
                     if tx.send(Ok(event)).await.is_err() {
                         break 'read "receiver dropped".into();
                     }

@@ -99,7 +99,7 @@ use serde_json::{json, Map, Value};
 
 pub use crate::anthropic::TransportSetupError;
 use crate::anthropic::{self, body_error, http_client, send_error, IDEMPOTENCY_KEY};
-use crate::secret::ApiKey;
+use crate::secret::{ApiKey, Redactor};
 
 /// OpenAI's own base URL. Other OpenAI-compatible providers need their own: give the part
 /// before `/v1/chat/completions` (for example `https://api.groq.com/openai`).
@@ -150,6 +150,8 @@ pub struct OpenAiUpstream {
     client: reqwest::Client,
     endpoint: Url,
     keys: Vec<ApiKey>,
+    /// Takes the keys (and `sk-` tokens) out of error bodies.
+    redactor: Redactor,
     /// One ready-made, sensitive-marked `Bearer KEY` value per key slot.
     auth_values: Vec<HeaderValue>,
     organization: Option<HeaderValue>,
@@ -198,6 +200,7 @@ impl OpenAiUpstream {
         Ok(Self {
             client,
             endpoint,
+            redactor: Redactor::new(&keys),
             keys,
             auth_values,
             organization,
@@ -290,6 +293,16 @@ impl OpenAiUpstream {
             .bytes()
             .await
             .map_err(|e| body_error(&e, attempt.timeout))?;
+        // An error message that echoes the key (or anything shaped like one) loses it here,
+        // before it is translated and passed on.
+        let body = if (200..300).contains(&status) {
+            body
+        } else {
+            match self.redactor.redact(&body) {
+                std::borrow::Cow::Borrowed(_) => body,
+                std::borrow::Cow::Owned(clean) => bytes::Bytes::from(clean),
+            }
+        };
         Ok(translate_response(
             status,
             headers,

@@ -179,6 +179,121 @@ fn check(key: &str) -> Result<(), KeyProblem> {
     Ok(())
 }
 
+/// What replaces a secret found in text that passes through (an upstream's error message).
+pub const REDACTED: &str = "[redacted]";
+
+/// Shortest `sk-…` token taken for a secret: its part after `sk-` has at least this many
+/// characters (Anthropic and OpenAI keys have dozens; shorter ones are words like `sk-learn`).
+const MIN_SK_TAIL: usize = 16;
+
+/// Removes secrets from text that reaches a client or a log from elsewhere: the configured keys
+/// wherever they appear, and anything shaped like an API key (`sk-` and 16 or more of
+/// `[A-Za-z0-9_-]`, as `sk-ant-api03-…` and `sk-proj-…` are). An upstream that echoes the key
+/// it was sent in an error message ("invalid x-api-key sk-ant-…") must not hand it to every
+/// client. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct Redactor {
+    keys: std::sync::Arc<[ApiKey]>,
+}
+
+impl fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Redactor({} keys)", self.keys.len())
+    }
+}
+
+impl Redactor {
+    /// A redactor of `keys` (and of every `sk-`-shaped token).
+    pub fn new(keys: &[ApiKey]) -> Self {
+        Self { keys: keys.into() }
+    }
+
+    /// `text` without secrets; borrowed (no copy) when there was none.
+    pub fn redact<'a>(&self, text: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        let mut out = std::borrow::Cow::Borrowed(text);
+        // A key shorter than 8 characters (a test's) would take ordinary words with it.
+        for key in self.keys.iter().filter(|k| k.expose().len() >= 8) {
+            if let Some(replaced) = replace_all(&out, key.expose().as_bytes()) {
+                out = std::borrow::Cow::Owned(replaced);
+            }
+        }
+        match redact_sk_tokens(&out) {
+            Some(replaced) => std::borrow::Cow::Owned(replaced),
+            None => out,
+        }
+    }
+
+    /// [`Redactor::redact`] for text.
+    pub fn redact_str<'a>(&self, text: &'a str) -> std::borrow::Cow<'a, str> {
+        match self.redact(text.as_bytes()) {
+            std::borrow::Cow::Borrowed(_) => std::borrow::Cow::Borrowed(text),
+            // Only ASCII was replaced by ASCII, at ASCII boundaries: still UTF-8.
+            std::borrow::Cow::Owned(bytes) => std::borrow::Cow::Owned(
+                String::from_utf8(bytes)
+                    .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+            ),
+        }
+    }
+}
+
+/// Every occurrence of `needle` in `text` replaced by [`REDACTED`]; `None` when there is none.
+fn replace_all(text: &[u8], needle: &[u8]) -> Option<Vec<u8>> {
+    if needle.is_empty() || text.len() < needle.len() {
+        return None;
+    }
+    let first = text.windows(needle.len()).position(|w| w == needle)?;
+    let mut out = Vec::with_capacity(text.len());
+    out.extend_from_slice(&text[..first]);
+    let mut rest = &text[first..];
+    while !rest.is_empty() {
+        if rest.starts_with(needle) {
+            out.extend_from_slice(REDACTED.as_bytes());
+            rest = &rest[needle.len()..];
+        } else {
+            out.push(rest[0]);
+            rest = &rest[1..];
+        }
+    }
+    Some(out)
+}
+
+fn is_key_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b == b'-' || b == b'_'
+}
+
+/// `sk-` tokens ([`MIN_SK_TAIL`] or more key characters after `sk-`, at a word start or with a
+/// digit among them) replaced by `sk-` + [`REDACTED`]; `None` when there is none.
+fn redact_sk_tokens(text: &[u8]) -> Option<Vec<u8>> {
+    let mut out: Option<Vec<u8>> = None;
+    let mut copied = 0;
+    let mut i = 0;
+    while i + 3 <= text.len() {
+        if &text[i..i + 3] == b"sk-" {
+            let tail = text[i + 3..]
+                .iter()
+                .take_while(|&&b| is_key_byte(b))
+                .count();
+            // Glued to a word before it ("keysk-…"), it is a key only if it looks random (a
+            // digit in it): "task-scheduler-configuration" is a word.
+            let at_start = i == 0 || !is_key_byte(text[i - 1]);
+            let random = text[i + 3..i + 3 + tail].iter().any(u8::is_ascii_digit);
+            if tail >= MIN_SK_TAIL && (at_start || random) {
+                let buf = out.get_or_insert_with(|| Vec::with_capacity(text.len()));
+                buf.extend_from_slice(&text[copied..i]);
+                buf.extend_from_slice(b"sk-");
+                buf.extend_from_slice(REDACTED.as_bytes());
+                i += 3 + tail;
+                copied = i;
+                continue;
+            }
+        }
+        i += 1;
+    }
+    let mut buf = out?;
+    buf.extend_from_slice(&text[copied..]);
+    Some(buf)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

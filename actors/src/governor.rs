@@ -19,15 +19,18 @@ use std::time::{Duration, Instant};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 
+use crate::call::Call;
 use crate::clock;
 use crate::fleet::{Fleet, FleetError, GroupKey};
 use crate::policy::bucket::Dimension;
 use crate::policy::lanes::{
-    Answer, Decision, FleetMode, GovernorArgs, Group, Lanes, ReserveRequest, Reserved,
+    Answer, Decision, FleetMode, GovernorArgs, Group, KeyCheck, Lanes, ReserveRequest, Reserved,
     ServerLimits, Settlement, WaiterId,
 };
 use crate::protocol::{GovernorMsg, Reply};
 use crate::timer::Timer;
+use crate::upstream::Upstream;
+use crate::wire::{Attempt, TransportError};
 
 /// How often a fleet instance says it is alive, counts the others, gives idle budget back and
 /// passes on what the server said is left.
@@ -40,7 +43,22 @@ pub struct GovernorSetup {
     pub rules: GovernorArgs,
     /// The fleet whose organization budget this instance shares, if any.
     pub fleet: Option<Arc<dyn Fleet>>,
+    /// Per upstream (by index): how to check its quarantined keys.
+    pub key_checkers: Vec<KeyChecker>,
 }
+
+/// How the governor checks a quarantined key of one upstream: a token count (the cheapest call
+/// there is) with that key, for a model the upstream serves.
+#[derive(Clone)]
+pub struct KeyChecker {
+    /// The upstream.
+    pub upstream: Arc<dyn Upstream>,
+    /// A model it serves (`None`: no check can be made; the key goes back untested).
+    pub model: Option<String>,
+}
+
+/// Time allowed to one key check.
+const KEY_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The actor.
 pub struct GovernorActor;
@@ -64,6 +82,8 @@ pub struct GovernorState {
     live: usize,
     /// The server's latest word per group, passed to the fleet once per tick.
     observed: HashMap<Group, ServerLimits>,
+    /// Per upstream: how to check its quarantined keys.
+    key_checkers: Vec<KeyChecker>,
 }
 
 /// Each governor incarnation gets a new generation so tickets from before a restart are ignored.
@@ -105,6 +125,60 @@ impl GovernorState {
         if let Some(Decision::Grant { ticket, .. }) = reply.send(decision) {
             self.lanes.settle(Settlement::unused(ticket), now);
         }
+    }
+
+    /// Check a quarantined key off the actor: a token count with it, its verdict cast back as
+    /// `KeyChecked`. An upstream without a counter (or a model) lets the key go back untested.
+    fn check_key(
+        &mut self,
+        myself: &ActorRef<GovernorMsg>,
+        upstream: usize,
+        key: usize,
+        now: Instant,
+    ) {
+        let checker = self.key_checkers.get(upstream).and_then(|c| {
+            let model = c.model.clone()?;
+            let attempt = Attempt {
+                body: Call::new(&model, 1).user("ping").body_for(&model),
+                model,
+                key,
+                retry_count: 0,
+                timeout: KEY_CHECK_TIMEOUT,
+                idempotency_key: None,
+                forward: Default::default(),
+            };
+            // Asked here only to learn whether there is a counter; the task asks again.
+            c.upstream
+                .count_tokens(attempt.clone())
+                .is_some()
+                .then(|| (Arc::clone(&c.upstream), attempt))
+        });
+        let Some((up, attempt)) = checker else {
+            if let Some((name, label)) =
+                self.lanes
+                    .key_checked(upstream, key, KeyCheck::Untested, now)
+            {
+                tracing::info!(upstream = %name, key = %label, "API key back for a trial (no token counter to check it with)");
+            }
+            return;
+        };
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let check = match up.count_tokens(attempt) {
+                None => KeyCheck::Untested,
+                Some(count) => match tokio::time::timeout(KEY_CHECK_TIMEOUT, count).await {
+                    Ok(Ok(_)) => KeyCheck::Good,
+                    // The counter answered, and not with a count: still refused.
+                    Ok(Err(TransportError::Invalid(_))) => KeyCheck::Bad,
+                    Ok(Err(_)) | Err(_) => KeyCheck::Unknown,
+                },
+            };
+            let _ = me.cast(GovernorMsg::KeyChecked {
+                upstream,
+                key,
+                check,
+            });
+        });
     }
 
     fn reserve(&mut self, req: ReserveRequest, reply: Reply<Decision>, now: Instant) {
@@ -170,11 +244,18 @@ impl GovernorState {
                 }
             }
         }
-        let next = if self.lanes.has_waiters() {
+        for (upstream, key) in self.lanes.due_key_checks(now) {
+            self.check_key(myself, upstream, key, now);
+        }
+        let waiters = if self.lanes.has_waiters() {
             self.lanes.poll_timeout()
         } else {
             None
         };
+        let next = [waiters, self.lanes.next_key_check()]
+            .into_iter()
+            .flatten()
+            .min();
         self.timer.rearm(myself, next, now, GovernorMsg::Timer);
         self.publish_levels(now);
         self.ask_leases(myself, now);
@@ -336,7 +417,11 @@ impl Actor for GovernorActor {
         _myself: ActorRef<Self::Msg>,
         setup: GovernorSetup,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let GovernorSetup { mut rules, fleet } = setup;
+        let GovernorSetup {
+            mut rules,
+            fleet,
+            key_checkers,
+        } = setup;
         rules.shared = fleet.is_some();
         let lag = rules.transit_allowance;
         let args = rules;
@@ -359,6 +444,7 @@ impl Actor for GovernorActor {
             lag,
             live: 1,
             observed: HashMap::new(),
+            key_checkers,
         })
     }
 
@@ -417,6 +503,15 @@ impl Actor for GovernorActor {
             GovernorMsg::Mode(reply) => {
                 let _ = reply.send((state.lanes.mode(), state.live));
                 return Ok(());
+            }
+            GovernorMsg::KeyChecked {
+                upstream,
+                key,
+                check,
+            } => {
+                if let Some((name, label)) = state.lanes.key_checked(upstream, key, check, now) {
+                    tracing::info!(upstream = %name, key = %label, ?check, "API key back in service after a check");
+                }
             }
             GovernorMsg::InjectPanic => panic!("injected panic in governor"),
         }

@@ -234,6 +234,16 @@ pub enum GovernorMsg {
     PickKey(usize, RpcReplyPort<Option<usize>>),
     /// Bucket levels, keys and queues, for status pages and tests.
     Status(RpcReplyPort<Vec<UpstreamStatus>>),
+    /// The check of a quarantined key (a token count with it) came back.
+    #[doc(hidden)]
+    KeyChecked {
+        /// Upstream index.
+        upstream: usize,
+        /// Key slot.
+        key: usize,
+        /// What it found.
+        check: crate::policy::lanes::KeyCheck,
+    },
     /// How the organization buckets are funded, and the live instances last counted.
     Mode(RpcReplyPort<(FleetMode, usize)>),
     /// A lease came back from the fleet.

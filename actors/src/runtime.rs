@@ -478,6 +478,21 @@ impl Builder {
             governor: crate::governor::GovernorSetup {
                 rules: plan.governor,
                 fleet: fleet.clone(),
+                // A quarantined key is checked with a token count for the first model its
+                // upstream serves.
+                key_checkers: plan
+                    .upstreams
+                    .iter()
+                    .enumerate()
+                    .map(|(i, u)| crate::governor::KeyChecker {
+                        upstream: Arc::clone(u),
+                        model: plan
+                            .models
+                            .iter()
+                            .find(|m| m.upstream == i)
+                            .map(|m| m.name.clone()),
+                    })
+                    .collect(),
             },
             monitor,
             idempotency: plan.idempotency,

@@ -171,6 +171,14 @@ pub(crate) async fn status(Extract(state): Extract<Arc<State>>) -> Response {
                         "upstream": u.upstream,
                         "buckets": serde_json::to_value(&u.buckets).unwrap_or(Value::Null),
                         "quarantined_keys": u.quarantined_keys,
+                        // When each quarantined (or once quarantined) key was last checked
+                        // with a token count, and when it will be next.
+                        "key_checks": u.key_checks.iter().map(|c| json!({
+                            "key": c.key,
+                            "quarantined": c.quarantined,
+                            "last_checked_ms_ago": c.last_checked_ago.map(|d| d.as_millis() as u64),
+                            "next_check_in_ms": c.next_check_in.map(|d| d.as_millis() as u64),
+                        })).collect::<Vec<_>>(),
                         "paused_keys": u.paused_keys.iter().map(|(label, left)| json!({
                             "key": label,
                             "for_ms": left.as_millis() as u64,

@@ -1,6 +1,7 @@
 //! Answers in the API's shape: successes with seawall's headers, and errors mapped from the
 //! runtime's [`Error`] with the status a client can act on.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -12,6 +13,8 @@ use axum::response::Response;
 use seawall_actors::policy::backoff::SplitMix64;
 use seawall_actors::upstream::Headers;
 use seawall_actors::{AttemptRecord, Error, Outcome, Reply, StreamReply};
+
+use crate::secret::Redactor;
 
 /// Every id the gateway makes for its own answers starts with this.
 pub const REQUEST_ID_PREFIX: &str = "req_seawall_";
@@ -246,11 +249,39 @@ pub(crate) fn call_error(err: &Error, ids: &RequestIds, time_spent: bool) -> Res
         Error::Rejected {
             model,
             status,
+            trail,
+            ..
+        } if !(400..=599).contains(status) => {
+            // Not an error status (a 200 whose body is no answer, a 3xx) that the upstream
+            // said not to retry: the client gets an error it can read, not a broken answer.
+            let message = format!(
+                "{model} answered HTTP {status} with something that is not an API answer; \
+                 it was not retried"
+            );
+            let mut response =
+                api_error(StatusCode::BAD_GATEWAY, "api_error", &message, &ids.next());
+            set(&mut response, SEAWALL_MODEL, model);
+            set(
+                &mut response,
+                SEAWALL_ATTEMPTS,
+                &attempts(trail).to_string(),
+            );
+            response
+        }
+        Error::Rejected {
+            model,
+            status,
             headers,
             body,
             trail,
         } => {
-            let mut response = Response::new(Body::from(body.clone()));
+            // The transports already took their own keys out; anything else shaped like a
+            // key (an upstream of the embedding app's own) goes here.
+            let body = match Redactor::default().redact(body) {
+                Cow::Borrowed(_) => body.clone(),
+                Cow::Owned(clean) => Bytes::from(clean),
+            };
+            let mut response = Response::new(Body::from(body));
             *response.status_mut() =
                 StatusCode::from_u16(*status).unwrap_or(StatusCode::BAD_GATEWAY);
             let content_type = headers.get("content-type").unwrap_or("application/json");

@@ -614,7 +614,9 @@ impl ChainWalk {
         Self {
             rng: SplitMix64::new(facts.seed),
             deadline: now + total,
-            min_attempt: policy.min_attempt.min(total / 2),
+            // At least MIN_PAUSE: with a zero `min_attempt` an attempt could start at the
+            // deadline itself, with no time to run (found by policy/props/).
+            min_attempt: policy.min_attempt.min(total / 2).max(MIN_PAUSE),
             facts,
             policy,
             now,

@@ -267,21 +267,25 @@ pub fn error_type(body: &[u8]) -> Option<String> {
 /// Zero, negative, absurd (over one day) or unparseable values give `None`.
 pub fn retry_hint(headers: &Headers, now: SystemTime) -> Option<Duration> {
     const MAX: f64 = 86_400.0;
-    let positive = |secs: f64| (secs.is_finite() && secs > 0.0 && secs <= MAX).then_some(secs);
-    if let Some(ms) = headers
+    // A positive value too small for a Duration (1e-300 s) rounds to zero: no hint either.
+    let positive = |secs: f64| {
+        (secs.is_finite() && secs > 0.0 && secs <= MAX)
+            .then(|| Duration::from_secs_f64(secs))
+            .filter(|d| !d.is_zero())
+    };
+    if let Some(d) = headers
         .get("retry-after-ms")
         .and_then(|v| v.trim().parse::<f64>().ok())
         .and_then(|ms| positive(ms / 1000.0))
     {
-        return Some(Duration::from_secs_f64(ms));
+        return Some(d);
     }
     let raw = headers.get("retry-after")?.trim();
     if let Ok(secs) = raw.parse::<f64>() {
-        return positive(secs).map(Duration::from_secs_f64);
+        return positive(secs);
     }
     let at = httpdate::parse_http_date(raw).ok()?;
-    let secs = at.duration_since(now).ok()?.as_secs_f64();
-    positive(secs).map(Duration::from_secs_f64)
+    positive(at.duration_since(now).ok()?.as_secs_f64())
 }
 
 #[cfg(test)]

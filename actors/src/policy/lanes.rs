@@ -321,12 +321,55 @@ pub struct UpstreamStatus {
     pub buckets: Vec<GroupStatus>,
     /// Labels of quarantined keys.
     pub quarantined_keys: Vec<String>,
+    /// Every key that was quarantined or checked: when it was last checked and when it will
+    /// be next.
+    pub key_checks: Vec<KeyCheckStatus>,
     /// Labels of keys paused by a 429, with the time left.
     pub paused_keys: Vec<(String, Duration)>,
     /// Attempts in flight per key slot.
     pub in_flight: Vec<u32>,
     /// Requests waiting for budget: (interactive, background).
     pub waiting: (usize, usize),
+}
+
+/// A key's quarantine checks, as reported by [`Lanes::status`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct KeyCheckStatus {
+    /// The key's label (never the key).
+    pub key: String,
+    /// Still refused.
+    pub quarantined: bool,
+    /// How long ago it was last checked (`None`: not yet).
+    pub last_checked_ago: Option<Duration>,
+    /// When it will be checked next (`None`: not quarantined, or a check is running).
+    pub next_check_in: Option<Duration>,
+}
+
+/// What checking a quarantined key found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyCheck {
+    /// The upstream took the key (a token count answered): back in service.
+    Good,
+    /// The upstream refused it again: quarantined, checked again after a longer back-off.
+    Bad,
+    /// The check could not be made (the network failed): tried again after the same back-off.
+    Unknown,
+    /// The upstream has no cheap check: the key goes back for a trial by the next call (a
+    /// 401 quarantines it again, for longer).
+    Untested,
+}
+
+/// First wait before a quarantined key is checked again.
+pub const KEY_RECHECK_FIRST: Duration = Duration::from_secs(30);
+/// Longest wait between two checks of a quarantined key.
+pub const KEY_RECHECK_MAX: Duration = Duration::from_secs(600);
+
+/// The wait before the next check of a key that failed `failed` checks: 30 s doubling to
+/// 10 min.
+fn key_recheck_after(failed: u32) -> Duration {
+    1u32.checked_shl(failed.min(31))
+        .and_then(|f| KEY_RECHECK_FIRST.checked_mul(f))
+        .map_or(KEY_RECHECK_MAX, |d| d.min(KEY_RECHECK_MAX))
 }
 
 /// The levels of one bucket group.
@@ -349,6 +392,12 @@ struct KeySlot {
     quarantined: bool,
     paused_until: Option<Instant>,
     in_flight: u32,
+    /// While quarantined: when to check the key again (`None` while a check runs).
+    recheck_at: Option<Instant>,
+    /// Checks that found the key still refused since it was last good: the back-off's exponent.
+    failed_checks: u32,
+    /// When the key was last checked.
+    last_checked: Option<Instant>,
 }
 
 impl KeySlot {
@@ -814,6 +863,9 @@ impl Lanes {
                             label,
                             org: u.key_orgs.get(i).copied().unwrap_or(0),
                             quarantined: false,
+                            recheck_at: None,
+                            failed_checks: 0,
+                            last_checked: None,
                             paused_until: None,
                             in_flight: 0,
                         })
@@ -1370,6 +1422,7 @@ impl Lanes {
             slot.in_flight = slot.in_flight.saturating_sub(1);
             if s.key_bad && !slot.quarantined {
                 slot.quarantined = true;
+                slot.recheck_at = Some(now + key_recheck_after(slot.failed_checks));
                 news.quarantined = Some((up.name.clone(), slot.label.clone()));
             }
             if let Some(pause) = s.key_pause {
@@ -1379,6 +1432,71 @@ impl Lanes {
             }
         }
         news
+    }
+
+    /// The earliest instant a quarantined key is due for a check, if any.
+    pub fn next_key_check(&self) -> Option<Instant> {
+        self.upstreams
+            .iter()
+            .flat_map(|u| u.keys.iter())
+            .filter(|k| k.quarantined)
+            .filter_map(|k| k.recheck_at)
+            .min()
+    }
+
+    /// The quarantined keys due for a check at `now`, as (upstream, key slot); each is handed
+    /// out once, until [`Lanes::key_checked`] reports on it.
+    pub fn due_key_checks(&mut self, now: Instant) -> Vec<(usize, usize)> {
+        let mut due = Vec::new();
+        for (u, up) in self.upstreams.iter_mut().enumerate() {
+            for (k, key) in up.keys.iter_mut().enumerate() {
+                if key.quarantined && key.recheck_at.is_some_and(|t| t <= now) {
+                    key.recheck_at = None;
+                    due.push((u, k));
+                }
+            }
+        }
+        due
+    }
+
+    /// What the check of a quarantined key found. Returns (upstream name, key label) when the
+    /// key is back in service.
+    pub fn key_checked(
+        &mut self,
+        upstream: usize,
+        key: usize,
+        check: KeyCheck,
+        now: Instant,
+    ) -> Option<(String, String)> {
+        let up = self.upstreams.get_mut(upstream)?;
+        let slot = up.keys.get_mut(key)?;
+        if !slot.quarantined {
+            return None;
+        }
+        slot.last_checked = Some(now);
+        match check {
+            KeyCheck::Good | KeyCheck::Untested => {
+                slot.quarantined = false;
+                slot.recheck_at = None;
+                // A key that passed a real check starts over; one let back untested backs off
+                // longer if it is refused again.
+                slot.failed_checks = if check == KeyCheck::Good {
+                    0
+                } else {
+                    slot.failed_checks.saturating_add(1)
+                };
+                Some((up.name.clone(), slot.label.clone()))
+            }
+            KeyCheck::Bad => {
+                slot.failed_checks = slot.failed_checks.saturating_add(1);
+                slot.recheck_at = Some(now + key_recheck_after(slot.failed_checks));
+                None
+            }
+            KeyCheck::Unknown => {
+                slot.recheck_at = Some(now + key_recheck_after(slot.failed_checks));
+                None
+            }
+        }
     }
 
     /// A usable key of an upstream (least loaded), for requests that are not attempts (token
@@ -1430,6 +1548,19 @@ impl Lanes {
                             k.paused_until
                                 .filter(|t| *t > now)
                                 .map(|t| (k.label.clone(), t - now))
+                        })
+                        .collect(),
+                    key_checks: u
+                        .keys
+                        .iter()
+                        .filter(|k| k.quarantined || k.last_checked.is_some())
+                        .map(|k| KeyCheckStatus {
+                            key: k.label.clone(),
+                            quarantined: k.quarantined,
+                            last_checked_ago: k
+                                .last_checked
+                                .map(|t| now.saturating_duration_since(t)),
+                            next_check_in: k.recheck_at.map(|t| t.saturating_duration_since(now)),
                         })
                         .collect(),
                     in_flight: u.keys.iter().map(|k| k.in_flight).collect(),

@@ -14,3 +14,6 @@ pub mod pins;
 pub mod retry_budget;
 pub mod sla;
 pub mod window;
+
+#[cfg(test)]
+mod props;
