@@ -78,7 +78,9 @@ use tokio::sync::watch;
 
 use seawall::config::Config;
 use seawall::core::scripted::ok_response;
-use seawall::core::{Attempt, Call, Limits, Seawall, Upstream, UpstreamFuture, UpstreamResponse};
+use seawall::core::{
+    Attempt, Call, Limits, RetryPolicy, Seawall, Upstream, UpstreamFuture, UpstreamResponse,
+};
 use seawall::gateway::Gateway;
 
 /// The model the gateway serves and every request asks for.
@@ -306,6 +308,11 @@ name = "{MODEL}"
 rpm = {RPM}
 input_tpm = {TPM}
 output_tpm = {TPM}
+
+# The memory phase holds answers for 10 s from a model learned at ~0.1 ms: a learned timeout
+# would cut them at 2 s (as it should in production) and measure retries, not calls in flight.
+[retry]
+learned_timeouts = false
 
 [gateway]
 tokens = ["{TOKEN}"]
@@ -1078,6 +1085,12 @@ fn library_child(args: &Args) {
             .upstream("held", upstream)
             .chain(MODEL, [MODEL])
             .limits("held", big)
+            // As in the gateway's config: hold calls for `--hold`, do not cut them at a
+            // timeout learned from the ~0.1 ms warm-up.
+            .retry_policy(RetryPolicy {
+                learned_timeouts: false,
+                ..RetryPolicy::default()
+            })
             .spawn()
             .await
             .expect("the runtime starts");

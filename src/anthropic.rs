@@ -604,6 +604,11 @@ impl fmt::Debug for AnthropicUpstream {
     }
 }
 
+/// Idle connections kept per upstream host. A burst of N concurrent calls over HTTP/1.1 opens N
+/// connections; keeping them all for `pool_idle_timeout` held ~26 KB each after the burst (issue
+/// 14: 2000 calls left 53 MB behind for 90 s). Steady traffic reuses far fewer than this.
+const POOL_MAX_IDLE_PER_HOST: usize = 256;
+
 /// The HTTP client both transports use: no redirects and no proxy from the environment, so what
 /// is configured is what is contacted.
 pub(crate) fn http_client(
@@ -613,6 +618,7 @@ pub(crate) fn http_client(
     reqwest::Client::builder()
         .connect_timeout(connect_timeout)
         .pool_idle_timeout(pool_idle_timeout)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
         .user_agent(USER_AGENT)

@@ -1,8 +1,14 @@
 //! The epoch-tagged timer every policy-driving actor uses: arm `send_after` for the policy's
 //! next deadline, and ignore a timer whose deadline has since moved (a stale epoch).
+//!
+//! `send_after` is a task that sleeps holding a reference to the actor: a timer that is
+//! re-armed or whose actor stops aborts it, or a request actor's cell (its mailboxes and what
+//! they hold) would outlive the call until its deadline passed (issue 14: ~16 KB per call kept
+//! for minutes after a burst).
 
 use std::time::Instant;
 
+use ractor::concurrency::JoinHandle;
 use ractor::{ActorRef, Message};
 
 /// One actor's timer: the deadline it is armed for and the epoch that tags it.
@@ -10,6 +16,14 @@ use ractor::{ActorRef, Message};
 pub struct Timer {
     epoch: u64,
     at: Option<Instant>,
+    /// The armed `send_after` task, aborted when it is no longer wanted.
+    task: Option<JoinHandle<()>>,
+}
+
+impl Drop for Timer {
+    fn drop(&mut self) {
+        self.disarm();
+    }
 }
 
 impl Timer {
@@ -24,11 +38,25 @@ impl Timer {
         if next == self.at {
             return;
         }
+        self.disarm();
         self.epoch += 1;
         self.at = next;
         if let Some(at) = next {
             let epoch = self.epoch;
-            actor.send_after(at.saturating_duration_since(now), move || msg(epoch));
+            let actor = actor.clone();
+            let period = at.saturating_duration_since(now);
+            self.task = Some(ractor::concurrency::spawn(async move {
+                ractor::concurrency::sleep(period).await;
+                // The actor may have stopped meanwhile: nothing to tell then.
+                let _ = actor.send_message(msg(epoch));
+            }));
+        }
+    }
+
+    /// Abort the armed task, if any.
+    fn disarm(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
         }
     }
 
@@ -39,6 +67,7 @@ impl Timer {
             return false;
         }
         self.at = None;
+        self.task = None; // it has run
         true
     }
 }

@@ -68,6 +68,7 @@ pub mod metrics;
 mod ops;
 mod reply;
 mod server;
+mod trim;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -308,8 +309,15 @@ impl Gateway {
             return Err(ServeError::Unauthenticated { addr });
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        let server = server::run(listener, self.router(), self.state.conn_limits, stop_rx);
+        let limits = self.state.conn_limits;
+        let slots = server::slots(&limits);
+        let server = server::run(listener, self.router(), Arc::clone(&slots), limits, stop_rx);
         let mut server = tokio::spawn(server);
+        // What a burst leaves behind: calls in flight and the connections that carried them.
+        let seawall = self.state.seawall.clone();
+        let trimmer = AbortOnDrop(trim::spawn(move || {
+            seawall.in_flight() + server::open(&limits, &slots)
+        }));
         tokio::select! {
             () = shutdown => {}
             ended = &mut server => {
@@ -330,6 +338,16 @@ impl Gateway {
             server.abort();
         }
         tracing::info!(abandoned = report.abandoned, "seawall gateway: stopped");
+        drop(trimmer);
         Ok(report)
+    }
+}
+
+/// A task that ends with its owner (whichever way `serve` returns).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

@@ -33,15 +33,28 @@ pub(crate) struct ConnLimits {
     pub(crate) max_header_bytes: usize,
 }
 
+/// One permit per connection served, `max_connections` in all.
+pub(crate) fn slots(limits: &ConnLimits) -> Arc<Semaphore> {
+    Arc::new(Semaphore::new(limits.max_connections.max(1)))
+}
+
+/// Connections open now, of the `slots` made for `limits`.
+pub(crate) fn open(limits: &ConnLimits, slots: &Semaphore) -> usize {
+    limits
+        .max_connections
+        .max(1)
+        .saturating_sub(slots.available_permits())
+}
+
 /// Serve `router` on `listener` until `stop` turns true, then let open connections finish
 /// their requests. Returns when every connection has closed.
 pub(crate) async fn run(
     listener: TcpListener,
     router: Router,
+    slots: Arc<Semaphore>,
     limits: ConnLimits,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
