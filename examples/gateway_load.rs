@@ -409,7 +409,17 @@ impl Drop for GatewayProc {
 
 fn spawn_gateway_child(args: &Args, upstream: SocketAddr) -> (GatewayProc, SocketAddr) {
     let exe = std::env::current_exe().expect("this example's path");
-    let mut child = Command::new(exe)
+    // GATEWAY_LOAD_WRAP=heaptrack (or another wrapper) profiles the gateway child; its RSS
+    // figures are then the wrapper's.
+    let mut command = match std::env::var("GATEWAY_LOAD_WRAP") {
+        Ok(wrapper) => {
+            let mut c = Command::new(wrapper);
+            c.arg(exe);
+            c
+        }
+        Err(_) => Command::new(exe),
+    };
+    let mut child = command
         .args([
             "--role",
             "gateway",

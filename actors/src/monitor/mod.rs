@@ -38,7 +38,7 @@ use crate::latency::LatencyBook;
 use crate::policy::alert::{AlarmChange, AlertConfig, DownAlarm, RateAlarm};
 use crate::policy::breaker::StateKind;
 use crate::policy::classify::Class;
-use crate::policy::latency::{LatencyModel, MIN_SAMPLES};
+use crate::policy::latency::LatencyModel;
 use crate::policy::sla::{SlaConfig, SlaOutcome, SlaTarget, SlaWindow};
 use crate::protocol::{
     AttemptSample, BreakerMsg, CallRecord, CallStatus, ChainReadiness, MonitorMsg, Readiness,
@@ -175,9 +175,6 @@ struct ModelState {
     latency: LatencyModel,
 }
 
-/// The latency estimate is published after this many new samples.
-const PUBLISH_EVERY: usize = 8;
-
 struct ChainState {
     metrics: ChainMetrics,
     info: MonitoredChain,
@@ -233,7 +230,7 @@ impl MonitorState {
             .record(model_outcome(s.class), Some(s.class), s.latency, s.at);
         if !probe && s.class == Class::Success {
             m.latency.record(s.latency, s.usage.output_tokens);
-            if m.latency.len() % PUBLISH_EVERY == 0 || m.latency.len() == MIN_SAMPLES {
+            if m.latency.estimate_due() {
                 if let Some(e) = m.latency.estimate() {
                     self.latency.set(s.model, e);
                 }
