@@ -745,7 +745,10 @@ impl RequestState {
                     }
                 }
                 Step::Finish(f) => {
-                    self.finish(f).await;
+                    // Boxed: degrading awaits caches, the fleet and the queue, and inline that
+                    // state would size every message's future, which ractor keeps boxed for
+                    // the actor's life (issue 14).
+                    Box::pin(self.finish(f)).await;
                     return true;
                 }
             }
