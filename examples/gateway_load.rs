@@ -344,18 +344,25 @@ async fn serve_gateway(
     (addr, served)
 }
 
-fn init_logging(level: &str) {
-    if level != "off" {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::new(level))
-            .with_writer(std::io::stderr)
-            .try_init();
+/// Logging as `seawall serve` sets it up (src/main.rs): `level` as the filter, the pretty
+/// format without colours (stderr is not a terminal), through a non-blocking writer. The guard
+/// flushes it: keep it until the process ends.
+fn init_logging(level: &str) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    if level == "off" {
+        return None;
     }
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(level))
+        .with_writer(writer)
+        .with_ansi(false)
+        .try_init();
+    Some(guard)
 }
 
 /// `--role gateway`: serve until stdin closes (the coordinator ended or dropped us).
 fn gateway_child(args: &Args) {
-    init_logging(&args.gateway_log);
+    let _log = init_logging(&args.gateway_log);
     let upstream = args
         .upstream
         .clone()

@@ -73,7 +73,7 @@ impl LatencyModel {
     /// every call past the 256th sorted the window twice: 2 % of the gateway's CPU).
     pub fn estimate_due(&self) -> bool {
         self.samples.len() >= MIN_SAMPLES
-            && (self.recorded == MIN_SAMPLES as u64 || self.recorded % ESTIMATE_EVERY == 0)
+            && (self.recorded == MIN_SAMPLES as u64 || self.recorded.is_multiple_of(ESTIMATE_EVERY))
     }
 
     /// Samples held.
@@ -147,7 +147,7 @@ mod tests {
         }
         assert_eq!(due.first(), Some(&(MIN_SAMPLES as u64)));
         assert!(
-            due.iter().skip(1).all(|i| i % ESTIMATE_EVERY == 0),
+            due.iter().skip(1).all(|i| i.is_multiple_of(ESTIMATE_EVERY)),
             "{due:?}"
         );
         let past_full = due.iter().filter(|i| **i > KEEP as u64).count();
