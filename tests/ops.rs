@@ -85,6 +85,17 @@ async fn every_answer_is_counted_by_route_and_status_including_the_refusals() {
             .status(),
         404
     );
+    // 431: a head over max_header_bytes (32 KiB by default), answered by the HTTP server
+    // before any route is known.
+    let huge = c
+        .post(format!("{}/v1/messages", gw.url))
+        .header("x-api-key", TOKEN)
+        .header("x-padding", "p".repeat(40_000))
+        .json(&body("m"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(huge.status(), 431);
 
     let text = get(&gw, "/metrics", Some(TOKEN))
         .await
@@ -120,6 +131,25 @@ async fn every_answer_is_counted_by_route_and_status_including_the_refusals() {
         Some(5.0),
         "{text}"
     );
+    // The 431 is counted when hyper's connection ends, just after it wrote the answer: look
+    // again for a moment rather than race it.
+    let mut counted = None;
+    for _ in 0..100 {
+        let text = get(&gw, "/metrics", Some(TOKEN))
+            .await
+            .text()
+            .await
+            .unwrap();
+        counted = sample(
+            &text,
+            "seawall_gateway_responses_total{route=\"other\",status=\"431\"}",
+        );
+        if counted.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(counted, Some(1.0), "the 431 hyper answered is counted");
 
     // 403: a gateway without tokens refuses a page and a foreign Host, and counts both.
     let open = Gw::start(&config(

@@ -311,7 +311,19 @@ impl Gateway {
         let (stop_tx, stop_rx) = watch::channel(false);
         let limits = self.state.conn_limits;
         let slots = server::slots(&limits);
-        let server = server::run(listener, self.router(), Arc::clone(&slots), limits, stop_rx);
+        let state = Arc::clone(&self.state);
+        let head_too_large = Arc::new(move || {
+            state.metrics.request("other");
+            state.metrics.response("other", 431);
+        });
+        let server = server::run(
+            listener,
+            self.router(),
+            Arc::clone(&slots),
+            limits,
+            head_too_large,
+            stop_rx,
+        );
         let mut server = tokio::spawn(server);
         // What a burst leaves behind: calls in flight and the connections that carried them.
         let seawall = self.state.seawall.clone();

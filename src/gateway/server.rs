@@ -53,6 +53,7 @@ pub(crate) async fn run(
     router: Router,
     slots: Arc<Semaphore>,
     limits: ConnLimits,
+    head_too_large: Arc<dyn Fn() + Send + Sync>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let graceful = GracefulShutdown::new();
@@ -88,9 +89,16 @@ pub(crate) async fn run(
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(router.clone());
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let head_too_large = Arc::clone(&head_too_large);
         tokio::spawn(async move {
-            // A connection ends on an error too (a header timeout, a reset): nothing to do.
-            let _ = conn.await;
+            // A connection ends on an error too (a header timeout, a reset): nothing to do,
+            // except count the 431 hyper itself answered to a head over the limit (the router
+            // never saw that request, so nothing else counts it).
+            if let Err(e) = conn.await {
+                if e.is_parse_too_large() {
+                    head_too_large();
+                }
+            }
             drop(permit);
         });
     }
