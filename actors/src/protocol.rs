@@ -460,8 +460,6 @@ pub enum SupervisorMsg {
     },
     /// Total restarts so far.
     Restarts(RpcReplyPort<u64>),
-    /// Request actors that failed (panicked) so far.
-    RequestFailures(RpcReplyPort<u64>),
 }
 
 // ---- idempotency ----

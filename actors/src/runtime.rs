@@ -1175,7 +1175,7 @@ impl Seawall {
             reply,
             guard: self.inner.shared.in_flight.enter(),
         };
-        crate::request::spawn(args, &self.inner.supervisor).await
+        crate::request::spawn(args).await
     }
 
     /// Breaker transitions and supervision restarts, as they happen.
@@ -1412,15 +1412,7 @@ impl Seawall {
 
     /// Request actors that failed so far (each such call got an internal error).
     pub async fn request_failures(&self) -> Result<u64, Error> {
-        match self
-            .inner
-            .supervisor
-            .call(SupervisorMsg::RequestFailures, Some(Duration::from_secs(5)))
-            .await
-        {
-            Ok(CallResult::Success(n)) => Ok(n),
-            _ => Err(Error::ShuttingDown),
-        }
+        Ok(self.inner.shared.in_flight.failures())
     }
 
     async fn breaker_ref(&self, model: &str) -> Result<ActorRef<BreakerMsg>, Error> {

@@ -95,8 +95,6 @@ pub struct SupervisorState {
     waiting_governor: Vec<Reply<ActorRef<GovernorMsg>>>,
     recent: VecDeque<Instant>,
     total_restarts: u64,
-    /// Request actors that failed (a bug: each such call was answered with an internal error).
-    request_failures: u64,
 }
 
 impl Supervisor {
@@ -209,7 +207,6 @@ impl Actor for Supervisor {
             waiting_governor: Vec::new(),
             recent: VecDeque::new(),
             total_restarts: 0,
-            request_failures: 0,
         };
         Self::spawn_child(&myself, &mut state, Child::Governor).await?;
         for model in 0..state.args.breakers.len() {
@@ -254,9 +251,6 @@ impl Actor for Supervisor {
             SupervisorMsg::Restarts(reply) => {
                 let _ = reply.send(state.total_restarts);
             }
-            SupervisorMsg::RequestFailures(reply) => {
-                let _ = reply.send(state.request_failures);
-            }
         }
         Ok(())
     }
@@ -267,22 +261,16 @@ impl Actor for Supervisor {
         evt: SupervisionEvent,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        let (cell, error, failed) = match evt {
-            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string(), true),
+        let (cell, error) = match evt {
+            SupervisionEvent::ActorFailed(cell, err) => (cell, err.to_string()),
             SupervisionEvent::ActorTerminated(cell, _, reason) => {
-                (cell, reason.unwrap_or_else(|| "stopped".into()), false)
+                (cell, reason.unwrap_or_else(|| "stopped".into()))
             }
             _ => return Ok(()),
         };
         let Some(child) = state.children.remove(&cell.get_id()) else {
-            // Not a restartable child: a request actor (linked so its failure is noticed; its
-            // caller got an internal error when its reply channel dropped), or an old
-            // incarnation already replaced. A request actor is never restarted: its call is over.
-            if failed {
-                state.request_failures += 1;
-                metrics::counter!("seawall_request_actor_failures_total").increment(1);
-                tracing::error!(%error, "a request actor failed: its call was answered with an internal error");
-            }
+            // An old incarnation already replaced. (Request actors are not linked here: a
+            // failed one is counted by its own watch, `request::FailureWatch`.)
             return Ok(());
         };
         let now = clock::now();

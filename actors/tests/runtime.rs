@@ -737,7 +737,7 @@ async fn a_panicking_request_actor_answers_its_caller_with_an_error_and_nothing_
         started.elapsed() < secs(1),
         "answered at once, not at the deadline"
     );
-    // The supervisor noticed, restarted nothing and counts it apart from restarts.
+    // Noticed and counted apart from restarts; nothing restarted.
     assert_eq!(sw.request_failures().await.unwrap(), 1);
     assert_eq!(sw.restarts().await.unwrap(), 0);
     assert!(events.try_recv().is_err(), "no restart event");
