@@ -446,15 +446,23 @@ fn spawn_gateway_child(args: &Args, upstream: SocketAddr) -> (GatewayProc, Socke
         .spawn()
         .expect("the gateway child starts");
     let stdout = child.stdout.take().expect("the child's stdout");
+    let mut reader = BufReader::new(stdout);
+    // A wrapper (GATEWAY_LOAD_WRAP) may say things first: skip to the child's own line.
     let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .expect("the gateway child says where it listens");
-    let addr = line
-        .trim()
-        .strip_prefix("listening ")
-        .and_then(|a| a.parse().ok())
-        .unwrap_or_else(|| panic!("the gateway child said {line:?}"));
+    let addr = loop {
+        line.clear();
+        let n = reader
+            .read_line(&mut line)
+            .expect("the gateway child says where it listens");
+        if n == 0 {
+            panic!("the gateway child ended before saying where it listens");
+        }
+        if let Some(a) = line.trim().strip_prefix("listening ") {
+            break a
+                .parse()
+                .unwrap_or_else(|_| panic!("the gateway child said {line:?}"));
+        }
+    };
     (GatewayProc::Child(child), addr)
 }
 

@@ -197,6 +197,10 @@ pub(crate) async fn messages(
     if let Err(e) = apply_headers(&mut call, &headers, tenant.as_ref()) {
         return reply::error(&e, &state.ids);
     }
+    // The head and body are slices of the connection's read buffer: holding them for the whole
+    // call kept that buffer (8 KiB) alive per call in flight (issue 14). The call owns copies.
+    drop(headers);
+    drop(body);
     let requested = call.model().to_owned();
     let deadline = state.models.get(&requested).map(|m| {
         (
