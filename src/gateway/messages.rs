@@ -211,7 +211,9 @@ pub(crate) async fn messages(
     let result = if call.wants_stream() {
         match state.seawall.stream(call).await {
             Ok(stream) => {
-                tracing::info!(
+                // Debug: the runtime's own `call` line (info) reports every call, once; this
+                // one only adds what the gateway saw.
+                tracing::debug!(
                     model = %requested,
                     served_by = %stream.model,
                     attempts = stream.attempts,
@@ -229,7 +231,7 @@ pub(crate) async fn messages(
     let elapsed = started.elapsed();
     match result {
         Ok(answer) => {
-            tracing::info!(
+            tracing::debug!(
                 model = %requested,
                 served_by = %answer.model,
                 status = answer.status,
