@@ -20,6 +20,7 @@ use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 
 use seawall::core::StateKind;
+use support::fuzz::json_value;
 use support::gateway::*;
 
 fn runner(cases: u32) -> TestRunner {
@@ -42,24 +43,6 @@ fn runtime() -> Runtime {
         .expect("a runtime")
 }
 
-/// A small JSON value of any shape.
-fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_map(|f| json!(f)),
-        "[ -~]{0,12}".prop_map(Value::String),
-    ];
-    leaf.prop_recursive(2, 12, 3, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
-            prop::collection::btree_map("[a-z_]{1,8}", inner, 0..3)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
-}
-
 /// A request body: mostly a Messages request with some fields of random type or value.
 fn body() -> impl Strategy<Value = Vec<u8>> {
     let good = json!([{"role": "user", "content": "hello"}]);
@@ -67,21 +50,21 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
         prop_oneof![
             4 => Just(json!("m")),
             1 => Just(json!("no-such-model")),
-            1 => json_value()
+            1 => json_value(2, 12, 3)
         ],
         prop_oneof![
             4 => (1u64..64).prop_map(|n| json!(n)),
             1 => prop::sample::select(vec![json!(0), json!(-1), json!(1.5), json!(1e300),
                 json!(u64::MAX), json!("16"), json!(10_000_000)]),
-            1 => json_value()
+            1 => json_value(2, 12, 3)
         ],
         prop_oneof![
             3 => Just(None),
             2 => any::<bool>().prop_map(|b| Some(json!(b))),
-            1 => json_value().prop_map(Some)
+            1 => json_value(2, 12, 3).prop_map(Some)
         ],
-        prop_oneof![4 => Just(good), 1 => json_value()],
-        prop::option::of(json_value()),
+        prop_oneof![4 => Just(good), 1 => json_value(2, 12, 3)],
+        prop::option::of(json_value(2, 12, 3)),
     )
         .prop_map(|(model, max_tokens, stream, messages, extra)| {
             let mut v = json!({"model": model, "max_tokens": max_tokens, "messages": messages});
@@ -402,7 +385,7 @@ fn upstream_answer() -> impl Strategy<Value = Answer> {
                 serde_json::to_vec(&json!({"type": "error", "error": e})).expect("json")
             }),
         Just(b"event: message_start\ndata: {\"type\":\"message_start\"}\n\n".to_vec()),
-        json_value().prop_map(|v| serde_json::to_vec(&v).expect("json")),
+        json_value(2, 12, 3).prop_map(|v| serde_json::to_vec(&v).expect("json")),
         prop::collection::vec(any::<u8>(), 0..64),
     ];
     (status, prop::collection::vec(header, 0..4), body)

@@ -6,6 +6,8 @@
 //! and body handling is fuzzed over loopback HTTP in `fuzz_gateway.rs`; the cargo-fuzz targets
 //! in `fuzz/` run the same parsers for as long as you like.
 
+mod support;
+
 use std::time::{Duration, SystemTime};
 
 use proptest::prelude::*;
@@ -23,6 +25,7 @@ use seawall::secret::Redactor;
 use seawall::sim::Scenario;
 use seawall::sse::{SseError, SseParser};
 use seawall::ApiKey;
+use support::fuzz::json_value;
 
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
@@ -132,31 +135,12 @@ proptest! {
     }
 }
 
-/// A JSON value of any shape, small.
-fn json_value() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| json!(n)),
-        any::<u64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_map(|f| json!(f)),
-        "[ -~]{0,12}".prop_map(Value::String),
-    ];
-    leaf.prop_recursive(3, 24, 4, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::btree_map("[a-z_]{1,10}", inner, 0..4)
-                .prop_map(|m| Value::Object(m.into_iter().collect())),
-        ]
-    })
-}
-
 /// A request body whose known fields have random types and values.
 fn request_body() -> impl Strategy<Value = Value> {
     (
         prop::option::of(prop_oneof![
             "[a-z0-9.-]{0,12}".prop_map(Value::String),
-            json_value()
+            json_value(3, 24, 4)
         ]),
         prop::option::of(prop_oneof![
             (0u64..200_000).prop_map(|n| json!(n)),
@@ -164,14 +148,14 @@ fn request_body() -> impl Strategy<Value = Value> {
             Just(json!(-1)),
             Just(json!(1.5)),
             Just(json!(1e300)),
-            json_value()
+            json_value(3, 24, 4)
         ]),
-        prop::option::of(json_value()),
+        prop::option::of(json_value(3, 24, 4)),
         prop::option::of(prop_oneof![
             Just(json!([{"role": "user", "content": "hi"}])),
-            json_value()
+            json_value(3, 24, 4)
         ]),
-        prop::collection::btree_map("[a-z_]{1,10}", json_value(), 0..3),
+        prop::collection::btree_map("[a-z_]{1,10}", json_value(3, 24, 4), 0..3),
     )
         .prop_map(|(model, max_tokens, stream, messages, extra)| {
             let mut body: serde_json::Map<String, Value> = extra.into_iter().collect();
@@ -294,7 +278,7 @@ fn error_body() -> impl Strategy<Value = Vec<u8>> {
                 Just("ramp_limit_exceeded".to_owned()),
                 "[ -~]{0,16}",
             ]),
-            json_value(),
+            json_value(3, 24, 4),
         )
             .prop_map(|(kind, code, extra)| {
                 let mut error = json!({"type": kind, "message": "m", "extra": extra});
@@ -303,7 +287,7 @@ fn error_body() -> impl Strategy<Value = Vec<u8>> {
                 }
                 serde_json::to_vec(&json!({"type": "error", "error": error})).expect("json")
             }),
-        json_value().prop_map(|v| serde_json::to_vec(&v).expect("json")),
+        json_value(3, 24, 4).prop_map(|v| serde_json::to_vec(&v).expect("json")),
         prop::collection::vec(any::<u8>(), 0..128),
     ]
 }
@@ -381,7 +365,7 @@ proptest! {
                     "content_block_stop", "message_delta", "message_stop", "ping", "error",
                 ]),
                 prop_oneof![
-                    json_value().prop_map(|v| v.to_string()),
+                    json_value(3, 24, 4).prop_map(|v| v.to_string()),
                     Just(r#"{"type":"message_start","message":{"id":"msg_1","content":[],"usage":{"input_tokens":3}}}"#.to_owned()),
                     Just(r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#.to_owned()),
                     Just(r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#.to_owned()),

@@ -2,6 +2,7 @@
 //! and uses what it needs).
 #![allow(dead_code)]
 
+pub mod fuzz;
 pub mod gateway;
 pub mod process;
 pub mod raw;
