@@ -41,6 +41,9 @@ use crate::wire::Price;
 /// Default [`Builder::transit_allowance`].
 pub const DEFAULT_TRANSIT_ALLOWANCE: Duration = Duration::from_millis(250);
 
+/// How long a shutdown waits for the calls it ended past its grace to answer their callers.
+const ABANDON_WAIT: Duration = Duration::from_secs(1);
+
 /// One hop of a chain: a model, and optionally a patch against the original request.
 ///
 /// Like the API's server-side `fallbacks` and the SDK's fallback middleware, a hop may change
@@ -1457,11 +1460,19 @@ impl Seawall {
         }
     }
 
-    /// Stop taking calls, let the ones in flight finish for up to `grace`, then stop the actors.
+    /// Stop taking calls, let the ones in flight finish for up to `grace`, then stop the actors
+    /// (calls still running are ended with an internal error).
     pub async fn shutdown(&self, grace: Duration) -> ShutdownReport {
         self.inner.accepting.store(false, Ordering::Release);
-        let _ = tokio::time::timeout(grace, self.inner.shared.in_flight.idle()).await;
-        let abandoned = self.inner.shared.in_flight.count();
+        let in_flight = &self.inner.shared.in_flight;
+        let _ = tokio::time::timeout(grace, in_flight.idle()).await;
+        let abandoned = in_flight.count();
+        if abandoned > 0 {
+            // Past the grace: end the calls still running, so their callers get an answer now
+            // (an internal error) rather than whenever their upstream would have answered.
+            in_flight.stop_all("shutdown");
+            let _ = tokio::time::timeout(ABANDON_WAIT, in_flight.idle()).await;
+        }
         let _ = self
             .inner
             .supervisor

@@ -575,6 +575,35 @@ async fn shutdown_drains_calls_in_flight_and_refuses_new_ones() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn calls_still_running_past_the_grace_are_ended_at_once_and_not_counted_as_failures() {
+    let up = ScriptedUpstream::new();
+    up.healthy("m", secs(30));
+    let sw = runtime(&up, &["m"]).await;
+    let inflight: Vec<_> = (0..3)
+        .map(|_| {
+            let sw = sw.clone();
+            tokio::spawn(async move { sw.complete(call("m")).await })
+        })
+        .collect();
+    tokio::time::sleep(MS).await;
+    assert_eq!(sw.in_flight(), 3);
+    let started = Instant::now();
+    let report = sw.shutdown(secs(1)).await;
+    assert_eq!(report.abandoned, 3);
+    for h in inflight {
+        let err = h.await.unwrap().expect_err("abandoned");
+        assert!(matches!(err, Error::Internal(_)), "{err:?}");
+    }
+    assert!(
+        started.elapsed() < secs(3),
+        "answered after the grace, not when the upstream would have: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(sw.in_flight(), 0);
+    assert_eq!(sw.request_failures().await.unwrap(), 0, "a clean stop");
+}
+
+#[tokio::test(start_paused = true)]
 async fn configuration_errors_name_what_to_fix() {
     let up = ScriptedUpstream::new();
     let err = Seawall::builder()

@@ -84,12 +84,15 @@ pub struct ModelInfo {
     pub class: usize,
 }
 
-/// Counts calls in flight so shutdown can wait for them, and request actors that failed.
+/// Counts calls in flight so shutdown can wait for them, and request actors that failed; knows
+/// the live request actors so shutdown can stop the ones still running after its grace.
 #[derive(Default)]
 pub struct InFlight {
     count: AtomicUsize,
     idle: Notify,
     failures: AtomicU64,
+    /// Request actors between their `pre_start` and their end (clean or not).
+    live: dashmap::DashMap<ractor::ActorId, ActorRef<RequestMsg>>,
 }
 
 impl InFlight {
@@ -107,6 +110,15 @@ impl InFlight {
     /// Request actors that failed so far (each such call got an internal error).
     pub fn failures(&self) -> u64 {
         self.failures.load(Ordering::Relaxed)
+    }
+
+    /// Stop every request actor still running: each ends after the message it is handling,
+    /// its attempts cancelled, and its caller gets an internal error (the call was abandoned).
+    /// A clean stop: not counted as a failure.
+    pub fn stop_all(&self, reason: &str) {
+        for actor in self.live.iter() {
+            actor.value().stop(Some(reason.to_owned()));
+        }
     }
 
     /// Wait until no call is in flight.
@@ -133,11 +145,16 @@ pub struct InFlightGuard(Arc<InFlight>);
 /// actor anyway (its call is over); what it did, counting and logging the failure, is done here.
 struct FailureWatch {
     in_flight: Arc<InFlight>,
+    /// This actor, once registered in `in_flight.live` (by `pre_start`).
+    id: Option<ractor::ActorId>,
     stopped: bool,
 }
 
 impl Drop for FailureWatch {
     fn drop(&mut self) {
+        if let Some(id) = self.id {
+            self.in_flight.live.remove(&id);
+        }
         if !self.stopped {
             self.in_flight.failures.fetch_add(1, Ordering::Relaxed);
             metrics::counter!("seawall_request_actor_failures_total").increment(1);
@@ -387,6 +404,7 @@ impl RequestState {
         Self {
             failure: FailureWatch {
                 in_flight: Arc::clone(&shared.in_flight),
+                id: None,
                 stopped: false,
             },
             breakers: vec![None; chain.hops.len()],
@@ -1032,10 +1050,16 @@ impl Actor for RequestActor {
 
     async fn pre_start(
         &self,
-        _myself: ActorRef<Self::Msg>,
+        myself: ActorRef<Self::Msg>,
         args: RequestArgs,
     ) -> Result<Self::State, ActorProcessingErr> {
-        Ok(RequestState::new(args))
+        let mut state = RequestState::new(args);
+        // Registered here, before the actor can end, so its removal (when the state drops)
+        // always comes after.
+        let id = myself.get_id();
+        state.failure.in_flight.live.insert(id, myself);
+        state.failure.id = Some(id);
+        Ok(state)
     }
 
     async fn post_start(
