@@ -259,10 +259,7 @@ impl AnthropicUpstream {
         attempt.body = bytes::Bytes::from(serde_json::to_vec(&kept).unwrap_or_default());
         let resp = self.exchange(&self.count_endpoint, &attempt).await?;
         if resp.status != 200 {
-            return Err(TransportError::Invalid(format!(
-                "count_tokens answered HTTP {}",
-                resp.status
-            )));
+            return Err(TransportError::Status(resp.status));
         }
         serde_json::from_slice::<serde_json::Value>(&resp.body)
             .ok()

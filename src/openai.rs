@@ -303,13 +303,21 @@ impl OpenAiUpstream {
                 std::borrow::Cow::Owned(clean) => bytes::Bytes::from(clean),
             }
         };
-        Ok(translate_response(
+        let mut answer = translate_response(
             status,
             headers,
             body,
             &translated.model,
             &translated.dropped,
-        ))
+        );
+        // A 2xx without a completion becomes a 502 quoting what the provider said: that quote
+        // may echo the key too.
+        if (200..300).contains(&status) && !(200..300).contains(&answer.status) {
+            if let std::borrow::Cow::Owned(clean) = self.redactor.redact(&answer.body) {
+                answer.body = bytes::Bytes::from(clean);
+            }
+        }
+        Ok(answer)
     }
 }
 

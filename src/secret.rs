@@ -205,6 +205,9 @@ impl fmt::Debug for Redactor {
 impl Redactor {
     /// A redactor of `keys` (and of every `sk-`-shaped token).
     pub fn new(keys: &[ApiKey]) -> Self {
+        let mut keys = keys.to_vec();
+        // Longest first: a key that is a prefix of another must not leave the other's tail.
+        keys.sort_by_key(|k| std::cmp::Reverse(k.expose().len()));
         Self { keys: keys.into() }
     }
 
@@ -286,6 +289,11 @@ fn redact_sk_tokens(text: &[u8]) -> Option<Vec<u8>> {
                 copied = i;
                 continue;
             }
+            // Not a key, and no `sk-` inside this run can be one either (it follows a key
+            // character, its tail is shorter and has no digit the whole tail lacks): skip the
+            // run, or `sk-sk-sk-…` costs a scan of the run per `sk-` (quadratic).
+            i += 3 + tail;
+            continue;
         }
         i += 1;
     }
@@ -409,5 +417,29 @@ mod tests {
         std::env::remove_var(good);
         std::env::remove_var(bad);
         std::env::remove_var(empty);
+    }
+
+    #[test]
+    fn a_key_that_is_a_prefix_of_another_leaves_nothing_of_either() {
+        let short = ApiKey::new("abcdefgh12345678").unwrap();
+        let long = ApiKey::new("abcdefgh12345678-and-more-9").unwrap();
+        let r = Redactor::new(&[short, long]);
+        let out = r.redact_str("keys abcdefgh12345678-and-more-9 and abcdefgh12345678.");
+        assert!(!out.contains("and-more"), "{out}");
+        assert!(!out.contains("12345678"), "{out}");
+    }
+
+    #[test]
+    fn a_long_run_of_sk_dashes_is_read_once_and_left_alone_or_redacted_whole() {
+        // Glued to a word and without a digit: not a key, whatever its length.
+        let run = format!("a{}", "sk-".repeat(100_000));
+        assert!(matches!(
+            Redactor::default().redact(run.as_bytes()),
+            std::borrow::Cow::Borrowed(_)
+        ));
+        // At a word start it is one key, redacted whole.
+        let run = format!(" {} end", "sk-".repeat(1000));
+        let out = Redactor::default().redact_str(&run).into_owned();
+        assert_eq!(out, format!(" sk-{REDACTED} end"));
     }
 }

@@ -1074,3 +1074,23 @@ async fn attempt_logs_show_the_tail_and_the_dropped_features_never_the_key() {
         "{failed}"
     );
 }
+
+#[tokio::test]
+async fn a_2xx_without_a_completion_that_quotes_the_key_loses_it() {
+    // A configured key not shaped like `sk-`: only the configured-key redaction can catch it.
+    const GROQ_KEY: &str = "gsk_CONFIGUREDSECRET_0123456789abcdef";
+    let echo = format!(r#"{{"error":{{"message":"invalid api key {GROQ_KEY}"}}}}"#);
+    let (addr, _seen) = capture_server(http_response(200, &[], &echo)).await;
+    let up = OpenAiUpstream::new(keys(&[GROQ_KEY]), options(format!("http://{addr}"))).unwrap();
+    let resp = up
+        .send(attempt(&conversation("gpt-x", 16), BUDGET))
+        .await
+        .expect("an answer");
+    assert_eq!(resp.status, 502, "no completion in a 200");
+    let text = String::from_utf8_lossy(&resp.body);
+    assert!(
+        text.contains("invalid api key"),
+        "the quote is kept: {text}"
+    );
+    assert!(!text.contains("CONFIGUREDSECRET"), "{text}");
+}

@@ -168,8 +168,11 @@ impl GovernorState {
                 None => KeyCheck::Untested,
                 Some(count) => match tokio::time::timeout(KEY_CHECK_TIMEOUT, count).await {
                     Ok(Ok(_)) => KeyCheck::Good,
-                    // The counter answered, and not with a count: still refused.
-                    Ok(Err(TransportError::Invalid(_))) => KeyCheck::Bad,
+                    // The key refused again.
+                    Ok(Err(TransportError::Status(401 | 403))) => KeyCheck::Bad,
+                    // No counter there after all: the key goes back for a trial.
+                    Ok(Err(TransportError::Status(404))) => KeyCheck::Untested,
+                    // An overload, a network failure: no verdict on the key.
                     Ok(Err(_)) | Err(_) => KeyCheck::Unknown,
                 },
             };

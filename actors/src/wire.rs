@@ -179,6 +179,10 @@ pub enum TransportError {
     /// The request could not even be built (a bug or bad configuration; not retried).
     #[error("the request could not be built: {0}")]
     Invalid(String),
+    /// A side exchange that expects one kind of answer (a token count) got this HTTP status
+    /// instead. Attempts never end so: their answers are classified by status.
+    #[error("the upstream answered HTTP {0} where a result was expected")]
+    Status(u16),
 }
 
 /// Requests per minute, input tokens per minute and output tokens per minute: the three

@@ -22,6 +22,8 @@ struct Revocable {
     revoked: Arc<AtomicBool>,
     counts: Arc<AtomicU64>,
     counter: bool,
+    /// What the counter answers while the key is revoked.
+    refusal: Arc<std::sync::Mutex<u16>>,
 }
 
 impl Upstream for Revocable {
@@ -36,9 +38,7 @@ impl Upstream for Revocable {
         Some(Box::pin(async move {
             self.counts.fetch_add(1, Ordering::SeqCst);
             if self.revoked.load(Ordering::SeqCst) {
-                Err(TransportError::Invalid(
-                    "count_tokens answered HTTP 401".into(),
-                ))
+                Err(TransportError::Status(*self.refusal.lock().unwrap()))
             } else {
                 Ok(10)
             }
@@ -62,6 +62,7 @@ async fn setup(counter: bool) -> (Seawall, Revocable) {
         revoked,
         counts: Arc::default(),
         counter,
+        refusal: Arc::new(std::sync::Mutex::new(401)),
     };
     let sw = Seawall::builder()
         .upstream("s", up.clone())
@@ -155,4 +156,21 @@ async fn without_a_token_counter_a_quarantined_key_goes_back_for_a_trial() {
     up.revoked.store(false, Ordering::SeqCst);
     tokio::time::sleep(secs(60)).await;
     sw.complete(call()).await.expect("served after the trial");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_overloaded_counter_is_no_verdict_on_the_key() {
+    let (sw, up) = setup(true).await;
+    *up.refusal.lock().unwrap() = 529;
+    let _ = sw.complete(call()).await.unwrap_err(); // the 401 quarantines the key
+    tokio::time::sleep(secs(30)).await;
+    let status = &sw.governor_status().await.unwrap()[0];
+    assert_eq!(up.counts.load(Ordering::SeqCst), 1, "one token count");
+    let check = &status.key_checks[0];
+    assert!(check.quarantined, "not back on a 529");
+    assert_eq!(
+        check.next_check_in,
+        Some(secs(30)),
+        "the same back-off, not doubled: a 529 says nothing of the key"
+    );
 }

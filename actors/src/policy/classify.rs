@@ -180,6 +180,8 @@ pub fn classify_transport(err: &TransportError) -> Verdict {
         TransportError::Connect(_) | TransportError::Reset(_) | TransportError::Truncated(_) => {
             Class::Network
         }
+        // Only side exchanges (token counts) end so; an attempt's status is classified as one.
+        TransportError::Status(_) => Class::Network,
         // This transport cannot send the request (e.g. a feature an OpenAI-compatible provider
         // lacks): that ends this hop; another hop's transport may take it.
         TransportError::Invalid(_) => {
