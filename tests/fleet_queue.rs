@@ -7,8 +7,6 @@
 mod support;
 
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -17,7 +15,7 @@ use seawall::cluster::jobs::{RedisJobStore, RedisStoreOptions};
 use seawall::config::Config;
 use seawall::core::{Finished, Job, JobState, JobStore};
 use seawall::sim::{Scenario, Sim, SimHandle};
-use serde_json::{json, Value};
+use support::process::{run, temp_dir, Served};
 use support::redis::RedisServer;
 
 static FLEETS: AtomicU64 = AtomicU64::new(0);
@@ -486,7 +484,7 @@ fn the_cluster_section_is_checked_when_the_file_is_read() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seawall_serve_with_a_wrong_redis_password_exits_at_once_saying_what_to_fix() {
     let redis = RedisServer::start_with(&["--requirepass", "right-one"]);
-    let dir = temp_dir();
+    let dir = temp_dir("fleet");
     let path = dir.join("seawall.toml");
     let toml = format!(
         "{MINIMAL}\n[cluster]\nredis_url = \"redis://:hunter2@127.0.0.1:{}/0\"\nname = \"f\"\n",
@@ -494,19 +492,17 @@ async fn seawall_serve_with_a_wrong_redis_password_exits_at_once_saying_what_to_
     );
     std::fs::write(&path, toml).unwrap();
     let started = Instant::now();
-    let out = Command::new(env!("CARGO_BIN_EXE_seawall"))
-        .args(["serve", "--config"])
-        .arg(&path)
-        .env("K", "sk-ant-test-key-000000000000")
-        .output()
-        .unwrap();
+    let (status, _, stderr) = run(
+        &dir,
+        &["serve", "--config", path.to_str().unwrap()],
+        &[("K", "sk-ant-test-key-000000000000")],
+    );
     let took = started.elapsed();
-    let stderr = String::from_utf8_lossy(&out.stderr);
     println!(
         "seawall serve exited {:?} after {took:?}: {stderr}",
-        out.status.code()
+        status.code()
     );
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("cluster.redis_url"), "{stderr}");
     assert!(
         stderr.contains("check the password in redis_url"),
@@ -540,16 +536,6 @@ const UP: &str = r#"
     name = "m"
     latency = "1ms"
 "#;
-
-fn temp_dir() -> std::path::PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("seawall-fleet-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn fleet_config(sim: &SimHandle, redis: &RedisServer, fleet: &str) -> String {
     format!(
@@ -587,96 +573,19 @@ tokens = ["{TOKEN}"]
     )
 }
 
-/// A `seawall serve` process and its base URL.
-struct Instance {
-    child: Child,
-    base: String,
+/// A `seawall serve` instance of this test's fleet.
+fn instance(config: &std::path::Path) -> Served {
+    Served::start(config, TOKEN, &[(KEY_ENV, KEY)])
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
-impl Instance {
-    fn start(config: &std::path::Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_seawall"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env(KEY_ENV, KEY)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the binary starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("a first line");
-        let base = line
-            .trim_end()
-            .strip_prefix("seawall serve listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self { child, base }
-    }
-
-    /// SIGKILL: no shutdown code runs, its heartbeat just stops.
-    fn kill_9(mut self) {
-        let killed = Command::new("kill")
-            .args(["-KILL", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let status = self.child.wait().unwrap();
-        assert_eq!(status.code(), None, "killed by a signal: {status:?}");
-    }
-
-    async fn ask(&self, n: usize) -> reqwest::Response {
-        client()
-            .post(format!("{}/v1/messages", self.base))
-            .header("x-api-key", TOKEN)
-            .header("anthropic-version", "2023-06-01")
-            .json(&json!({"model": "m", "max_tokens": 16,
-                          "messages": [{"role": "user", "content": format!("fleet job {n}")}]}))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn job(&self, id: &str, wait: &str) -> (u16, Value) {
-        let r = client()
-            .get(format!("{}/v1/seawall/jobs/{id}?wait={wait}", self.base))
-            .header("x-api-key", TOKEN)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
-    }
-
-    /// Jobs this instance holds and is not running, and replays it runs.
-    async fn queue(&self) -> (u64, u64) {
-        let status: Value = client()
-            .get(format!("{}/status", self.base))
-            .header("x-api-key", TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let q = &status["queue"];
-        (
-            q["pending"].as_u64().unwrap_or(u64::MAX),
-            q["running"].as_u64().unwrap_or(u64::MAX),
-        )
-    }
-}
-
-impl Drop for Instance {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// Jobs an instance holds and is not running, and replays it runs.
+async fn queue(instance: &Served) -> (u64, u64) {
+    let status = instance.status().await;
+    let q = &status["queue"];
+    (
+        q["pending"].as_u64().unwrap_or(u64::MAX),
+        q["running"].as_u64().unwrap_or(u64::MAX),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -688,23 +597,23 @@ async fn kill_9_of_an_instance_holding_jobs_and_another_finishes_each_exactly_on
     )
     .await
     .unwrap();
-    let dir = temp_dir();
+    let dir = temp_dir("fleet");
     let config = dir.join("seawall.toml");
     std::fs::write(&config, fleet_config(&sim, &redis, &fleet())).unwrap();
 
     // The model is down: instance A accepts five calls as jobs and holds them.
-    let a = Instance::start(&config);
+    let a = instance(&config);
     let mut ids = Vec::new();
     for n in 0..5 {
-        let r = a.ask(n).await;
+        let r = a.ask(&format!("fleet job {n}")).await;
         assert_eq!(r.status(), 202, "queued, not failed");
         assert_eq!(r.headers()["seawall-source"], "queued");
         ids.push(r.headers()["seawall-job-id"].to_str().unwrap().to_owned());
     }
-    let (waiting, running) = a.queue().await;
+    let (waiting, running) = queue(&a).await;
     assert_eq!(waiting + running, 5, "A holds every job it accepted");
     // B joins the fleet: it can answer for A's jobs, but does not take them while A lives.
-    let b = Instance::start(&config);
+    let b = instance(&config);
     let (status, seen) = b.job(&ids[0], "0s").await;
     assert_eq!(
         (status, seen["state"].as_str()),
@@ -712,7 +621,7 @@ async fn kill_9_of_an_instance_holding_jobs_and_another_finishes_each_exactly_on
         "{seen}"
     );
     tokio::time::sleep(Duration::from_millis(300)).await; // six of B's polls
-    assert_eq!(b.queue().await, (0, 0), "A is alive: its jobs stay its own");
+    assert_eq!(queue(&b).await, (0, 0), "A is alive: its jobs stay its own");
     assert_eq!(
         sim.log().len(),
         1,
@@ -747,12 +656,12 @@ async fn kill_9_of_an_instance_holding_jobs_and_another_finishes_each_exactly_on
         log.iter().filter(|e| e.status == Some(200)).count(),
         ids.len()
     );
-    assert_eq!(b.queue().await, (0, 0), "nothing left");
+    assert_eq!(queue(&b).await, (0, 0), "nothing left");
     // A third instance finds every job finished, and reads them.
-    let c = Instance::start(&config);
+    let c = instance(&config);
     let (code, job) = c.job(&ids[4], "0s").await;
     assert_eq!((code, job["state"].as_str()), (200, Some("done")));
-    assert_eq!(c.queue().await, (0, 0));
+    assert_eq!(queue(&c).await, (0, 0));
     drop((b, c));
     let _ = std::fs::remove_dir_all(&dir);
 }

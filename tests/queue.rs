@@ -2,13 +2,13 @@
 //! answer (HTTP 202 + job id), is killed with SIGKILL, and the next process finishes every
 //! accepted job exactly once from the redb file. Real loopback HTTP, the simulator upstream.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 
 use seawall::sim::{Scenario, Sim, SimHandle};
-use serde_json::{json, Value};
+use serde_json::Value;
+use support::process::{temp_dir, Served};
 
 const KEY_ENV: &str = "SEAWALL_QUEUE_TEST_KEY";
 const KEY: &str = "sk-ant-api03-QUEUESECRETQUEUESECRET-qqqq";
@@ -30,20 +30,6 @@ const UP: &str = r#"
     name = "m"
     latency = "1ms"
 "#;
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
-fn temp_dir() -> PathBuf {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let dir = std::env::temp_dir().join(format!("seawall-queue-{}-{nanos}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
 
 fn config(sim: &SimHandle, store: &std::path::Path) -> String {
     format!(
@@ -78,79 +64,9 @@ tokens = ["{TOKEN}"]
     )
 }
 
-/// A `seawall serve` process and its base URL.
-struct Gateway {
-    child: Child,
-    base: String,
-}
-
-impl Gateway {
-    fn start(config: &std::path::Path) -> Self {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_seawall"))
-            .args(["serve", "--config"])
-            .arg(config)
-            .env(KEY_ENV, KEY)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("the binary starts");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("a first line");
-        let base = line
-            .trim_end()
-            .strip_prefix("seawall serve listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .to_owned();
-        Self { child, base }
-    }
-
-    /// SIGKILL: no shutdown code runs, nothing is flushed.
-    fn kill_9(mut self) {
-        let killed = Command::new("kill")
-            .args(["-KILL", &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(killed.success());
-        let status = self.child.wait().unwrap();
-        assert_eq!(status.code(), None, "killed by a signal: {status:?}");
-    }
-
-    async fn ask(&self, n: usize) -> reqwest::Response {
-        client()
-            .post(format!("{}/v1/messages", self.base))
-            .header("x-api-key", TOKEN)
-            .header("anthropic-version", "2023-06-01")
-            .json(&json!({"model": "m", "max_tokens": 16,
-                          "messages": [{"role": "user", "content": format!("job number {n}")}]}))
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn job(&self, id: &str, wait: &str) -> (u16, Value) {
-        let r = client()
-            .get(format!("{}/v1/seawall/jobs/{id}?wait={wait}", self.base))
-            .header("x-api-key", TOKEN)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.json().await.unwrap())
-    }
-
-    async fn status(&self) -> Value {
-        client()
-            .get(format!("{}/status", self.base))
-            .header("x-api-key", TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
+/// A `seawall serve` process of this test's config.
+fn gateway(config: &std::path::Path) -> Served {
+    Served::start(config, TOKEN, &[(KEY_ENV, KEY)])
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -159,15 +75,15 @@ async fn accepted_jobs_survive_kill_9_and_complete_exactly_once_after_restart() 
     let sim = Sim::start(Scenario::from_toml(DOWN).unwrap(), addr)
         .await
         .unwrap();
-    let dir = temp_dir();
+    let dir = temp_dir("queue");
     let config_path = dir.join("seawall.toml");
     std::fs::write(&config_path, config(&sim, &dir.join("jobs.redb"))).unwrap();
 
     // The model is down: every call is stored and answered at once with its job id.
-    let first = Gateway::start(&config_path);
+    let first = gateway(&config_path);
     let mut ids = Vec::new();
     for n in 0..5 {
-        let r = first.ask(n).await;
+        let r = first.ask(&format!("job number {n}")).await;
         assert_eq!(r.status(), 202, "queued, not failed");
         let h = r.headers();
         assert_eq!(h["seawall-source"], "queued");
@@ -193,7 +109,7 @@ async fn accepted_jobs_survive_kill_9_and_complete_exactly_once_after_restart() 
     // The model recovers while no seawall runs; the next process finds every job in the file.
     sim.set_scenario(Scenario::from_toml(UP).unwrap()).unwrap();
     let before = sim.log().len();
-    let second = Gateway::start(&config_path);
+    let second = gateway(&config_path);
     for (n, id) in ids.iter().enumerate() {
         let (status, job) = second.job(id, "20s").await;
         assert_eq!(status, 200);
@@ -221,7 +137,7 @@ async fn accepted_jobs_survive_kill_9_and_complete_exactly_once_after_restart() 
     second.kill_9();
 
     // A third process has nothing left to do: finished jobs stay finished and retrievable.
-    let third = Gateway::start(&config_path);
+    let third = gateway(&config_path);
     let status = third.status().await;
     assert_eq!(status["queue"]["pending"], 0, "{status}");
     let (code, job) = third.job(&ids[4], "0s").await;

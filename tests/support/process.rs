@@ -82,6 +82,17 @@ impl Serve {
         }
     }
 
+    /// SIGKILL: no shutdown code runs, nothing is flushed (and a fleet's heartbeat just stops).
+    pub fn kill_9(mut self) {
+        let killed = Command::new("kill")
+            .args(["-KILL", &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+        let status = self.child.wait().unwrap();
+        assert_eq!(status.code(), None, "killed by a signal: {status:?}");
+    }
+
     /// SIGTERM, then wait for the exit and the whole stderr.
     pub fn stop(mut self) -> Stopped {
         let sent = Command::new("kill")
@@ -96,6 +107,77 @@ impl Serve {
             .map(|r| r.join().unwrap())
             .unwrap_or_default();
         Stopped { status, stderr }
+    }
+}
+
+/// `seawall serve --config FILE` (with `env`, logs at `warn`) as a client holding `token`
+/// sees it: messages, job lookups and `/status`.
+pub struct Served {
+    /// The process.
+    pub serve: Serve,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl Served {
+    /// Start it and wait until it listens.
+    pub fn start(config: &Path, token: &str, env: &[(&str, &str)]) -> Self {
+        let dir = config.parent().expect("the config's directory");
+        let path = config.to_str().expect("a UTF-8 path");
+        let mut vars = env.to_vec();
+        vars.push(("RUST_LOG", "warn"));
+        Self {
+            serve: Serve::start(dir, &["serve", "--config", path], &vars),
+            token: token.to_owned(),
+            // No timeout of its own: a job lookup's `?wait=` bounds it.
+            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+        }
+    }
+
+    /// SIGKILL (see [`Serve::kill_9`]).
+    pub fn kill_9(self) {
+        self.serve.kill_9();
+    }
+
+    /// `POST /v1/messages` of a 16-token call to model `m` saying `prompt`.
+    pub async fn ask(&self, prompt: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}/v1/messages", self.serve.base))
+            .header("x-api-key", &self.token)
+            .header("anthropic-version", "2023-06-01")
+            .json(&serde_json::json!({"model": "m", "max_tokens": 16,
+                          "messages": [{"role": "user", "content": prompt}]}))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// `GET /v1/seawall/jobs/{id}?wait={wait}`: its status and body.
+    pub async fn job(&self, id: &str, wait: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .http
+            .get(format!(
+                "{}/v1/seawall/jobs/{id}?wait={wait}",
+                self.serve.base
+            ))
+            .header("x-api-key", &self.token)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    /// `GET /status`.
+    pub async fn status(&self) -> serde_json::Value {
+        self.http
+            .get(format!("{}/status", self.serve.base))
+            .header("x-api-key", &self.token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 }
 
