@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use seawall::cluster::{ClusterBuilder, ClusterError, RedisCluster};
 use seawall::core::{
-    Backoff, BreakerConfig, Call, Error, FleetMode, Jitter, Limits, RetryPolicy, Seawall,
+    Backoff, BreakerConfig, Builder, Call, Error, FleetMode, Jitter, Limits, RetryPolicy, Seawall,
     StateKind, WindowKind,
 };
 use seawall::sim::{Scenario, Sim, SimHandle};
@@ -53,6 +53,27 @@ fn call(model: &str) -> Call {
 }
 
 /// Fire `n` calls at `sw`, one every `interval`, each in its own task.
+/// `n` instances of one fleet on `redis`, each a runtime `build` configures.
+async fn fleet_of(
+    n: usize,
+    redis: &RedisServer,
+    name: &str,
+    build: impl Fn(Builder) -> Builder,
+) -> Vec<Seawall> {
+    let mut instances = Vec::new();
+    for _ in 0..n {
+        let cluster = RedisCluster::connect(&redis.url(), name).await.unwrap();
+        instances.push(
+            build(Seawall::builder())
+                .cluster(cluster)
+                .spawn()
+                .await
+                .unwrap(),
+        );
+    }
+    instances
+}
+
 fn fire(
     sw: &Seawall,
     model: &str,
@@ -95,19 +116,12 @@ async fn three_instances_share_one_budget_and_never_trip_the_limiter() {
         input_tokens_per_minute: None,
         output_tokens_per_minute: None,
     };
-    let mut instances = Vec::new();
-    for _ in 0..3 {
-        let cluster = RedisCluster::connect(&redis.url(), "budget").await.unwrap();
-        let sw = Seawall::builder()
-            .upstream("sim", upstream(&sim))
+    let instances = fleet_of(3, &redis, "budget", |b| {
+        b.upstream("sim", upstream(&sim))
             .limits("sim", limits)
             .chain_with("m", ["m"], policy(Duration::from_millis(1500)))
-            .cluster(cluster)
-            .spawn()
-            .await
-            .unwrap();
-        instances.push(sw);
-    }
+    })
+    .await;
     // 150 calls in about a second, 2.5x what the minute's bucket holds, spread unevenly:
     // each instance alone believes it may spend 60.
     let a = fire(&instances[0], "m", 90, Duration::from_millis(11));
@@ -169,23 +183,16 @@ async fn an_outage_found_by_one_instance_is_skipped_by_all() {
         open_for: Duration::from_secs(5),
         ..BreakerConfig::default()
     };
-    let mut instances = Vec::new();
-    for _ in 0..3 {
-        let cluster = RedisCluster::connect(&redis.url(), "health").await.unwrap();
-        let sw = Seawall::builder()
-            .upstream("sim", upstream(&sim))
+    let instances = fleet_of(3, &redis, "health", |b| {
+        b.upstream("sim", upstream(&sim))
             .breaker_defaults(breaker)
             .chain_with(
                 "primary",
                 ["primary", "fallback"],
                 policy(Duration::from_secs(3)),
             )
-            .cluster(cluster)
-            .spawn()
-            .await
-            .unwrap();
-        instances.push(sw);
-    }
+    })
+    .await;
     // Instance 0 finds the primary dead (4 failures open its breaker)...
     for _ in 0..4 {
         instances[0].complete(call("primary")).await.unwrap();
@@ -235,19 +242,12 @@ async fn concurrent_duplicates_on_different_instances_make_one_upstream_call() {
         latency = "200ms"
     "#)
     .await;
-    let mut instances = Vec::new();
-    for _ in 0..3 {
-        let cluster = RedisCluster::connect(&redis.url(), "idem").await.unwrap();
-        let sw = Seawall::builder()
-            .upstream("sim", upstream(&sim))
+    let instances = fleet_of(3, &redis, "idem", |b| {
+        b.upstream("sim", upstream(&sim))
             .chain_with("m", ["m"], policy(Duration::from_secs(5)))
             .idempotency(Duration::from_secs(60))
-            .cluster(cluster)
-            .spawn()
-            .await
-            .unwrap();
-        instances.push(sw);
-    }
+    })
+    .await;
     let mut tasks = Vec::new();
     for i in 0..9 {
         let sw = instances[i % 3].clone();
@@ -294,19 +294,12 @@ async fn without_redis_each_instance_spends_its_share_and_shares_again_when_it_r
         input_tokens_per_minute: None,
         output_tokens_per_minute: None,
     };
-    let mut instances = Vec::new();
-    for _ in 0..2 {
-        let cluster = RedisCluster::connect(&redis.url(), "outage").await.unwrap();
-        let sw = Seawall::builder()
-            .upstream("sim", upstream(&sim))
+    let instances = fleet_of(2, &redis, "outage", |b| {
+        b.upstream("sim", upstream(&sim))
             .limits("sim", limits)
             .chain_with("m", ["m"], policy(Duration::from_secs(2)))
-            .cluster(cluster)
-            .spawn()
-            .await
-            .unwrap();
-        instances.push(sw);
-    }
+    })
+    .await;
     let wait_for = |sw: Seawall, want: fn(&seawall::core::FleetStatus) -> bool| async move {
         let deadline = Instant::now() + Duration::from_secs(5);
         loop {
