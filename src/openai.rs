@@ -293,16 +293,6 @@ impl OpenAiUpstream {
             .bytes()
             .await
             .map_err(|e| body_error(&e, attempt.timeout))?;
-        // An error message that echoes the key (or anything shaped like one) loses it here,
-        // before it is translated and passed on.
-        let body = if (200..300).contains(&status) {
-            body
-        } else {
-            match self.redactor.redact(&body) {
-                std::borrow::Cow::Borrowed(_) => body,
-                std::borrow::Cow::Owned(clean) => bytes::Bytes::from(clean),
-            }
-        };
         let mut answer = translate_response(
             status,
             headers,
@@ -310,9 +300,10 @@ impl OpenAiUpstream {
             &translated.model,
             &translated.dropped,
         );
-        // A 2xx without a completion becomes a 502 quoting what the provider said: that quote
-        // may echo the key too.
-        if (200..300).contains(&status) && !(200..300).contains(&answer.status) {
+        // An answer that is not a success passes on what the provider said (a 2xx without a
+        // completion becomes a 502 quoting it): a key echoed there (or anything shaped like
+        // one) loses it here, after translation, so the quote is checked as the client gets it.
+        if !(200..300).contains(&answer.status) {
             if let std::borrow::Cow::Owned(clean) = self.redactor.redact(&answer.body) {
                 answer.body = bytes::Bytes::from(clean);
             }
