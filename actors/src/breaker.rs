@@ -129,11 +129,11 @@ impl BreakerState {
     }
 
     /// Tell the fleet about a transition this instance made (not one it heard from a peer).
-    fn tell_fleet(&self, to: StateKind, reason: &str, open_for: Option<Duration>) {
+    fn tell_fleet(&self, to: StateKind, from_peer: bool, open_for: Option<Duration>) {
         let Some(fleet) = self.fleet.clone() else {
             return;
         };
-        if reason.starts_with("peer_") {
+        if from_peer {
             return; // heard from the fleet: no echo
         }
         let instance = fleet.instance().to_owned();
@@ -211,7 +211,7 @@ impl BreakerState {
                 open_for_ms = open_for.map(|d| d.as_millis() as u64),
                 "breaker transition"
             );
-            self.tell_fleet(t.to, t.reason, open_for);
+            self.tell_fleet(t.to, t.from_peer, open_for);
             // No subscriber is fine: the send error only says nobody listens.
             let _ = self.events.send(Event::Breaker {
                 model: self.model.clone(),

@@ -255,8 +255,11 @@ pub struct Transition {
     /// When the change happened (the `now` of the call that made it).
     pub at: Instant,
     /// Why: `failure_rate`, `slow_call_rate`, `consecutive_failures`, `open_elapsed`,
-    /// `half_open_succeeded`, `half_open_failed` or `half_open_max_wait`.
+    /// `half_open_succeeded`, `half_open_failed` or `half_open_max_wait`; `peer_opened` or
+    /// `peer_closed` for one a peer of the fleet told of.
     pub reason: &'static str,
+    /// Made on a peer's word, not on this instance's own calls (so not told back to the fleet).
+    pub from_peer: bool,
     /// What the decision was made on: the closed window, or the half-open batch.
     pub stats: WindowStats,
 }
@@ -570,7 +573,7 @@ impl Breaker {
             return;
         }
         let stats = self.window.stats(now);
-        self.transition(State::Open { until }, "peer_opened", stats, now);
+        self.record_transition(State::Open { until }, "peer_opened", true, stats, now);
     }
 
     /// A peer's trials found the model healthy again: close now. Reason `peer_closed`.
@@ -584,7 +587,7 @@ impl Breaker {
         let closed = State::Closed {
             consecutive_failures: 0,
         };
-        self.transition(closed, "peer_closed", WindowStats::default(), now);
+        self.record_transition(closed, "peer_closed", true, WindowStats::default(), now);
     }
 
     /// The threshold `stats` reaches, if any; the failure rate is reported first.
@@ -624,6 +627,17 @@ impl Breaker {
     }
 
     fn transition(&mut self, to: State, reason: &'static str, stats: WindowStats, now: Instant) {
+        self.record_transition(to, reason, false, stats, now);
+    }
+
+    fn record_transition(
+        &mut self,
+        to: State,
+        reason: &'static str,
+        from_peer: bool,
+        stats: WindowStats,
+        now: Instant,
+    ) {
         let from = self.state.kind();
         self.state = to;
         self.epoch = self.epoch.wrapping_add(1);
@@ -632,6 +646,7 @@ impl Breaker {
             to: to.kind(),
             at: now,
             reason,
+            from_peer,
             stats,
         });
     }
@@ -1053,8 +1068,13 @@ mod tests {
         assert_eq!(b.state(), StateKind::Closed);
         b.open_by_peer(t0, t0 + secs(2));
         assert_eq!(b.state(), StateKind::Closed, "a past until is no news");
-        let reasons: Vec<_> = drain(&mut b).into_iter().map(|t| t.2).collect();
-        assert_eq!(reasons, ["peer_opened", "peer_closed"]);
+        let peer: Vec<_> = std::iter::from_fn(|| b.poll_transition())
+            .map(|t| (t.reason, t.from_peer))
+            .collect();
+        assert_eq!(peer, [("peer_opened", true), ("peer_closed", true)]);
+        // Its own transitions are its own.
+        trip(&mut b, t0 + secs(3));
+        assert!(std::iter::from_fn(|| b.poll_transition()).all(|t| !t.from_peer));
     }
 
     #[test]
