@@ -9,10 +9,14 @@
 //!   exist per upstream, per key organization and per model class. Keys of one organization
 //!   share them; keys of different organizations have their own.
 //! - **Reserve** grants at once when budget, a usable key and the feature's bulkhead allow it, and
-//!   nobody of the same or a higher lane is already waiting (FIFO within a lane; interactive
-//!   before background). Otherwise the request is parked in its lane until the refill (or a
-//!   settle) lets it through, which paces a burst across the refill instead of firing it at once.
-//!   A wait that could not end within the caller's `max_wait` is refused at once, not parked.
+//!   nobody of the same or a higher lane already waits at that bucket group (FIFO within a lane;
+//!   interactive before background). Otherwise the request is parked in its lane until the refill
+//!   (or a settle) lets it through, which paces a burst across the refill instead of firing it at
+//!   once. A wait that could not end within the caller's `max_wait` is refused at once, not parked.
+//! - **Gates**: a parked waiter short of budget waits at one gate, the group (or the feature's
+//!   share of a group) that would serve it soonest, and holds back only later calls that need that
+//!   gate. One upstream's spent budget never stalls another upstream's, organization's, class's or
+//!   feature's calls.
 //! - **Lanes**: interactive calls are granted before background ones; background may not dip
 //!   into the interactive lane's reserved share of a bucket.
 //! - **Bulkheads**: a feature may have at most N calls in flight and at most a share of each
@@ -515,6 +519,7 @@ impl Pool {
                         dimension: Dimension::ALL[i],
                     },
                     earliest: None,
+                    gate: None,
                 });
             }
             if self.level[i] + 1e-9 < need[i] as f64 {
@@ -574,6 +579,7 @@ impl Pool {
         Blocked {
             reason: RejectReason::NoBudget { dimension },
             earliest: Some(next_lease.max(now + refill)),
+            gate: None,
         }
     }
 
@@ -725,6 +731,8 @@ struct Parked {
     waiter: WaiterId,
     expires: Instant,
     since: Instant,
+    /// Where it waits, as its last look found it.
+    gate: Option<Gate>,
 }
 
 /// Why a request could not be granted now.
@@ -733,6 +741,27 @@ struct Blocked {
     reason: RejectReason,
     /// When budget could allow it (None: unknown or never).
     earliest: Option<Instant>,
+    /// The gate to wait at, when budget is what is missing (None: a key or a bulkhead, which
+    /// hold back nobody else).
+    gate: Option<Gate>,
+}
+
+/// Where a waiter short of budget waits: one bucket group, or one feature's share of it (its
+/// bulkhead's `budget_share`). FIFO and the interactive reserve hold per gate: a waiter holds
+/// back only the later calls that need the same gate, never those of another upstream,
+/// organization, class or feature.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Gate {
+    group: Group,
+    /// `Some(f)`: only feature `f`'s share is short; the group itself has room for others.
+    feature: Option<usize>,
+}
+
+impl Gate {
+    /// Does a waiter at this gate hold back a call of `feature` on `group`?
+    fn holds(&self, group: Group, feature: Option<usize>) -> bool {
+        self.group == group && (self.feature.is_none() || self.feature == feature)
+    }
 }
 
 /// The governor's state and rules.
@@ -786,6 +815,7 @@ fn fits(buckets: &mut Buckets, cost: Cost, floor: Cost, now: Instant) -> Result<
             dimension: short_dimension(buckets, cost, now),
         },
         earliest: at,
+        gate: None,
     };
     match buckets.earliest(plus(cost, floor), now) {
         Some(at) if at <= now => Ok(()),
@@ -800,6 +830,7 @@ fn fits(buckets: &mut Buckets, cost: Cost, floor: Cost, now: Instant) -> Result<
                     dimension: short_dimension(buckets, cost, now),
                 },
                 earliest: None,
+                gate: None,
             }),
         },
     }
@@ -814,6 +845,16 @@ fn short_dimension(buckets: &mut Buckets, cost: Cost, now: Instant) -> Dimension
             Dimension::Requests
         }
     }
+}
+
+/// Of two reasons a grant failed, the one to report and wait on: one that can still pass before
+/// one that never will, then the sooner; the earliest instant is the sooner of both.
+fn better(prev: Option<Blocked>, b: Blocked) -> Blocked {
+    let Some(prev) = prev else { return b };
+    let rank = |x: &Blocked| (x.reason.is_final(), x.earliest.is_none(), x.earliest);
+    let earliest = earlier(prev.earliest, b.earliest);
+    let best = if rank(&b) < rank(&prev) { b } else { prev };
+    Blocked { earliest, ..best }
 }
 
 /// The earlier of two optional instants.
@@ -1115,13 +1156,20 @@ impl Lanes {
         }
     }
 
-    /// Grant `req` now if everything allows it.
-    fn try_grant(&mut self, req: &ReserveRequest, now: Instant) -> Result<Ticket, Blocked> {
+    /// Grant `req` now if everything allows it. A group (or the feature's share of one) held by
+    /// a waiter in `ahead` is not tried: that waiter is first there. Other groups are.
+    fn try_grant(
+        &mut self,
+        req: &ReserveRequest,
+        ahead: &[Gate],
+        now: Instant,
+    ) -> Result<Ticket, Blocked> {
         if let Some(f) = req.feature.and_then(|f| self.features.get(f)) {
             if f.bulkhead.max_concurrent.is_some_and(|m| f.in_flight >= m) {
                 return Err(Blocked {
                     reason: RejectReason::Bulkhead,
                     earliest: None,
+                    gate: None,
                 });
             }
         }
@@ -1129,6 +1177,7 @@ impl Lanes {
             return Err(Blocked {
                 reason: RejectReason::NoUsableKey,
                 earliest: None,
+                gate: None,
             });
         };
         // Least-loaded usable keys first.
@@ -1153,6 +1202,7 @@ impl Lanes {
                     RejectReason::NoUsableKey
                 },
                 earliest: paused,
+                gate: None,
             });
         }
         keys.sort_by_key(|&(i, load, _)| (load, i));
@@ -1163,34 +1213,54 @@ impl Lanes {
         let mut blocked: Option<Blocked> = None;
         for (key, _, org) in keys {
             let (upstream, class) = (req.upstream, req.class);
-            let Some(buckets) = self.buckets(upstream, org, class, now) else {
-                continue;
-            };
-            let limits = buckets.limits();
-            let floor = floor_cost(limits, reserve);
-            let group = buckets.fits(req.cost, floor, now);
-            let share = match (group, req.feature) {
-                (Ok(()), Some(f)) => {
-                    self.feature_fits(f, (upstream, org, class), limits, req.cost, now)
+            let group = (upstream, org, class);
+            let outcome = if let Some(held) = ahead.iter().find(|g| g.holds(group, req.feature)) {
+                // Someone waits here already: queue behind them (when is the estimate's).
+                Err(Blocked {
+                    reason: RejectReason::NoBudget {
+                        dimension: Dimension::Requests,
+                    },
+                    earliest: None,
+                    gate: Some(*held),
+                })
+            } else {
+                let Some(buckets) = self.buckets(upstream, org, class, now) else {
+                    continue;
+                };
+                let limits = buckets.limits();
+                let floor = floor_cost(limits, reserve);
+                match buckets.fits(req.cost, floor, now) {
+                    Ok(()) => match req.feature {
+                        Some(f) => {
+                            self.feature_fits(f, group, limits, req.cost, now)
+                                .map_err(|b| Blocked {
+                                    gate: Some(Gate {
+                                        group,
+                                        feature: Some(f),
+                                    }),
+                                    ..b
+                                })
+                        }
+                        None => Ok(()),
+                    },
+                    Err(b) => Err(Blocked {
+                        gate: Some(Gate {
+                            group,
+                            feature: None,
+                        }),
+                        ..b
+                    }),
                 }
-                (r, _) => r,
             };
-            match share {
+            match outcome {
                 Ok(()) => return Ok(self.take(req, key, org, now)),
-                Err(b) => {
-                    blocked = Some(match blocked {
-                        Some(prev) => Blocked {
-                            reason: prev.reason,
-                            earliest: earlier(prev.earliest, b.earliest),
-                        },
-                        None => b,
-                    });
-                }
+                Err(b) => blocked = Some(better(blocked, b)),
             }
         }
         Err(blocked.unwrap_or(Blocked {
             reason: RejectReason::NoUsableKey,
             earliest: None,
+            gate: None,
         }))
     }
 
@@ -1245,20 +1315,18 @@ impl Lanes {
     }
 
     /// A new reservation from `waiter`: granted or refused now, or parked in its lane.
+    /// It is granted at once when a group it may use has room and nobody waits there ahead of
+    /// it, whatever waits at other groups.
     pub fn reserve(&mut self, req: ReserveRequest, waiter: WaiterId, now: Instant) -> Reserved {
-        let queue_empty = match req.lane {
-            Lane::Interactive => self.interactive.is_empty(),
-            Lane::Background => self.interactive.is_empty() && self.background.is_empty(),
+        let ahead = self.gates_ahead(&req);
+        let mut blocked = match self.try_grant(&req, &ahead, now) {
+            Ok(ticket) => return Reserved::Now(Decision::Grant { ticket, at: now }),
+            Err(b) => b,
         };
-        let blocked = if queue_empty {
-            match self.try_grant(&req, now) {
-                Ok(ticket) => return Reserved::Now(Decision::Grant { ticket, at: now }),
-                Err(b) => b,
-            }
-        } else {
-            // Others are waiting ahead: estimate when this one's turn could come.
-            self.estimate(&req, now)
-        };
+        if blocked.gate.is_some() && !ahead.is_empty() {
+            // Others wait ahead at some gate: when its turn could come, behind them.
+            blocked.earliest = self.estimate(&req, now);
+        }
         let doomed = blocked
             .earliest
             .is_some_and(|at| at.saturating_duration_since(now) > req.max_wait);
@@ -1273,6 +1341,7 @@ impl Lanes {
             waiter,
             expires: now + req.max_wait,
             since: now,
+            gate: blocked.gate,
         };
         match req.lane {
             Lane::Interactive => self.interactive.push_back(parked),
@@ -1281,26 +1350,35 @@ impl Lanes {
         Reserved::Parked
     }
 
+    /// The gates of the waiters ahead of `req` (its lane and any higher) on its upstream and
+    /// class: the only ones that may hold it back.
+    fn gates_ahead(&self, req: &ReserveRequest) -> Vec<Gate> {
+        let lanes: &[&VecDeque<Parked>] = match req.lane {
+            Lane::Interactive => &[&self.interactive],
+            Lane::Background => &[&self.interactive, &self.background],
+        };
+        let mut gates: Vec<Gate> = Vec::new();
+        for p in lanes.iter().flat_map(|q| q.iter()) {
+            if let Some(g) = p.gate {
+                let (upstream, _, class) = g.group;
+                if upstream == req.upstream && class == req.class && !gates.contains(&g) {
+                    gates.push(g);
+                }
+            }
+        }
+        gates
+    }
+
     /// Forget a parked waiter whose caller gave up.
     pub fn cancel(&mut self, waiter: WaiterId) {
         self.interactive.retain(|p| p.waiter != waiter);
         self.background.retain(|p| p.waiter != waiter);
     }
 
-    /// When a request could be granted behind everyone waiting ahead of it in its lane (and, for
-    /// background, the interactive lane).
-    fn estimate(&mut self, req: &ReserveRequest, now: Instant) -> Blocked {
-        let mut ahead = req.cost;
-        let same = |p: &&Parked| p.req.upstream == req.upstream && p.req.class == req.class;
-        for p in self.interactive.iter().filter(same) {
-            ahead = plus(ahead, p.req.cost);
-        }
-        if req.lane == Lane::Background {
-            for p in self.background.iter().filter(same) {
-                ahead = plus(ahead, p.req.cost);
-            }
-        }
-        let orgs: Vec<usize> = self
+    /// When `req` could be granted behind the waiters ahead of it at each gate it may use: the
+    /// earliest over its organizations.
+    fn estimate(&mut self, req: &ReserveRequest, now: Instant) -> Option<Instant> {
+        let mut orgs: Vec<usize> = self
             .upstreams
             .get(req.upstream)
             .map(|u| {
@@ -1311,18 +1389,26 @@ impl Lanes {
                     .collect()
             })
             .unwrap_or_default();
+        orgs.sort_unstable();
+        orgs.dedup();
         let mut at = None;
         for org in orgs {
+            let group = (req.upstream, org, req.class);
+            let waiting_here = |p: &&Parked| p.gate.is_some_and(|g| g.holds(group, req.feature));
+            let mut ahead = req.cost;
+            for p in self.interactive.iter().filter(waiting_here) {
+                ahead = plus(ahead, p.req.cost);
+            }
+            if req.lane == Lane::Background {
+                for p in self.background.iter().filter(waiting_here) {
+                    ahead = plus(ahead, p.req.cost);
+                }
+            }
             if let Some(b) = self.buckets(req.upstream, org, req.class, now) {
                 at = earlier(at, b.earliest(ahead, now));
             }
         }
-        Blocked {
-            reason: RejectReason::NoBudget {
-                dimension: Dimension::Requests,
-            },
-            earliest: at,
-        }
+        at
     }
 
     /// Grant what the lanes allow now and refuse what waited too long; every decision goes to
@@ -1330,17 +1416,17 @@ impl Lanes {
     pub fn pump(&mut self, now: Instant) -> Vec<Answer> {
         let mut out = Vec::new();
         let mut next = None;
+        // Gates held by a waiter short of budget, in arrival order: the ones behind it at the
+        // same gate (and the lower lane there) wait too, while those at other gates go on.
+        // Waiters held by their bulkhead or paused keys hold back nobody.
+        let mut held: Vec<Gate> = Vec::new();
         for lane in [Lane::Interactive, Lane::Background] {
             let mut queue = std::mem::take(match lane {
                 Lane::Interactive => &mut self.interactive,
                 Lane::Background => &mut self.background,
             });
             let mut kept = VecDeque::with_capacity(queue.len());
-            // Budget is handed out in arrival order: once one waiter is short of budget, the
-            // ones behind it (and the lower lane) wait too. Waiters held by their bulkhead or
-            // paused keys do not block others.
-            let mut budget_blocked = lane == Lane::Background && !self.interactive.is_empty();
-            while let Some(p) = queue.pop_front() {
+            while let Some(mut p) = queue.pop_front() {
                 let answer = |decision| Answer {
                     waiter: p.waiter,
                     decision,
@@ -1348,7 +1434,7 @@ impl Lanes {
                     since: p.since,
                 };
                 if p.expires <= now {
-                    let earliest = self.estimate(&p.req, now).earliest;
+                    let earliest = self.estimate(&p.req, now);
                     out.push(answer(Decision::Reject {
                         reason: RejectReason::NoBudget {
                             dimension: Dimension::Requests,
@@ -1357,25 +1443,26 @@ impl Lanes {
                     }));
                     continue;
                 }
-                if !budget_blocked {
-                    match self.try_grant(&p.req, now) {
-                        Ok(ticket) => {
-                            out.push(answer(Decision::Grant { ticket, at: now }));
-                            continue;
-                        }
-                        Err(b) if b.reason.is_final() => {
-                            out.push(answer(Decision::Reject {
-                                reason: b.reason,
-                                earliest: b.earliest,
-                            }));
-                            continue;
-                        }
-                        Err(b) => {
-                            if matches!(b.reason, RejectReason::NoBudget { .. }) {
-                                budget_blocked = true;
+                match self.try_grant(&p.req, &held, now) {
+                    Ok(ticket) => {
+                        out.push(answer(Decision::Grant { ticket, at: now }));
+                        continue;
+                    }
+                    Err(b) if b.reason.is_final() => {
+                        out.push(answer(Decision::Reject {
+                            reason: b.reason,
+                            earliest: b.earliest,
+                        }));
+                        continue;
+                    }
+                    Err(b) => {
+                        p.gate = b.gate;
+                        if let Some(g) = b.gate {
+                            if !held.contains(&g) {
+                                held.push(g);
                             }
-                            next = earlier(next, b.earliest);
                         }
+                        next = earlier(next, b.earliest);
                     }
                 }
                 next = earlier(next, Some(p.expires));
@@ -1947,5 +2034,232 @@ mod tests {
         l.cancel(2);
         assert!(l.pump(t0 + S * 61).is_empty());
         assert!(!l.has_waiters());
+    }
+
+    // --- A waiter holds back only its own gate (upstream, organization, class, feature). ---
+
+    fn limits(rpm: Option<u64>, itpm: Option<u64>) -> Limits {
+        Limits {
+            requests_per_minute: rpm,
+            input_tokens_per_minute: itpm,
+            output_tokens_per_minute: None,
+        }
+    }
+
+    fn upstream(name: &str, class_limits: Vec<Limits>, key_orgs: Vec<usize>) -> UpstreamBudget {
+        UpstreamBudget {
+            name: name.into(),
+            class_names: (0..class_limits.len()).map(|c| format!("c{c}")).collect(),
+            class_limits,
+            key_labels: (0..key_orgs.len()).map(|k| format!("key#{k}")).collect(),
+            org_names: vec!["a".into(), "b".into()],
+            key_orgs,
+        }
+    }
+
+    fn lanes_of(upstreams: Vec<UpstreamBudget>, bulkheads: Vec<(String, Bulkhead)>) -> Lanes {
+        Lanes::new(
+            GovernorArgs {
+                upstreams,
+                bulkheads,
+                interactive_reserve: 0.5,
+                transit_allowance: Duration::ZERO,
+                shared: false,
+            },
+            7,
+        )
+    }
+
+    fn to(upstream: usize, class: usize, input_tokens: u64, lane: Lane) -> ReserveRequest {
+        ReserveRequest {
+            upstream,
+            class,
+            cost: Cost::request(input_tokens, 0),
+            lane,
+            feature: None,
+            max_wait: S * 300,
+        }
+    }
+
+    fn granted(r: Reserved) -> Ticket {
+        match r {
+            Reserved::Now(Decision::Grant { ticket, .. }) => ticket,
+            other => panic!("expected a grant now, got {other:?}"),
+        }
+    }
+
+    fn waiters(answers: &[Answer]) -> Vec<WaiterId> {
+        answers
+            .iter()
+            .filter(|a| matches!(a.decision, Decision::Grant { .. }))
+            .map(|a| a.waiter)
+            .collect()
+    }
+
+    #[test]
+    fn a_waiter_on_a_spent_upstream_never_holds_back_another_upstream() {
+        let t0 = Instant::now();
+        let mut l = lanes_of(
+            vec![
+                upstream("anthropic", vec![limits(Some(1), None)], vec![0]),
+                upstream("other", vec![Limits::default()], vec![0]),
+            ],
+            vec![],
+        );
+        let i = Lane::Interactive;
+        granted(l.reserve(to(0, 0, 0, i), 1, t0));
+        assert_eq!(l.reserve(to(0, 0, 0, i), 2, t0), Reserved::Parked);
+        assert_eq!(l.reserve(to(0, 0, 0, i), 3, t0), Reserved::Parked);
+        // `other` has no limits: its calls go at once, in both lanes, however many wait.
+        for w in 10..20 {
+            granted(l.reserve(to(1, 0, 0, i), w, t0));
+            granted(l.reserve(to(1, 0, 0, Lane::Background), w + 100, t0));
+        }
+        assert!(
+            l.pump(t0 + S).is_empty(),
+            "the spent bucket holds its waiters"
+        );
+        // rpm 1: one request a minute refills; the waiters go first in, first out.
+        assert_eq!(waiters(&l.pump(t0 + S * 60)), vec![2]);
+        assert_eq!(waiters(&l.pump(t0 + S * 120)), vec![3]);
+        assert!(!l.has_waiters());
+    }
+
+    #[test]
+    fn a_waiter_on_one_organization_never_holds_back_a_call_another_can_take() {
+        let t0 = Instant::now();
+        // One upstream, key 0 in org a, key 1 in org b; 1000 input tokens a minute each.
+        let mut l = lanes_of(
+            vec![upstream("u", vec![limits(None, Some(1000))], vec![0, 1])],
+            vec![],
+        );
+        let i = Lane::Interactive;
+        assert_eq!(granted(l.reserve(to(0, 0, 600, i), 1, t0)).key, 0); // a: 400 left
+        assert_eq!(granted(l.reserve(to(0, 0, 900, i), 2, t0)).key, 1); // b: 100 left
+                                                                        // 1000 tokens: a refills 600 in 36 s, b 900 in 54 s: it waits at a.
+        assert_eq!(l.reserve(to(0, 0, 1000, i), 3, t0), Reserved::Parked);
+        // A small call fits a, but a's waiter is first there: it takes b, at once.
+        assert_eq!(granted(l.reserve(to(0, 0, 100, i), 4, t0)).key, 1);
+        // Another small one: a is held, b is spent for now: it waits at b, which refills its
+        // 100 tokens in 6 s, long before a's waiter is served.
+        assert_eq!(l.reserve(to(0, 0, 100, i), 5, t0), Reserved::Parked);
+        let at_b = l.pump(t0 + S * 6);
+        assert_eq!(waiters(&at_b), vec![5]);
+        assert!(matches!(at_b[0].decision, Decision::Grant { ticket, .. } if ticket.key == 1));
+        assert!(
+            l.pump(t0 + S * 35).is_empty(),
+            "a's waiter is not served early"
+        );
+        assert_eq!(waiters(&l.pump(t0 + S * 36)), vec![3]);
+        assert!(!l.has_waiters());
+    }
+
+    #[test]
+    fn a_waiter_on_one_class_never_holds_back_another_class() {
+        let t0 = Instant::now();
+        // Class 0 (the default) 100 rpm, class 1 (say, opus) 2 rpm.
+        let mut l = lanes_of(
+            vec![upstream(
+                "u",
+                vec![limits(Some(100), None), limits(Some(2), None)],
+                vec![0],
+            )],
+            vec![],
+        );
+        let i = Lane::Interactive;
+        granted(l.reserve(to(0, 1, 0, i), 1, t0));
+        granted(l.reserve(to(0, 1, 0, i), 2, t0));
+        assert_eq!(l.reserve(to(0, 1, 0, i), 3, t0), Reserved::Parked);
+        assert_eq!(
+            l.reserve(to(0, 1, 0, Lane::Background), 4, t0),
+            Reserved::Parked
+        );
+        granted(l.reserve(to(0, 0, 0, i), 5, t0));
+        // The interactive reserve holds per group too: background on class 0 is not behind
+        // class 1's interactive waiter.
+        granted(l.reserve(to(0, 0, 0, Lane::Background), 6, t0));
+        // Class 1 refills one request every 30 s: interactive first; background only once the
+        // interactive reserve (half of 2) is left over.
+        assert_eq!(waiters(&l.pump(t0 + S * 30)), vec![3]);
+        assert!(l.pump(t0 + S * 60).is_empty());
+        assert_eq!(waiters(&l.pump(t0 + S * 90)), vec![4]);
+    }
+
+    #[test]
+    fn a_feature_short_of_its_share_holds_back_only_that_feature() {
+        let t0 = Instant::now();
+        let mut l = lanes_of(
+            vec![upstream("u", vec![limits(Some(100), None)], vec![0])],
+            vec![(
+                "batch".into(),
+                Bulkhead {
+                    max_concurrent: None,
+                    budget_share: Some(0.1),
+                },
+            )],
+        );
+        let batch = |w| {
+            let mut r = to(0, 0, 0, Lane::Interactive);
+            r.feature = Some(0);
+            (r, w)
+        };
+        for w in 0..10 {
+            let (r, w) = batch(w);
+            granted(l.reserve(r, w, t0));
+        }
+        let (r, w) = batch(10);
+        assert_eq!(l.reserve(r, w, t0), Reserved::Parked);
+        let (r, w) = batch(11);
+        assert_eq!(l.reserve(r, w, t0), Reserved::Parked);
+        // The group has 90 left: calls outside the feature go at once.
+        for w in 20..30 {
+            granted(l.reserve(to(0, 0, 0, Lane::Interactive), w, t0));
+        }
+        // The share refills 10 a minute (one every 6 s), first in, first out.
+        assert_eq!(waiters(&l.pump(t0 + S * 6)), vec![10]);
+        assert_eq!(waiters(&l.pump(t0 + S * 12)), vec![11]);
+    }
+
+    #[test]
+    fn a_slow_lease_or_paused_keys_on_one_upstream_never_hold_back_another() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis(1);
+        let two = || {
+            lanes_of(
+                vec![
+                    upstream("a", vec![limits(Some(100), None)], vec![0]),
+                    upstream("b", vec![limits(Some(100), None)], vec![0]),
+                ],
+                vec![],
+            )
+        };
+        // A fleet: each group spends leased slices, and starts with none.
+        let mut l = two();
+        l.set_mode(FleetMode::Shared, t0);
+        let i = Lane::Interactive;
+        assert_eq!(l.reserve(to(0, 0, 0, i), 1, t0), Reserved::Parked);
+        assert_eq!(l.reserve(to(1, 0, 0, i), 2, t0), Reserved::Parked);
+        let asks = l.lease_asks(t0);
+        assert_eq!(asks.len(), 2, "one lease per group");
+        // b's lease comes back; a's is slow. b's waiter goes, a's keeps waiting.
+        l.leased((1, 0, 0), Cost::request(0, 0), None, t0 + ms * 5);
+        assert_eq!(waiters(&l.pump(t0 + ms * 5)), vec![2]);
+        assert!(l.has_waiters());
+        l.leased((0, 0, 0), Cost::request(0, 0), None, t0 + ms * 50);
+        assert_eq!(waiters(&l.pump(t0 + ms * 50)), vec![1]);
+
+        // a's only key is paused by a 429: its call waits for the key, b's goes.
+        let mut l = two();
+        let t = granted(l.reserve(to(0, 0, 0, i), 1, t0));
+        l.settle(
+            Settlement {
+                key_pause: Some(S * 5),
+                ..Settlement::unused(t)
+            },
+            t0,
+        );
+        assert_eq!(l.reserve(to(0, 0, 0, i), 2, t0), Reserved::Parked);
+        granted(l.reserve(to(1, 0, 0, i), 3, t0));
+        assert_eq!(waiters(&l.pump(t0 + S * 5)), vec![2]);
     }
 }
