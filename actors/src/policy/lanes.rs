@@ -820,10 +820,11 @@ fn fits(buckets: &mut Buckets, cost: Cost, floor: Cost, now: Instant) -> Result<
     match buckets.earliest(plus(cost, floor), now) {
         Some(at) if at <= now => Ok(()),
         Some(at) => Err(short(buckets, Some(at))),
-        // Too large with the floor: the floor does not apply to a call that only a full bucket
-        // can hold (it would never go otherwise).
-        None => match buckets.earliest(cost, now) {
-            Some(at) if at <= now && floor == Cost::default() => Ok(()),
+        // Too large with the floor: the floor shrinks to what a full bucket can keep beside the
+        // call, so the call goes once the bucket is full (it would never go otherwise).
+        None => match buckets.earliest(plus(cost, room_beside(buckets.limits(), cost, floor)), now)
+        {
+            Some(at) if at <= now => Ok(()),
             Some(at) => Err(short(buckets, Some(at))),
             None => Err(Blocked {
                 reason: RejectReason::TooLarge {
@@ -834,6 +835,12 @@ fn fits(buckets: &mut Buckets, cost: Cost, floor: Cost, now: Instant) -> Result<
             }),
         },
     }
+}
+
+/// Per dimension, the part of `floor` a bucket of `limits` can keep beside `cost`.
+fn room_beside(limits: Limits, cost: Cost, floor: Cost) -> Cost {
+    let (l, c, f) = (limit_dims(limits), dims(cost), dims(floor));
+    cost_of([0, 1, 2].map(|i| l[i].map_or(0, |cap| f[i].min(cap.saturating_sub(c[i])))))
 }
 
 fn short_dimension(buckets: &mut Buckets, cost: Cost, now: Instant) -> Dimension {
@@ -2261,5 +2268,20 @@ mod tests {
         assert_eq!(l.reserve(to(0, 0, 0, i), 2, t0), Reserved::Parked);
         granted(l.reserve(to(1, 0, 0, i), 3, t0));
         assert_eq!(waiters(&l.pump(t0 + S * 5)), vec![2]);
+    }
+
+    #[test]
+    fn background_on_a_bucket_smaller_than_its_reserve_goes_once_the_bucket_is_full() {
+        let t0 = Instant::now();
+        // rpm 1 with a reserve of half: call + reserve never fit, so background waits for a
+        // full bucket instead of never going.
+        let mut l = one_upstream(1, 1);
+        granted(l.reserve(req(Lane::Background, S * 300), 1, t0));
+        assert_eq!(
+            l.reserve(req(Lane::Background, S * 300), 2, t0),
+            Reserved::Parked
+        );
+        assert!(l.pump(t0 + S * 59).is_empty());
+        assert_eq!(waiters(&l.pump(t0 + S * 60)), vec![2]);
     }
 }
