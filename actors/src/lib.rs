@@ -12,6 +12,7 @@
 //! - Plain data: [`call`], [`wire`], [`job`], [`error`], [`events`], [`digest`].
 
 pub mod assemble;
+mod attempt;
 pub mod breaker;
 pub mod call;
 pub mod clock;

@@ -13,6 +13,7 @@ use ractor::rpc::CallResult;
 use ractor::ActorRef;
 
 use super::{model_outcome, ProbeConfig, ProbeKind};
+use crate::attempt;
 use crate::call::{Call, Lane};
 use crate::clock;
 use crate::directory::Directory;
@@ -21,9 +22,8 @@ use crate::policy::classify::{classify_transport, Class};
 use crate::policy::lanes::{Decision, ReserveRequest};
 use crate::policy::sla::SlaOutcome;
 use crate::protocol::{AttemptSample, BreakerMsg, GovernorMsg, MonitorMsg, ProbeAdmission, Reply};
-use crate::request::attempt;
 use crate::upstream::Upstream;
-use crate::wire::{Attempt, Cost, TransportError, Usage};
+use crate::wire::{Attempt, Cost, TransportError};
 
 /// How long a breaker or governor may take to answer a probe task.
 const ACTOR_CALL_TIMEOUT: Duration = Duration::from_secs(5);
@@ -152,7 +152,7 @@ impl ProbeTask {
                 };
                 let at = clock::now();
                 let latency = at.saturating_duration_since(start);
-                attempt::record(&Some(breaker.clone()), permit, class, latency);
+                let entry = attempt::counted(breaker, permit, class, latency);
                 return Some(AttemptSample {
                     model: self.model,
                     class,
@@ -160,7 +160,7 @@ impl ProbeTask {
                     latency,
                     at,
                     retry: false,
-                    usage: Usage::default(),
+                    usage: entry.usage,
                 });
             }
         }
@@ -190,10 +190,12 @@ impl ProbeTask {
             stream: false,
             model: self.model,
             retry: false,
-            breaker: Some(breaker.clone()),
-            governor: Some(governor),
-            permit,
-            ticket,
+            holds: attempt::Holds {
+                breaker: Some(breaker.clone()),
+                governor: Some(governor),
+                permit,
+                ticket,
+            },
             span: tracing::Span::none(),
         })
         .await;

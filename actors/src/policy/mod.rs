@@ -10,6 +10,7 @@ pub mod classify;
 pub mod invalid;
 pub mod lanes;
 pub mod latency;
+pub mod ledger;
 pub mod pins;
 pub mod retry_budget;
 pub mod sla;

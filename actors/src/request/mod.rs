@@ -21,7 +21,6 @@
 //! Breaker or governor restarts: an ask whose answer is lost (the actor died holding it, or its
 //! mailbox was closed) is asked again of the live incarnation, found through the supervisor.
 
-pub(crate) mod attempt;
 pub(crate) mod degrade;
 pub(crate) mod report;
 pub(crate) mod stream;
@@ -39,6 +38,7 @@ pub use crate::policy::chain::{Degrade, Estimate, RetryPolicy};
 pub use degrade::ResponseCache;
 pub use stream::StreamReply;
 
+use crate::attempt;
 use crate::call::{Call, Reply, Source};
 use crate::clock;
 use crate::directory::Directory;
@@ -50,7 +50,8 @@ use crate::policy::chain::{
     AttemptId, CallFacts, ChainWalk, Credit, Ending, Event, Finish, HopFacts, Step,
 };
 use crate::policy::classify::{Class, Verdict};
-use crate::policy::lanes::{Decision, ReserveRequest, Settlement};
+use crate::policy::lanes::{Decision, ReserveRequest};
+use crate::policy::ledger::Observed;
 use crate::protocol::AttemptSample;
 use crate::protocol::{BreakerMsg, GovernorMsg, PinAnswer, Reply as Answer, SupervisorMsg};
 use crate::timer::Timer;
@@ -624,10 +625,12 @@ impl RequestState {
             stream: self.stream,
             model,
             retry: s.retry,
-            breaker: self.breakers[s.hop].clone(),
-            governor: self.governor.clone(),
-            permit: s.permit,
-            ticket: s.ticket,
+            holds: attempt::Holds {
+                breaker: self.breakers[s.hop].clone(),
+                governor: self.governor.clone(),
+                permit: s.permit,
+                ticket: s.ticket,
+            },
             span,
         };
         let me = myself.clone();
@@ -760,10 +763,7 @@ impl RequestState {
                     permit,
                     ticket,
                 } => {
-                    attempt::release(&self.breakers[hop], permit);
-                    if let Some(ticket) = ticket {
-                        attempt::settle(&self.governor, Settlement::unused(ticket));
-                    }
+                    attempt::unused(&self.breakers[hop], Some(permit), &self.governor, ticket);
                 }
                 Step::Send(s) => self.send(myself, s),
                 Step::Cancel { attempt } => {
@@ -993,7 +993,7 @@ impl RequestState {
             report.conclude(CallEnd::error(&e, elapsed, self.stream));
             return self.send_reply(Err(e));
         };
-        let usage = attempt::usage_of(&response.body);
+        let usage = Observed::from_body(&response.body).usage;
         let reply = Reply {
             source: Source::Live,
             age: None,
@@ -1089,11 +1089,11 @@ impl Actor for RequestActor {
                 RequestMsg::Admission {
                     hop,
                     admission: Some(Admission::Permitted(p)),
-                } => attempt::release(&state.breakers[hop], p),
+                } => attempt::unused(&state.breakers[hop], Some(p), &state.governor, None),
                 RequestMsg::Budget {
                     decision: Some(Decision::Grant { ticket, .. }),
                     ..
-                } => attempt::settle(&state.governor, Settlement::unused(ticket)),
+                } => attempt::unused(&None, None, &state.governor, Some(ticket)),
                 _ => {}
             }
             return Ok(());
@@ -1181,21 +1181,22 @@ impl Actor for RequestActor {
                     }
                 }
                 if let Some(head) = done.head.as_mut() {
-                    if head.finished && !head.recorded {
+                    if head.finished {
                         // The stream ended before any content: it is whole now, so it is
-                        // recorded now (a refusal kept in case no later hop serves counts once).
+                        // booked now (a refusal kept in case no later hop serves counts once).
                         let latency = done.report.latency;
-                        head.record_now(latency);
-                        if let Some(r) = state.report.as_mut() {
-                            r.sample(AttemptSample {
-                                model,
-                                class: Class::Success,
-                                status: Some(head.status),
-                                latency,
-                                at: now,
-                                retry,
-                                usage: head.usage(),
-                            });
+                        if let Some(entry) = head.record_now() {
+                            if let Some(r) = state.report.as_mut() {
+                                r.sample(AttemptSample {
+                                    model,
+                                    class: Class::Success,
+                                    status: Some(head.status),
+                                    latency,
+                                    at: now,
+                                    retry,
+                                    usage: entry.usage,
+                                });
+                            }
                         }
                     }
                 }

@@ -8,17 +8,17 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::attempt::{note_usage, record, release, settle, Head};
 use super::degrade::ResponseCache;
 use super::report::{CallEnd, Report};
 use crate::assemble::Assembler;
+use crate::attempt::Head;
 use crate::call::{AttemptRecord, Reply, Source};
 use crate::clock;
 use crate::policy::chain::stream_error_class;
 use crate::policy::classify::{classify_transport, Class};
-use crate::policy::lanes::{ServerLimits, Settlement};
+use crate::policy::ledger::Ending;
 use crate::protocol::AttemptSample;
-use crate::wire::{Cost, Headers, SseEvent, Usage};
+use crate::wire::{Headers, SseEvent, Usage};
 
 /// A streaming answer, handed over once the first content event is ready: from then on the call
 /// is committed to `model`.
@@ -84,8 +84,6 @@ pub(crate) struct Pump {
     time_to_first_token: Duration,
     /// Rebuilds the whole answer for the response cache, when the chain caches.
     cache: Option<(Arc<ResponseCache>, String, Assembler)>,
-    /// Usage reported so far (`message_start` carries the input tokens).
-    usage: Usage,
     report: Report,
 }
 
@@ -97,9 +95,8 @@ pub(crate) fn commit(mut head: Head, c: Commit) -> (StreamReply, Pump) {
     let mut cache = c
         .cache
         .map(|(cache, key)| (cache, key, Assembler::default()));
-    let mut usage = Usage::default();
+    // The head's usage (from these same events) is already noted in `head.observed`.
     for ev in buffered {
-        note_usage(&ev, &mut usage);
         if let Some((_, _, a)) = cache.as_mut() {
             a.push(&ev);
         }
@@ -128,7 +125,6 @@ pub(crate) fn commit(mut head: Head, c: Commit) -> (StreamReply, Pump) {
         idle_timeout: c.idle_timeout,
         time_to_first_token: c.time_to_first_token,
         cache,
-        usage,
         report: c.report,
     };
     (reply, pump)
@@ -155,7 +151,6 @@ impl Pump {
             idle_timeout,
             time_to_first_token,
             mut cache,
-            mut usage,
             report,
         } = self;
         let end = tokio::time::Instant::from_std(deadline);
@@ -185,7 +180,7 @@ impl Pump {
                 };
                 match item {
                     Ok(ev) => {
-                        note_usage(&ev, &mut usage);
+                        head.observed.note(&ev);
                         if let Some((_, _, a)) = cache.as_mut() {
                             a.push(&ev);
                         }
@@ -193,25 +188,16 @@ impl Pump {
                         if tx.send(ev).await.is_err() {
                             // The caller stopped reading: the model did nothing wrong.
                             if !head.recorded {
-                                head.recorded = true;
-                                release(&head.breaker, head.permit);
-                                settle(
-                                    &head.governor,
-                                    Settlement {
-                                        ticket: head.ticket,
-                                        actual: usage.cost(),
-                                        server: ServerLimits::from_headers(&head.headers),
-                                        key_bad: false,
-                                        key_pause: None,
-                                    },
-                                );
+                                head.book(Ending::Abandoned {
+                                    observed: head.observed,
+                                });
                             }
                             report.conclude(ended(
                                 hop,
                                 model,
                                 status,
                                 &request_id,
-                                usage,
+                                head.observed.usage,
                                 time_to_first_token,
                                 None,
                             ));
@@ -235,9 +221,19 @@ impl Pump {
         };
         let mut report = report;
         if !head.recorded {
-            head.recorded = true;
-            // A refusal kept as the answer was recorded when it came and must not count twice.
+            // A refusal kept as the answer was booked when it came and must not count twice.
             let latency = clock::now().saturating_duration_since(head.started);
+            let ending = if class == Class::Success {
+                Ending::Complete {
+                    observed: head.observed,
+                }
+            } else {
+                Ending::Cut {
+                    class,
+                    observed: head.observed,
+                }
+            };
+            let entry = head.book(ending);
             if class == Class::Success {
                 if let Some((cache, key, assembler)) = cache {
                     if let Some(message) = assembler.finish() {
@@ -250,7 +246,7 @@ impl Pump {
                                 status,
                                 headers: head.headers.clone(),
                                 body: bytes::Bytes::from(message.to_string()),
-                                usage,
+                                usage: head.observed.usage,
                                 attempts: 0,
                                 trail: Vec::new(),
                                 latency,
@@ -259,7 +255,6 @@ impl Pump {
                     }
                 }
             }
-            record(&head.breaker, head.permit, class, latency);
             report.sample(AttemptSample {
                 model,
                 class,
@@ -267,28 +262,10 @@ impl Pump {
                 latency,
                 at: clock::now(),
                 retry,
-                usage: if class == Class::Success {
-                    usage
-                } else {
-                    Usage::default()
-                },
+                usage: entry.usage,
             });
-            let actual = if usage == Usage::default() {
-                Cost::request(0, 0)
-            } else {
-                usage.cost()
-            };
-            settle(
-                &head.governor,
-                Settlement {
-                    ticket: head.ticket,
-                    actual,
-                    server: ServerLimits::from_headers(&head.headers),
-                    key_bad: false,
-                    key_pause: None,
-                },
-            );
         }
+        let usage = head.observed.usage;
         report.conclude(ended(
             hop,
             model,

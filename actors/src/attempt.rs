@@ -1,11 +1,13 @@
-//! One attempt at one model: send with a time budget, classify what came back, tell the
-//! breaker and the governor how it went. Request actors run one per [`Send`] step (several may
-//! be in flight: a hedge); probes run the same code.
+//! One attempt at one model: send with a time budget, classify what came back, and give account
+//! of it to the breaker and the governor. Request actors run one per `Send` step (several may be
+//! in flight: a hedge); probes run the same code. Not an actor: the request actor and the
+//! monitor's probes both use it, so it lives beside them, not inside either.
 //!
-//! The task is the only owner of its permit and reservation from the send on. When it is
-//! cancelled (a hedge lost, the caller went away) before an answer came, dropping it gives the
-//! permit back (nothing was learnt about health) and keeps the reservation as charged, since
-//! the request may well have reached the upstream.
+//! What an attempt cost and what each party hears is never decided here: every ending is
+//! described as a [`ledger::Ending`] and booked by [`Holds::book`], which follows
+//! [`ledger::account`]. The task is the only owner of its [`Holds`] from the send on: dropped
+//! before an answer came (a hedge lost, the caller went away), it books the attempt as
+//! abandoned.
 //!
 //! A stream's attempt ends at its first content event (or when it fails before one): the head
 //! goes back to the driver unrecorded, to be committed (and recorded when the stream ends) or
@@ -24,9 +26,10 @@ use crate::policy::chain::{
 };
 use crate::policy::classify::{classify, Class, Verdict};
 use crate::policy::lanes::{ServerLimits, Settlement, Ticket};
+use crate::policy::ledger::{self, Ending, Entry, Note, Observed};
 use crate::protocol::{AttemptSample, BreakerMsg, GovernorMsg};
 use crate::upstream::{StreamBody, Upstream};
-use crate::wire::{Attempt, Cost, Headers, SseEvent, TransportError, UpstreamResponse, Usage};
+use crate::wire::{Attempt, Headers, SseEvent, TransportError, UpstreamResponse};
 
 /// The events of a stream as its transport delivers them.
 pub(crate) type Events = tokio::sync::mpsc::Receiver<Result<SseEvent, TransportError>>;
@@ -43,7 +46,17 @@ pub(crate) struct Job {
     pub model: usize,
     /// A re-attempt on the same model (for the sample).
     pub retry: bool,
-    /// Where the result is recorded.
+    /// Its permit and reservation, and to whom it gives account.
+    pub holds: Holds,
+    /// The `seawall.attempt` span.
+    pub span: tracing::Span,
+}
+
+/// What one attempt holds (the breaker's permit, the governor's reservation) and whom it owes
+/// an account of how it ended.
+#[derive(Clone)]
+pub(crate) struct Holds {
+    /// Where the outcome is recorded.
     pub breaker: Option<ActorRef<BreakerMsg>>,
     /// Where the reservation is settled.
     pub governor: Option<ActorRef<GovernorMsg>>,
@@ -51,8 +64,83 @@ pub(crate) struct Job {
     pub permit: Permit,
     /// The governor's reservation.
     pub ticket: Ticket,
-    /// The `seawall.attempt` span.
-    pub span: tracing::Span,
+}
+
+impl Holds {
+    /// Book how the attempt ended, as the ledger says: the breaker hears its note, the
+    /// governor its charge (with what the server said: remaining budget, a bad or paused key).
+    pub fn book(
+        &self,
+        ending: Ending,
+        latency: Duration,
+        server: ServerLimits,
+        verdict: Option<&Verdict>,
+    ) -> Entry {
+        let entry = ledger::account(ending, self.ticket.reserved());
+        match entry.breaker {
+            Note::Record(class) => record(&self.breaker, self.permit, class, latency),
+            Note::Release => release(&self.breaker, self.permit),
+        }
+        if let Some(actual) = entry.charge {
+            settle(
+                &self.governor,
+                Settlement {
+                    ticket: self.ticket,
+                    actual,
+                    server,
+                    key_bad: verdict.is_some_and(Verdict::key_is_bad),
+                    key_pause: match verdict {
+                        Some(Verdict::Retryable {
+                            class: Class::RateLimited,
+                            hint,
+                        }) => *hint,
+                        _ => None,
+                    },
+                },
+            );
+        }
+        entry
+    }
+}
+
+/// A probe's token count, booked as the ledger says: the breaker hears it, and there is no
+/// reservation to settle (a count is free against the limits).
+pub(crate) fn counted(
+    breaker: &ActorRef<BreakerMsg>,
+    permit: Permit,
+    class: Class,
+    latency: Duration,
+) -> Entry {
+    let entry = ledger::account(Ending::Counted { class }, Default::default());
+    let breaker = Some(breaker.clone());
+    match entry.breaker {
+        Note::Record(class) => record(&breaker, permit, class, latency),
+        Note::Release => release(&breaker, permit),
+    }
+    entry
+}
+
+/// A permit or a reservation the walk got but will not use: given back whole (the ledger's
+/// [`Ending::Unused`]).
+pub(crate) fn unused(
+    breaker: &Option<ActorRef<BreakerMsg>>,
+    permit: Option<Permit>,
+    governor: &Option<ActorRef<GovernorMsg>>,
+    ticket: Option<Ticket>,
+) {
+    let entry = ledger::account(Ending::Unused, Default::default());
+    if let (Some(permit), Note::Release) = (permit, entry.breaker) {
+        release(breaker, permit);
+    }
+    if let (Some(ticket), Some(actual)) = (ticket, entry.charge) {
+        settle(
+            governor,
+            Settlement {
+                actual,
+                ..Settlement::unused(ticket)
+            },
+        );
+    }
 }
 
 /// A stream read up to its first content event, not yet recorded: committing it (or disposing
@@ -68,62 +156,49 @@ pub(crate) struct Head {
     pub finished: bool,
     /// When the attempt started.
     pub started: Instant,
-    pub breaker: Option<ActorRef<BreakerMsg>>,
-    pub governor: Option<ActorRef<GovernorMsg>>,
-    pub permit: Permit,
-    pub ticket: Ticket,
+    /// Its permit and reservation.
+    pub holds: Holds,
+    /// The usage reported so far (the buffered events', then the pump's).
+    pub observed: Observed,
     /// Breaker and governor already heard how it went (a refusal kept for later, or the
-    /// stream ended and was recorded): dropping the head then gives nothing back.
+    /// stream ended and was booked): dropping the head then books nothing.
     pub recorded: bool,
 }
 
 impl Drop for Head {
     /// A head nobody committed (another attempt won, the caller went away): the connection is
-    /// dropped, the permit goes back, and the reservation is kept as charged (the model did
-    /// start answering).
+    /// dropped and the attempt booked as abandoned.
     fn drop(&mut self) {
-        if self.recorded {
-            return;
+        if !self.recorded {
+            self.book(Ending::Abandoned {
+                observed: self.observed,
+            });
         }
-        release(&self.breaker, self.permit);
-        settle(
-            &self.governor,
-            Settlement {
-                actual: self.ticket.reserved(),
-                ..Settlement::unused(self.ticket)
-            },
-        );
     }
 }
 
 impl Head {
-    /// Usage the buffered events report (input from `message_start`).
-    pub fn usage(&self) -> Usage {
-        let mut usage = Usage::default();
-        for ev in &self.buffered {
-            note_usage(ev, &mut usage);
-        }
-        usage
+    /// Book the stream's ending once (a later call books nothing).
+    pub fn book(&mut self, ending: Ending) -> Entry {
+        self.recorded = true;
+        let latency = clock::now().saturating_duration_since(self.started);
+        self.holds.book(
+            ending,
+            latency,
+            ServerLimits::from_headers(&self.headers),
+            None,
+        )
     }
 
-    /// Record the head now as a healthy answer (a refusal kept in case no later hop serves):
-    /// the stream's own end must not count it again.
-    pub fn record_now(&mut self, latency: Duration) {
+    /// Book the head now as a whole answer (a stream that ended before content, or a refusal
+    /// kept in case no later hop serves): the stream's own end must not count it again.
+    pub fn record_now(&mut self) -> Option<Entry> {
         if self.recorded {
-            return;
+            return None;
         }
-        self.recorded = true;
-        record(&self.breaker, self.permit, Class::Success, latency);
-        settle(
-            &self.governor,
-            Settlement {
-                ticket: self.ticket,
-                actual: self.usage().cost(),
-                server: ServerLimits::from_headers(&self.headers),
-                key_bad: false,
-                key_pause: None,
-            },
-        );
+        Some(self.book(Ending::Complete {
+            observed: self.observed,
+        }))
     }
 }
 
@@ -143,27 +218,23 @@ pub(crate) struct Done {
     pub retry: bool,
 }
 
-/// The permit and reservation of an attempt in flight: given back if the attempt is dropped
-/// before it finishes (a cancelled hedge, a caller gone).
+/// An attempt in flight's holds: booked as abandoned if the attempt is dropped before it
+/// finishes (a cancelled hedge, a caller gone).
 struct InFlight {
-    breaker: Option<ActorRef<BreakerMsg>>,
-    governor: Option<ActorRef<GovernorMsg>>,
-    permit: Permit,
-    ticket: Ticket,
+    holds: Holds,
     armed: bool,
 }
 
 impl Drop for InFlight {
     fn drop(&mut self) {
         if self.armed {
-            release(&self.breaker, self.permit);
-            // The request may have reached the upstream and been counted: keep the budget.
-            settle(
-                &self.governor,
-                Settlement {
-                    actual: self.ticket.reserved(),
-                    ..Settlement::unused(self.ticket)
+            self.holds.book(
+                Ending::Abandoned {
+                    observed: Observed::default(),
                 },
+                Duration::ZERO,
+                ServerLimits::default(),
+                None,
             );
         }
     }
@@ -172,12 +243,7 @@ impl Drop for InFlight {
 // Casts: a breaker or governor that died meanwhile lost its state with it; a record meant for
 // the old incarnation has nowhere useful to go, so a failed cast is not an error.
 
-pub(crate) fn record(
-    breaker: &Option<ActorRef<BreakerMsg>>,
-    permit: Permit,
-    class: Class,
-    latency: Duration,
-) {
+fn record(breaker: &Option<ActorRef<BreakerMsg>>, permit: Permit, class: Class, latency: Duration) {
     if let Some(b) = breaker {
         let _ = b.cast(BreakerMsg::Record {
             permit,
@@ -187,13 +253,13 @@ pub(crate) fn record(
     }
 }
 
-pub(crate) fn release(breaker: &Option<ActorRef<BreakerMsg>>, permit: Permit) {
+fn release(breaker: &Option<ActorRef<BreakerMsg>>, permit: Permit) {
     if let Some(b) = breaker {
         let _ = b.cast(BreakerMsg::Release(permit));
     }
 }
 
-pub(crate) fn settle(governor: &Option<ActorRef<GovernorMsg>>, settlement: Settlement) {
+fn settle(governor: &Option<ActorRef<GovernorMsg>>, settlement: Settlement) {
     if let Some(g) = governor {
         let _ = g.cast(GovernorMsg::Settle(settlement));
     }
@@ -207,19 +273,10 @@ pub(crate) async fn run(job: Job) -> Done {
         stream,
         model,
         retry,
-        breaker,
-        governor,
-        permit,
-        ticket,
+        holds,
         span,
     } = job;
-    let mut guard = InFlight {
-        breaker,
-        governor,
-        permit,
-        ticket,
-        armed: true,
-    };
+    let mut guard = InFlight { holds, armed: true };
     let start = clock::now();
     let budget = attempt.timeout;
     let result = if stream {
@@ -235,6 +292,10 @@ pub(crate) async fn run(job: Job) -> Done {
                 } else {
                     None
                 };
+                let mut observed = Observed::default();
+                for ev in &head.buffered {
+                    observed.note(ev);
+                }
                 let request_id = head.headers.get("request-id").map(str::to_owned);
                 span.record("http.response.status_code", head.status);
                 span.record("class", "success");
@@ -255,10 +316,8 @@ pub(crate) async fn run(job: Job) -> Done {
                         events: head.events,
                         finished: head.finished,
                         started: start,
-                        breaker: guard.breaker.clone(),
-                        governor: guard.governor.clone(),
-                        permit,
-                        ticket,
+                        holds: guard.holds.clone(),
+                        observed,
                         recorded: false,
                     }),
                     sample: None,
@@ -282,42 +341,33 @@ pub(crate) async fn run(job: Job) -> Done {
     let latency = now.saturating_duration_since(start);
     let verdict = classify(&result, SystemTime::now());
     let class = verdict.class();
-    record(&guard.breaker, permit, class, latency);
-    // The request went out but no answer came back: the upstream may well have counted it
-    // against the limits, so keep what was reserved rather than believe it was free.
-    let maybe_charged = matches!(
-        result,
-        Err(TransportError::Timeout(_) | TransportError::Reset(_) | TransportError::Truncated(_))
-    );
-    let (usage, actual) = match &result {
-        Ok(r) if class == Class::Success => {
-            let usage = usage_of(&r.body);
-            (usage, usage.cost())
-        }
-        _ if maybe_charged => (Usage::default(), ticket.reserved()),
-        _ => (Usage::default(), Cost::request(0, 0)),
-    };
-    let key_pause = match verdict {
-        Verdict::Retryable {
-            class: Class::RateLimited,
-            hint,
-        } => hint,
-        _ => None,
+    let ending = match &result {
+        Ok(r) if class == Class::Success => Ending::Complete {
+            observed: Observed::from_body(&r.body),
+        },
+        Ok(_) => Ending::Refused { class },
+        // The request went out but no whole answer came back.
+        Err(
+            TransportError::Timeout(_) | TransportError::Reset(_) | TransportError::Truncated(_),
+        ) => Ending::Cut {
+            class,
+            observed: Observed::default(),
+        },
+        Err(
+            TransportError::Connect(_) | TransportError::Invalid(_) | TransportError::Status(_),
+        ) => Ending::Unsent { class },
     };
     let (status, headers) = match &result {
         Ok(r) => (Some(r.status), r.headers.clone()),
         Err(_) => (None, Headers::default()),
     };
-    settle(
-        &guard.governor,
-        Settlement {
-            ticket,
-            actual,
-            server: ServerLimits::from_headers(&headers),
-            key_bad: verdict.key_is_bad(),
-            key_pause,
-        },
+    let entry = guard.holds.book(
+        ending,
+        latency,
+        ServerLimits::from_headers(&headers),
+        Some(&verdict),
     );
+    let usage = entry.usage;
     let request_id = headers.get("request-id").map(str::to_owned);
     if !span.is_disabled() {
         span.record("http.response.status_code", status.unwrap_or(0));
@@ -453,33 +503,6 @@ async fn stream_start(
     })
 }
 
-/// Usage as a stream reports it: input in `message_start`, output in `message_delta`.
-pub(crate) fn note_usage(ev: &SseEvent, usage: &mut Usage) {
-    let pointer = match ev.event.as_str() {
-        "message_start" => "/message/usage",
-        "message_delta" => "/usage",
-        _ => return,
-    };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(&ev.data) else {
-        return;
-    };
-    if let Some(u) = v.pointer(pointer) {
-        let n = |k: &str| u.get(k).and_then(serde_json::Value::as_u64);
-        if let Some(x) = n("input_tokens") {
-            usage.input_tokens = x;
-        }
-        if let Some(x) = n("output_tokens") {
-            usage.output_tokens = x;
-        }
-        if let Some(x) = n("cache_creation_input_tokens") {
-            usage.cache_creation_input_tokens = x;
-        }
-        if let Some(x) = n("cache_read_input_tokens") {
-            usage.cache_read_input_tokens = x;
-        }
-    }
-}
-
 /// The `model` a successful answer names (`gen_ai.response.model`).
 fn response_model(body: &[u8]) -> Option<String> {
     #[derive(serde::Deserialize)]
@@ -487,16 +510,4 @@ fn response_model(body: &[u8]) -> Option<String> {
         model: Option<String>,
     }
     serde_json::from_slice::<Named>(body).ok()?.model
-}
-
-/// Usage from a Messages API body (zero when absent or unreadable).
-pub(crate) fn usage_of(body: &[u8]) -> Usage {
-    #[derive(serde::Deserialize)]
-    struct WithUsage {
-        #[serde(default)]
-        usage: Usage,
-    }
-    serde_json::from_slice::<WithUsage>(body)
-        .map(|w| w.usage)
-        .unwrap_or_default()
 }
