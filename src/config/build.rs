@@ -14,10 +14,11 @@ use seawall_actors::{
     RetryBudgetConfig, RetryPolicy, Seawall, SlaConfig, SlaTarget, Trip,
 };
 
-use crate::anthropic::{AnthropicOptions, AnthropicUpstream, AuthStyle, TransportSetupError};
 use crate::cluster::jobs::{RedisJobStore, RedisStoreOptions};
 use crate::cluster::{ClusterBuilder, RedisCluster};
-use crate::openai::{OpenAiOptions, OpenAiUpstream};
+use crate::transport::anthropic::{AnthropicOptions, AnthropicUpstream, AuthStyle};
+use crate::transport::openai::{OpenAiOptions, OpenAiUpstream};
+use crate::transport::TransportSetupError;
 
 use super::env::{process_env, read_key};
 use super::error::invalid;
