@@ -21,8 +21,8 @@ use tokio::sync::{mpsc, oneshot};
 use seawall::core::policy::classify::{classify, Class, Scope, Verdict};
 use seawall::core::upstream::{Attempt, TransportError, Upstream, UpstreamResponse};
 use seawall::core::{Call, Outcome, Seawall};
-use seawall::openai::{TransportSetupError, DEFAULT_BASE_URL, DROPPED_HEADER};
 use seawall::sim::{Scenario, Sim, SimHandle};
+use seawall::transport::openai::{TransportSetupError, DEFAULT_BASE_URL, DROPPED_HEADER};
 use seawall::{AnthropicOptions, AnthropicUpstream, ApiKey, OpenAiOptions, OpenAiUpstream};
 
 const KEY0: &str = "sk-proj-FIRSTSECRETFIRSTSECRET-aaaa";

@@ -35,9 +35,9 @@ use seawall_actors::{
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinSet;
 
-use crate::anthropic::TransportSetupError;
 use crate::secret::KeyError;
 use crate::sim::{Fault, FaultKind, ModelSpec, RateLimits, Scenario, Sim, SimError, SimHandle};
+use crate::transport::TransportSetupError;
 use crate::{AnthropicOptions, AnthropicUpstream, ApiKey};
 
 pub use svg::render_svg;

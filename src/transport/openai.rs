@@ -97,8 +97,9 @@ use seawall_actors::upstream::{
 };
 use serde_json::{json, Map, Value};
 
-pub use crate::anthropic::TransportSetupError;
-use crate::anthropic::{self, body_error, http_client, send_error, IDEMPOTENCY_KEY};
+use super::anthropic;
+use super::http::{body_error, http_client, send_error, IDEMPOTENCY_KEY};
+pub use super::TransportSetupError;
 use crate::secret::{ApiKey, Redactor};
 
 /// OpenAI's own base URL. Other OpenAI-compatible providers need their own: give the part

@@ -1,0 +1,773 @@
+//! The validation rules: everything [`Config::validate`] checks without the environment, each
+//! error at the exact key path with what to fix. The core's own rules (breaker, retry, backoff)
+//! are not written twice: their `Invalid { field, problem }` is mapped to the TOML key through
+//! one field-to-key table ([`field_error`]).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use seawall_actors::policy::invalid::Invalid;
+
+use super::env::env_name_problem;
+use super::error::invalid;
+use super::webhook::webhook_url_problem;
+use super::{
+    BreakerSection, ClientToken, ClusterSection, Config, ConfigError, DegradeKind, FallbackEntry,
+    ProbeSection, RateLimits, RetrySection, SlaTargetSection, Threshold, UpstreamKind,
+    MIN_HEADER_BYTES, MIN_TOKEN_CHARS,
+};
+
+impl Config {
+    /// Check everything that can be checked without the environment.
+    ///
+    /// # Errors
+    ///
+    /// The first problem found, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_upstreams()?;
+        self.validate_limits()?;
+        self.breaker_defaults()
+            .validate()
+            .map_err(|e| field_error("breaker", e, |_| true))?;
+        self.retry_defaults()
+            .validate()
+            .map_err(|e| field_error("retry", e, |_| true))?;
+        self.validate_models()?;
+        self.validate_degradation()?;
+        let budget = &self.retry_budget;
+        for (key, v) in [("ratio", budget.ratio), ("min_per_sec", budget.min_per_sec)] {
+            if v.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
+                return Err(invalid(
+                    format!("retry_budget.{key}"),
+                    format!("must be a number >= 0, got {}", v.unwrap_or_default()),
+                ));
+            }
+        }
+        if budget.window.is_some_and(|w| w < Duration::from_secs(1)) {
+            return Err(invalid("retry_budget.window", "must be at least 1s"));
+        }
+        self.validate_rest()?;
+        self.validate_observability()?;
+        if !self.gateway.has_tokens() && !self.listen.ip().is_loopback() {
+            return Err(ConfigError::Unauthenticated {
+                listen: self.listen,
+            });
+        }
+        Ok(())
+    }
+
+    fn validate_upstreams(&self) -> Result<(), ConfigError> {
+        if self.upstreams.is_empty() {
+            return Err(invalid(
+                "upstreams",
+                "no upstream is declared: add an [[upstreams]] entry with name, kind and \
+                 api_key_env",
+            ));
+        }
+        let mut names = HashSet::new();
+        for (i, u) in self.upstreams.iter().enumerate() {
+            let at = |k: &str| format!("upstreams[{i}].{k}");
+            if u.name.is_empty() {
+                return Err(invalid(at("name"), "must not be empty"));
+            }
+            if !names.insert(u.name.as_str()) {
+                return Err(invalid(
+                    at("name"),
+                    format!("upstream {:?} is declared twice", u.name),
+                ));
+            }
+            match (&u.api_key_env, u.api_key_envs.is_empty()) {
+                (Some(_), false) => {
+                    return Err(invalid(
+                        at("api_key_envs"),
+                        "set either api_key_env (one key) or api_key_envs (a pool), not both",
+                    ))
+                }
+                (None, true) => {
+                    return Err(invalid(
+                        at("api_key_env"),
+                        "missing: name the environment variable holding the API key \
+                         (api_key_env = \"ANTHROPIC_API_KEY\"), or a pool with \
+                         api_key_envs = [...]",
+                    ))
+                }
+                _ => {}
+            }
+            for (key, var) in self.key_vars(i) {
+                if let Some(problem) = env_name_problem(var) {
+                    return Err(invalid(key, problem));
+                }
+            }
+            if let Some(orgs) = &u.key_organizations {
+                let keys = self.key_vars(i).len();
+                if orgs.len() != keys {
+                    return Err(invalid(
+                        at("key_organizations"),
+                        format!(
+                            "{} labels for {keys} key(s): give one label per key",
+                            orgs.len()
+                        ),
+                    ));
+                }
+            }
+            let only = |set: bool, key: &str, kind: &str| {
+                if set {
+                    Err(invalid(
+                        at(key),
+                        format!("only applies to upstreams of kind = \"{kind}\""),
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            match u.kind {
+                UpstreamKind::Anthropic => {
+                    only(u.organization.is_some(), "organization", "openai")?
+                }
+                UpstreamKind::Openai => {
+                    only(u.version.is_some(), "version", "anthropic")?;
+                    only(u.beta.is_some(), "beta", "anthropic")?;
+                    only(u.auth.is_some(), "auth", "anthropic")?;
+                }
+            }
+            for (key, d) in [
+                ("connect_timeout", u.connect_timeout),
+                ("pool_idle_timeout", u.pool_idle_timeout),
+            ] {
+                if d.is_some_and(|d| d.is_zero()) {
+                    return Err(invalid(at(key), "must be longer than zero"));
+                }
+            }
+            if let Some(url) = &u.base_url {
+                if let Some(problem) = base_url_problem(url) {
+                    return Err(invalid(at("base_url"), problem));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_limits(&self) -> Result<(), ConfigError> {
+        for (name, l) in &self.limits {
+            let at = |k: &str| format!("limits.{name}.{k}");
+            if !self.upstreams.iter().any(|u| &u.name == name) {
+                return Err(invalid(
+                    format!("limits.{name}"),
+                    format!("upstream {name:?} is not declared in [[upstreams]]"),
+                ));
+            }
+            let check = |prefix: &dyn Fn(&str) -> String, r: RateLimits| {
+                for (k, v) in [
+                    ("rpm", r.rpm),
+                    ("input_tpm", r.input_tpm),
+                    ("output_tpm", r.output_tpm),
+                ] {
+                    if v == Some(0) {
+                        return Err(invalid(
+                            prefix(k),
+                            "must be at least 1 (leave the key out for no limit)",
+                        ));
+                    }
+                }
+                Ok(())
+            };
+            check(
+                &at,
+                RateLimits {
+                    rpm: l.rpm,
+                    input_tpm: l.input_tpm,
+                    output_tpm: l.output_tpm,
+                },
+            )?;
+            for (class, r) in &l.classes {
+                check(&|k: &str| format!("limits.{name}.classes.{class}.{k}"), *r)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_degradation(&self) -> Result<(), ConfigError> {
+        if let Some(c) = &self.cache {
+            if c.max_entries == Some(0) {
+                return Err(invalid("cache.max_entries", "must be at least 1"));
+            }
+            if c.ttl.is_some_and(|d| d.is_zero()) {
+                return Err(invalid("cache.ttl", "must be longer than zero"));
+            }
+        }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
+        }
+        if let Some(q) = &self.queue {
+            match (&q.path, &self.cluster) {
+                (Some(_), Some(_)) => {
+                    return Err(invalid(
+                        "queue.path",
+                        "with [cluster] the queue lives in the fleet's Redis: remove path (or \
+                         remove [cluster] to keep jobs in this file)",
+                    ))
+                }
+                (None, None) => {
+                    return Err(invalid(
+                        "queue.path",
+                        "is required: name the store file, e.g. \"seawall-jobs.redb\" (or add \
+                         [cluster] to keep jobs in the fleet's Redis)",
+                    ))
+                }
+                (Some(p), None) if p.as_os_str().is_empty() => {
+                    return Err(invalid(
+                        "queue.path",
+                        "must name the store file, e.g. \"seawall-jobs.redb\"",
+                    ));
+                }
+                _ => {}
+            }
+            for (key, d) in [
+                ("ttl", q.ttl),
+                ("poll", q.poll),
+                ("run_timeout", q.run_timeout),
+            ] {
+                if d.is_some_and(|d| d.is_zero()) {
+                    return Err(invalid(format!("queue.{key}"), "must be longer than zero"));
+                }
+            }
+            if q.concurrency == Some(0) {
+                return Err(invalid("queue.concurrency", "must be at least 1"));
+            }
+            if q.max_pending == Some(0) {
+                return Err(invalid("queue.max_pending", "must be at least 1"));
+            }
+        }
+        for (i, m) in self.models.iter().enumerate() {
+            let mut seen = HashSet::new();
+            for (j, d) in m.degrade.iter().enumerate() {
+                let key = format!("models[{i}].degrade[{j}]");
+                if !seen.insert(*d) {
+                    return Err(invalid(key, format!("{d:?} is listed twice")));
+                }
+                match d {
+                    DegradeKind::Queue if self.queue.is_none() => {
+                        return Err(invalid(
+                            key,
+                            "\"queue\" needs a [queue] section with path = \"<file>.redb\" \
+                             (or [cluster] for the fleet's queue in Redis)",
+                        ));
+                    }
+                    DegradeKind::Static if m.static_answer.as_deref().is_none_or(str::is_empty) => {
+                        return Err(invalid(
+                            format!("models[{i}].static_answer"),
+                            "\"static\" is listed in degrade: set the text to answer with",
+                        ));
+                    }
+                    _ => {}
+                }
+            }
+            if m.static_answer.is_some() && !seen.contains(&DegradeKind::Static) {
+                return Err(invalid(
+                    format!("models[{i}].static_answer"),
+                    "is set but degrade does not list \"static\": add it where it should apply",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_models(&self) -> Result<(), ConfigError> {
+        if self.models.is_empty() {
+            return Err(invalid(
+                "models",
+                "no model is declared: add a [[models]] entry with name and upstream",
+            ));
+        }
+        let declared: HashSet<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+        let mut seen = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            let at = |k: &str| format!("models[{i}].{k}");
+            if m.name.is_empty() {
+                return Err(invalid(at("name"), "must not be empty"));
+            }
+            if !seen.insert(m.name.as_str()) {
+                return Err(invalid(
+                    at("name"),
+                    format!("model {:?} is declared twice", m.name),
+                ));
+            }
+            if let Some(u) = &m.upstream {
+                if !self.upstreams.iter().any(|x| &x.name == u) {
+                    return Err(invalid(
+                        at("upstream"),
+                        format!("upstream {u:?} is not declared in [[upstreams]]"),
+                    ));
+                }
+            }
+            let mut hops = HashSet::from([m.name.as_str()]);
+            for (j, entry) in m.fallbacks.iter().enumerate() {
+                let key = format!("models[{i}].fallbacks[{j}]");
+                let f = entry.model();
+                if let FallbackEntry::Hop(h) = entry {
+                    if h.patch.contains_key("model") {
+                        return Err(invalid(
+                            format!("{key}.patch.model"),
+                            "a hop's patch may not set `model`: set the hop's `model` instead",
+                        ));
+                    }
+                }
+                if !declared.contains(f) {
+                    return Err(invalid(
+                        key,
+                        format!("model {f:?} is not declared: add a [[models]] entry named {f:?}"),
+                    ));
+                }
+                // The same model twice only makes sense with a patched request.
+                if !hops.insert(f) && !entry.patched() {
+                    return Err(invalid(
+                        key,
+                        format!("model {f:?} appears twice in the chain of {:?}", m.name),
+                    ));
+                }
+            }
+            if let Some(class) = &m.class {
+                let upstream = self.upstream_of(m);
+                let known = self
+                    .limits
+                    .get(upstream)
+                    .is_some_and(|l| l.classes.contains_key(class));
+                if !known {
+                    return Err(invalid(
+                        at("class"),
+                        format!(
+                            "class {class:?} is not declared: add [limits.{upstream}.classes.{class}]"
+                        ),
+                    ));
+                }
+            }
+            if let Some(b) = &m.breaker {
+                let prefix = format!("models[{i}].breaker");
+                self.breaker_for(m)
+                    .validate()
+                    .map_err(|e| field_error(&prefix, e, |f| b.sets(f)))?;
+            }
+            if let Some(r) = &m.retry {
+                let prefix = format!("models[{i}].retry");
+                self.retry_for(m)
+                    .validate()
+                    .map_err(|e| field_error(&prefix, e, |f| r.sets(f)))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_rest(&self) -> Result<(), ConfigError> {
+        let mut features = HashSet::new();
+        for (i, b) in self.bulkheads.iter().enumerate() {
+            let at = |k: &str| format!("bulkheads[{i}].{k}");
+            if b.name.is_empty() {
+                return Err(invalid(at("name"), "must not be empty"));
+            }
+            if !features.insert(b.name.as_str()) {
+                return Err(invalid(
+                    at("name"),
+                    format!("bulkhead {:?} is declared twice", b.name),
+                ));
+            }
+            if b.max_concurrent == Some(0) {
+                return Err(invalid(at("max_concurrent"), "must be at least 1"));
+            }
+            if let Some(s) = b.budget_share {
+                if !(s > 0.0 && s <= 1.0) {
+                    return Err(invalid(
+                        at("budget_share"),
+                        format!("must be in (0, 1], got {s}"),
+                    ));
+                }
+            }
+        }
+        if let Some(r) = self.governor.interactive_reserve {
+            if !(0.0..1.0).contains(&r) {
+                return Err(invalid(
+                    "governor.interactive_reserve",
+                    format!("must be in [0, 1), got {r}"),
+                ));
+            }
+        }
+        if self.supervisor.within.is_some_and(|d| d.is_zero()) {
+            return Err(invalid("supervisor.within", "must be longer than zero"));
+        }
+        for (i, t) in self.gateway.tokens.iter().enumerate() {
+            if let Some(problem) = t.problem() {
+                return Err(invalid(format!("gateway.tokens[{i}]"), problem));
+            }
+        }
+        for (i, var) in self.gateway.token_envs.iter().enumerate() {
+            if let Some(problem) = env_name_problem(var) {
+                return Err(invalid(format!("gateway.token_envs[{i}]"), problem));
+            }
+        }
+        if self.gateway.max_body_bytes == Some(0) {
+            return Err(invalid("gateway.max_body_bytes", "must be at least 1"));
+        }
+        let g = &self.gateway;
+        for (key, value) in [
+            ("gateway.idempotency_max_entries", g.idempotency_max_entries),
+            (
+                "gateway.idempotency_max_per_client",
+                g.idempotency_max_per_client,
+            ),
+            ("gateway.max_pins", g.max_pins),
+            ("gateway.max_pins_per_client", g.max_pins_per_client),
+            ("gateway.max_connections", g.max_connections),
+        ] {
+            if value == Some(0) {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
+        for (key, value) in [
+            ("gateway.header_read_timeout", g.header_read_timeout),
+            ("gateway.body_read_timeout", g.body_read_timeout),
+            ("gateway.idempotency_ttl", g.idempotency_ttl),
+        ] {
+            if value.is_some_and(|d| d.is_zero()) {
+                return Err(invalid(key, "must be longer than zero"));
+            }
+        }
+        if g.max_header_bytes.is_some_and(|n| n < MIN_HEADER_BYTES) {
+            return Err(invalid(
+                "gateway.max_header_bytes",
+                format!("must be at least {MIN_HEADER_BYTES} (the HTTP server's smallest buffer)"),
+            ));
+        }
+        for (i, origin) in g.allowed_origins.iter().enumerate() {
+            if let Some(problem) = origin_problem(origin) {
+                return Err(invalid(format!("gateway.allowed_origins[{i}]"), problem));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_observability(&self) -> Result<(), ConfigError> {
+        check_probe(&self.probes, "probes")?;
+        for (i, m) in self.models.iter().enumerate() {
+            let at = |k: &str| format!("models[{i}].{k}");
+            if let Some(p) = &m.probe {
+                check_probe(p, &at("probe"))?;
+                let tuned = p.interval.is_some() || p.timeout.is_some() || p.kind.is_some();
+                if tuned && self.probe_for(m).is_none() {
+                    return Err(invalid(
+                        at("probe"),
+                        format!(
+                            "sets probe keys but {:?} is not probed ({}): add enabled = true",
+                            m.name,
+                            if m.probe.and_then(|p| p.enabled) == Some(false) {
+                                "enabled = false"
+                            } else if m.fallbacks.is_empty() {
+                                "probes are on by default only for models with fallbacks"
+                            } else {
+                                "[probes] enabled = false"
+                            }
+                        ),
+                    ));
+                }
+            }
+            if let Some(price) = m.price {
+                for (k, v) in [
+                    ("input_per_mtok", price.input_per_mtok),
+                    ("output_per_mtok", price.output_per_mtok),
+                ] {
+                    // Written so that NaN fails too.
+                    if !(v >= 0.0 && v.is_finite()) {
+                        return Err(invalid(
+                            at(&format!("price.{k}")),
+                            format!("must be a price in USD per million tokens >= 0, got {v}"),
+                        ));
+                    }
+                }
+            }
+        }
+        let sla = &self.sla;
+        if sla.window.is_some_and(|d| d.is_zero()) {
+            return Err(invalid("sla.window", "must be longer than zero"));
+        }
+        if sla.buckets == Some(0) {
+            return Err(invalid("sla.buckets", "must be at least 1"));
+        }
+        let window = self.sla_config();
+        if window.window < Duration::from_millis(u64::from(window.buckets)) {
+            return Err(invalid(
+                if sla.window.is_some() {
+                    "sla.window"
+                } else {
+                    "sla.buckets"
+                },
+                format!(
+                    "the window ({}) must hold at least 1ms per bucket ({} buckets)",
+                    humantime::format_duration(window.window),
+                    window.buckets
+                ),
+            ));
+        }
+        check_sla_target(&sla.target(), "sla")?;
+        let declared: HashSet<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
+        for (name, t) in &sla.targets {
+            let at = format!("sla.targets.{name}");
+            if !declared.contains(name.as_str()) {
+                return Err(invalid(
+                    at,
+                    format!(
+                        "{name:?} is neither a model nor a chain: name a [[models]] entry (its \
+                         chain has the same name)"
+                    ),
+                ));
+            }
+            check_sla_target(t, &at)?;
+        }
+        let a = &self.alerts;
+        if a.window.is_some_and(|d| d < Duration::from_secs(1)) {
+            return Err(invalid("alerts.window", "must be at least 1s"));
+        }
+        if a.min_calls == Some(0) {
+            return Err(invalid("alerts.min_calls", "must be at least 1"));
+        }
+        for (k, rate) in [
+            ("failure_rate", a.failure_rate),
+            ("fallback_rate", a.fallback_rate),
+        ] {
+            if let Some(Threshold::At(r)) = rate {
+                if !(r > 0.0 && r < 100.0) {
+                    return Err(invalid(
+                        format!("alerts.{k}"),
+                        format!("must be a percentage in (0, 100) or \"off\", got {r}"),
+                    ));
+                }
+            }
+        }
+        if let Some(Threshold::At(d)) = a.breaker_open_for {
+            if d.is_zero() {
+                return Err(invalid(
+                    "alerts.breaker_open_for",
+                    "must be longer than zero (or \"off\")",
+                ));
+            }
+        }
+        if a.webhook_timeout.is_some_and(|d| d.is_zero()) {
+            return Err(invalid(
+                "alerts.webhook_timeout",
+                "must be longer than zero",
+            ));
+        }
+        match (&a.webhook_url, &a.webhook_url_env) {
+            (Some(_), Some(_)) => {
+                return Err(invalid(
+                    "alerts.webhook_url_env",
+                    "set either webhook_url or webhook_url_env, not both",
+                ))
+            }
+            (Some(url), None) => {
+                if let Some(problem) = webhook_url_problem(url) {
+                    return Err(invalid("alerts.webhook_url", problem));
+                }
+            }
+            (None, Some(var)) => {
+                if let Some(problem) = env_name_problem(var) {
+                    return Err(invalid("alerts.webhook_url_env", problem));
+                }
+            }
+            (None, None) => {
+                if a.webhook_timeout.is_some() {
+                    return Err(invalid(
+                        "alerts.webhook_timeout",
+                        "is set but there is no webhook: add webhook_url (or webhook_url_env)",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Checks on one probe section's own values, with exact key paths.
+fn check_probe(p: &ProbeSection, prefix: &str) -> Result<(), ConfigError> {
+    for (k, d) in [("interval", p.interval), ("timeout", p.timeout)] {
+        if d.is_some_and(|d| d.is_zero()) {
+            return Err(invalid(format!("{prefix}.{k}"), "must be longer than zero"));
+        }
+    }
+    Ok(())
+}
+
+/// Checks on one SLA target's own values, with exact key paths.
+fn check_sla_target(t: &SlaTargetSection, prefix: &str) -> Result<(), ConfigError> {
+    if let Some(a) = t.availability {
+        // Written so that NaN fails too.
+        if !(0.0..=100.0).contains(&a) {
+            return Err(invalid(
+                format!("{prefix}.availability"),
+                format!("must be a percentage in [0, 100], got {a}"),
+            ));
+        }
+    }
+    if t.p99.is_some_and(|d| d.is_zero()) {
+        return Err(invalid(format!("{prefix}.p99"), "must be longer than zero"));
+    }
+    Ok(())
+}
+
+/// The config key of a core settings field (they differ in two places).
+fn key_of(field: &'static str) -> &'static str {
+    match field {
+        "trip" => "consecutive_failures",
+        "backoff.max_attempts" => "backoff.attempts",
+        other => other,
+    }
+}
+
+/// A core validation error as a config error: at `prefix.key` when the section sets that key,
+/// else at the section itself (its value clashes with one it inherits).
+fn field_error(prefix: &str, e: Invalid, sets: impl Fn(&str) -> bool) -> ConfigError {
+    let key = key_of(e.field);
+    let path = if sets(key) {
+        format!("{prefix}.{key}")
+    } else {
+        prefix.to_owned()
+    };
+    invalid(path, format!("{key} {}", e.problem))
+}
+
+impl BreakerSection {
+    fn sets(&self, field: &str) -> bool {
+        match field {
+            "window" => self.window.is_some(),
+            "failure_rate" => self.failure_rate.is_some(),
+            "slow_call_rate" => self.slow_call_rate.is_some(),
+            "slow_call_duration" => self.slow_call_duration.is_some(),
+            "min_calls" => self.min_calls.is_some(),
+            "half_open_calls" => self.half_open_calls.is_some(),
+            "open_for" => self.open_for.is_some(),
+            "open_backoff.multiplier" | "open_backoff.max" => self.open_backoff.is_some(),
+            "max_wait_in_half_open" => self.max_wait_in_half_open.is_some(),
+            "consecutive_failures" => self.consecutive_failures.is_some(),
+            _ => false,
+        }
+    }
+}
+
+impl RetrySection {
+    fn sets(&self, field: &str) -> bool {
+        let b = self.backoff.unwrap_or_default();
+        match field {
+            "deadline" => self.deadline.is_some(),
+            "attempt_timeout" => self.attempt_timeout.is_some(),
+            "first_token_timeout" => self.first_token_timeout.is_some(),
+            "min_attempt" => self.min_attempt.is_some(),
+            "max_attempts" => self.max_attempts.is_some(),
+            "idle_timeout" => self.idle_timeout.is_some(),
+            "hedge_after" => self.hedge_after.is_some(),
+            "backoff.base" => b.base.is_some(),
+            "backoff.cap" => b.cap.is_some(),
+            "backoff.attempts" => b.attempts.is_some(),
+            _ => false,
+        }
+    }
+}
+
+impl ClusterSection {
+    fn validate(&self) -> Result<(), ConfigError> {
+        use crate::cluster::conn::{check_fleet_name, check_url, redact};
+        check_url(&self.redis_url).map_err(|problem| {
+            invalid(
+                "cluster.redis_url",
+                format!("{} {problem}", redact(&self.redis_url)),
+            )
+        })?;
+        check_fleet_name(&self.name).map_err(|e| invalid("cluster.name", e.to_string()))
+    }
+}
+
+impl FallbackEntry {
+    fn patched(&self) -> bool {
+        matches!(self, FallbackEntry::Hop(h) if !h.patch.is_empty() || !h.remove.is_empty())
+    }
+}
+
+impl ClientToken {
+    /// What is wrong with this token, if anything (it is never repeated).
+    pub(super) fn problem(&self) -> Option<String> {
+        let t = &self.0;
+        if t.chars().any(|c| !c.is_ascii_graphic()) {
+            return Some(
+                "a client token must be visible ASCII without whitespace (it is sent in an \
+                 HTTP header)"
+                    .into(),
+            );
+        }
+        if t.chars().count() < MIN_TOKEN_CHARS {
+            return Some(format!(
+                "a client token must have at least {MIN_TOKEN_CHARS} characters (it is the \
+                 gateway's password): generate one, e.g. `openssl rand -hex 24`"
+            ));
+        }
+        None
+    }
+}
+
+/// What is wrong with an `allowed_origins` entry: it must be an origin as browsers send it
+/// (`scheme://host[:port]`, no path).
+fn origin_problem(origin: &str) -> Option<String> {
+    let rest = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    match rest {
+        Some(host) if !host.is_empty() && !host.contains('/') && host.is_ascii() => None,
+        _ => Some(format!(
+            "{origin:?} is not an origin: write it as browsers send it, like \
+             \"http://localhost:3000\" (scheme, host, optional port, no path)"
+        )),
+    }
+}
+
+fn base_url_problem(url: &str) -> Option<String> {
+    match reqwest::Url::parse(url) {
+        Err(e) => Some(format!(
+            "{url:?} is not a URL ({e}): write it like \"https://api.anthropic.com\""
+        )),
+        Ok(u) if u.scheme() != "http" && u.scheme() != "https" => Some(format!(
+            "{url:?} must use http or https, not {:?}",
+            u.scheme()
+        )),
+        Ok(_) => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn core_fields_map_to_keys_by_table() {
+        let e = |field, problem: &str| Invalid::new(field, problem);
+        let key = |err: ConfigError| err.key().map(str::to_owned);
+        assert_eq!(
+            key(field_error(
+                "breaker",
+                e("min_calls", "(30) exceeds"),
+                |_| true
+            )),
+            Some("breaker.min_calls".into())
+        );
+        assert_eq!(
+            key(field_error("retry", e("backoff.max_attempts", "x"), |_| {
+                true
+            })),
+            Some("retry.backoff.attempts".into())
+        );
+        assert_eq!(
+            key(field_error("models[0].breaker", e("trip", "x"), |k| {
+                k == "consecutive_failures"
+            })),
+            Some("models[0].breaker.consecutive_failures".into())
+        );
+        // A key the section does not set: the clash is the section's.
+        let err = field_error("models[0].retry", e("deadline", "must be"), |_| false);
+        assert_eq!(err.key(), Some("models[0].retry"));
+        assert!(err.to_string().contains("deadline must be"), "{err}");
+    }
+}

@@ -1,0 +1,43 @@
+//! The transports: one [`Upstream`](seawall_actors::upstream::Upstream) per platform, over one
+//! HTTP client setup.
+//!
+//! - [`anthropic`]: [`AnthropicUpstream`], the Messages API as it is (streams included).
+//! - [`openai`]: [`OpenAiUpstream`], OpenAI-compatible chat completions, translated to and from
+//!   the Messages API.
+//! - `http.rs`: what both share: the reqwest client they build (no redirects, no proxy from the
+//!   environment, a bounded idle pool), and what a reqwest error means as a `TransportError`.
+//!
+//! Each transport sends what it is given and hands back status, headers and body for any
+//! status; what an answer means is the core's to decide. Keys go on the wire and nowhere else.
+//! There is room here for the next platforms (bedrock, vertex): each one more file beside these,
+//! over the same client setup.
+
+pub mod anthropic;
+mod http;
+pub mod openai;
+
+pub use anthropic::{AnthropicOptions, AnthropicUpstream, AuthStyle};
+pub use openai::{OpenAiOptions, OpenAiUpstream};
+
+/// Why a transport ([`AnthropicUpstream`], [`OpenAiUpstream`]) could not be built. Messages name
+/// the field to fix.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TransportSetupError {
+    /// The key list was empty.
+    #[error("no API keys given: pass at least one ApiKey")]
+    NoKeys,
+    /// `base_url` cannot be used.
+    #[error("base_url is not usable: {0}")]
+    BaseUrl(String),
+    /// A header option (`version`, `beta`, `organization`) cannot be sent as an HTTP header value.
+    #[error("{field} is not a valid HTTP header value: use printable ASCII without line breaks")]
+    HeaderValue {
+        /// The offending option field: `"version"` or `"beta"` (anthropic), `"organization"`
+        /// (openai), or `"keys (an ApiKey)"`, which validated keys cannot reach.
+        field: &'static str,
+    },
+    /// reqwest refused to build the HTTP client (for example, no TLS backend available).
+    #[error("the HTTP client could not be built: {0}")]
+    Client(String),
+}
