@@ -24,6 +24,7 @@ use crate::fleet::{Fleet, HealthNews};
 use crate::policy::breaker::{Acquire, Admission, Breaker, BreakerConfig, StateKind};
 use crate::policy::pins::{PinLimits, Pins};
 use crate::policy::retry_budget::{RetryBudget, RetryBudgetConfig};
+use crate::policy::trials::{TrialRule, Trials};
 use crate::protocol::{BreakerMsg, BreakerStatus, MonitorMsg, PinAnswer, ProbeAdmission};
 use crate::timer::Timer;
 
@@ -62,19 +63,13 @@ pub struct BreakerState {
     budget: RetryBudget,
     events: EventSender,
     directory: Arc<Directory>,
-    probe_grace: Option<Duration>,
-    /// When the breaker last went half-open.
-    half_open_since: Option<Instant>,
+    /// Who may spend the half-open trials (the probes, the fleet's elected instance, users).
+    trials: TrialRule,
     /// Conversations served by a later hop while this model was not closed: conversation ->
     /// model. Cleared when the breaker closes; bounded, oldest pins dropped first.
     pins: Pins,
     timer: Timer,
     fleet: Option<Arc<dyn Fleet>>,
-    /// The fleet's election of this model's trials for the current half-open state: the
-    /// breaker epoch it is for, and whether this instance won (`None`: asked, no answer yet).
-    election: Option<(u64, Option<bool>)>,
-    /// The open duration, to bound an election.
-    open_for: Duration,
 }
 
 /// The `seawall_breaker_state` gauge's value for a state.
@@ -95,34 +90,25 @@ fn state_name(state: StateKind) -> &'static str {
 }
 
 impl BreakerState {
-    /// True when a user call must leave the half-open trials to others now: to the probes
-    /// (while they keep coming), or in a fleet to the instance elected for them.
+    /// True when a user call must leave the half-open trials to others now (the rule is
+    /// [`TrialRule`]'s); asks the fleet for an election when the rule says so.
     fn trials_reserved(&mut self, myself: &ActorRef<BreakerMsg>, now: Instant) -> bool {
-        if self.breaker.state() != StateKind::HalfOpen {
-            return false;
-        }
-        if let (Some(grace), Some(since)) = (self.probe_grace, self.half_open_since) {
-            // Probes run the trials (and are elected by the monitor in a fleet).
-            return now.saturating_duration_since(since) < grace;
-        }
-        let Some(fleet) = self.fleet.clone() else {
-            return false;
-        };
-        let epoch = self.breaker.epoch();
-        match self.election {
-            Some((e, Some(won))) if e == epoch => !won,
-            Some((e, None)) if e == epoch => true,
-            _ => {
-                // Ask once per half-open state; until the answer, users fall back.
-                self.election = Some((epoch, None));
-                let what = format!("trials:{}", self.model);
-                let ttl = self.open_for.max(Duration::from_secs(1));
-                let me = myself.clone();
-                tokio::spawn(async move {
-                    // An unreachable fleet: decide alone, as one instance would.
-                    let won = fleet.elect(&what, ttl).await.unwrap_or(true);
-                    let _ = me.cast(BreakerMsg::Elected { epoch, won });
-                });
+        match self
+            .trials
+            .for_user(self.breaker.state(), self.breaker.epoch(), now)
+        {
+            Trials::Open => false,
+            Trials::Reserved => true,
+            Trials::Elect { epoch, ttl } => {
+                if let Some(fleet) = self.fleet.clone() {
+                    let what = format!("trials:{}", self.model);
+                    let me = myself.clone();
+                    tokio::spawn(async move {
+                        // An unreachable fleet: decide alone, as one instance would.
+                        let won = fleet.elect(&what, ttl).await.unwrap_or(true);
+                        let _ = me.cast(BreakerMsg::Elected { epoch, won });
+                    });
+                }
                 true
             }
         }
@@ -168,9 +154,7 @@ impl BreakerState {
     /// Publish queued transitions: log, event, metrics, monitor.
     fn publish(&mut self) {
         while let Some(t) = self.breaker.poll_transition() {
-            if t.to == StateKind::HalfOpen {
-                self.half_open_since = Some(t.at);
-            }
+            self.trials.transition(t.to, t.at);
             if t.to == StateKind::Closed {
                 // The primary is healthy again: pinned conversations come back to it.
                 self.pins.clear();
@@ -251,12 +235,9 @@ impl Actor for BreakerActor {
             budget: RetryBudget::new(args.retry_budget, now),
             events: args.events,
             directory: args.directory,
-            probe_grace: args.probe_grace,
-            half_open_since: None,
+            trials: TrialRule::new(args.probe_grace, args.fleet.is_some(), args.config.open_for),
             pins: Pins::new(args.pins),
             fleet: args.fleet,
-            election: None,
-            open_for: args.config.open_for,
             timer: Timer::default(),
         })
     }
@@ -372,11 +353,7 @@ impl Actor for BreakerActor {
                 }
                 HealthNews::Closed { .. } => state.breaker.close_by_peer(now),
             },
-            BreakerMsg::Elected { epoch, won } => {
-                if state.election.is_some_and(|(e, _)| e == epoch) {
-                    state.election = Some((epoch, Some(won)));
-                }
-            }
+            BreakerMsg::Elected { epoch, won } => state.trials.elected(epoch, won),
             BreakerMsg::Status(reply) => {
                 let status = BreakerStatus {
                     model: state.model.clone(),

@@ -250,16 +250,8 @@ impl GovernorState {
         for (upstream, key) in self.lanes.due_key_checks(now) {
             self.check_key(myself, upstream, key, now);
         }
-        let waiters = if self.lanes.has_waiters() {
-            self.lanes.poll_timeout()
-        } else {
-            None
-        };
-        let next = [waiters, self.lanes.next_key_check()]
-            .into_iter()
-            .flatten()
-            .min();
-        self.timer.rearm(myself, next, now, GovernorMsg::Timer);
+        self.timer
+            .rearm(myself, self.lanes.poll_timeout(), now, GovernorMsg::Timer);
         self.publish_levels(now);
         self.ask_leases(myself, now);
     }
@@ -360,10 +352,9 @@ impl GovernorState {
     }
 
     fn fleet_lost(&mut self, why: &FleetError, now: Instant) {
-        if self.lanes.mode() == FleetMode::Shared {
+        if let Some(mode) = self.lanes.mode_without_fleet(self.live) {
             tracing::debug!(error = %why, "fleet call failed");
-            let share = 1.0 / self.live.max(1) as f64;
-            self.set_mode(FleetMode::Local { share }, now);
+            self.set_mode(mode, now);
         }
     }
 

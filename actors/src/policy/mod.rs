@@ -14,6 +14,7 @@ pub mod ledger;
 pub mod pins;
 pub mod retry_budget;
 pub mod sla;
+pub mod trials;
 pub mod window;
 
 #[cfg(test)]

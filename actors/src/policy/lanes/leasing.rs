@@ -335,6 +335,15 @@ pub(super) fn batch_of(limits: Limits) -> Cost {
 }
 
 impl Lanes {
+    /// The fleet could not be reached, with `live` instances last counted (this one
+    /// included): the mode to spend this instance's share of each limit in, if leasing was the
+    /// mode until now.
+    pub fn mode_without_fleet(&self, live: usize) -> Option<FleetMode> {
+        (self.mode == FleetMode::Shared).then(|| FleetMode::Local {
+            share: 1.0 / live.max(1) as f64,
+        })
+    }
+
     /// How the organization buckets are funded now.
     pub fn mode(&self) -> FleetMode {
         self.mode
@@ -661,5 +670,28 @@ mod tests {
         assert_eq!(l.reserve(to(0, 0, 0, i), 2, t0), Reserved::Parked);
         granted(l.reserve(to(1, 0, 0, i), 3, t0));
         assert_eq!(waiters(&l.pump(t0 + S * 5)), vec![2]);
+    }
+
+    #[test]
+    fn without_the_fleet_an_instance_spends_one_live_instances_share() {
+        let t0 = Instant::now();
+        let mut l = one_upstream(100, 1);
+        assert_eq!(
+            l.mode_without_fleet(4),
+            None,
+            "alone: nothing to fall back from"
+        );
+        l.set_mode(FleetMode::Shared, t0);
+        assert_eq!(
+            l.mode_without_fleet(4),
+            Some(FleetMode::Local { share: 0.25 })
+        );
+        assert_eq!(
+            l.mode_without_fleet(0),
+            Some(FleetMode::Local { share: 1.0 }),
+            "no count yet: this one is alive"
+        );
+        l.set_mode(FleetMode::Local { share: 0.25 }, t0);
+        assert_eq!(l.mode_without_fleet(2), None, "already on its share");
     }
 }

@@ -586,9 +586,12 @@ impl Lanes {
         !(self.interactive.is_empty() && self.background.is_empty())
     }
 
-    /// The next instant worth a [`Lanes::pump`], as the last pump found it.
+    /// The next instant worth a look ([`Lanes::pump`] and [`Lanes::due_key_checks`]): the
+    /// earliest of the parked waiters' next chance, as the last pump found it, and the next
+    /// quarantined key's check.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next
+        let waiters = if self.has_waiters() { self.next } else { None };
+        earlier(waiters, self.next_key_check())
     }
 
     /// Groups whose levels changed since the last call (for the level gauges).
