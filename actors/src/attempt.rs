@@ -19,6 +19,7 @@ use std::time::{Duration, Instant, SystemTime};
 use ractor::ActorRef;
 use tracing::Instrument;
 
+use crate::call::CountMiss;
 use crate::clock;
 use crate::policy::breaker::Permit;
 use crate::policy::chain::{
@@ -510,4 +511,50 @@ fn response_model(body: &[u8]) -> Option<String> {
         model: Option<String>,
     }
     serde_json::from_slice::<Named>(body).ok()?.model
+}
+
+/// Count a request's input tokens on `upstream` with the key the governor's pool picks, within
+/// `budget`: the one token-count exchange (the walk's `Estimate::CountTokens`, the facade's
+/// `count_tokens` behind the gateway's endpoint).
+pub(crate) async fn count_tokens(
+    upstream: &dyn Upstream,
+    upstream_id: usize,
+    governor: Option<ActorRef<GovernorMsg>>,
+    mut attempt: Attempt,
+    budget: Duration,
+) -> Result<u64, CountMiss> {
+    let Some(governor) = governor else {
+        return Err(CountMiss::NoKey);
+    };
+    let key = match governor
+        .call(
+            |reply| GovernorMsg::PickKey(upstream_id, reply),
+            Some(Duration::from_secs(5)),
+        )
+        .await
+    {
+        Ok(ractor::rpc::CallResult::Success(Some(key))) => key,
+        _ => return Err(CountMiss::NoKey),
+    };
+    attempt.key = key;
+    attempt.timeout = budget;
+    let model = attempt.model.clone();
+    let Some(count) = upstream.count_tokens(attempt) else {
+        return Err(CountMiss::NoCounter);
+    };
+    let failed = match tokio::time::timeout(budget, count).await {
+        Ok(Ok(n)) => return Ok(n),
+        Ok(Err(TransportError::Status(status))) => classify(
+            &Ok(UpstreamResponse::new(status, bytes::Bytes::new())),
+            SystemTime::now(),
+        ),
+        Ok(Err(e)) => classify(&Err(e), SystemTime::now()),
+        Err(_) => classify(&Err(TransportError::Timeout(budget)), SystemTime::now()),
+    };
+    tracing::debug!(
+        model = %model,
+        class = failed.class().as_str(),
+        "count_tokens failed: using the heuristic estimate"
+    );
+    Err(CountMiss::Failed(failed.class()))
 }

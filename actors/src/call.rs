@@ -325,6 +325,11 @@ impl Call {
         self.body.get("model").and_then(Value::as_str).unwrap_or("")
     }
 
+    /// The chain the call walks: the one it names, else the one its model heads.
+    pub fn chain_name(&self) -> &str {
+        self.chain.as_deref().unwrap_or(self.model())
+    }
+
     /// `max_tokens` from the body (0 if absent).
     pub fn max_tokens(&self) -> u64 {
         self.body
@@ -644,5 +649,41 @@ mod tests {
             latency: Duration::ZERO,
         };
         assert_eq!(reply.text(), "ab");
+    }
+}
+
+/// Why a token count gave no number (the caller estimates instead).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CountMiss {
+    /// The upstream has no token counter.
+    NoCounter,
+    /// No key of the upstream is usable now (every one quarantined or paused), or the governor
+    /// did not answer.
+    NoKey,
+    /// The count failed, classified as an attempt would be.
+    Failed(Class),
+}
+
+/// A request's input tokens, as [`Seawall::count_tokens`](crate::Seawall::count_tokens) found
+/// them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenCount {
+    /// The provider counted them.
+    Counted(u64),
+    /// The heuristic estimate ([`Call::estimate_input_tokens`]), and why no count was had.
+    Estimated {
+        /// The estimate.
+        tokens: u64,
+        /// Why the provider did not count.
+        why: CountMiss,
+    },
+}
+
+impl TokenCount {
+    /// The number, counted or estimated.
+    pub fn tokens(&self) -> u64 {
+        match *self {
+            TokenCount::Counted(n) | TokenCount::Estimated { tokens: n, .. } => n,
+        }
     }
 }

@@ -45,8 +45,12 @@ pub enum Error {
     Unavailable {
         /// When to try again.
         retry_after: Option<Duration>,
-        /// Whether the caller's deadline is what ended the walk.
+        /// Whether the caller's deadline is what ended the walk (it ran out, or the next chance
+        /// was past it).
         deadline_exceeded: bool,
+        /// Whether the deadline really ran out: no attempt could start any more (false: the
+        /// call was refused early, as nothing recovers before its deadline).
+        deadline_spent: bool,
         /// Every step of the call.
         trail: Vec<AttemptRecord>,
     },

@@ -37,7 +37,7 @@ pub mod timer;
 pub mod upstream;
 pub mod wire;
 
-pub use call::{AttemptRecord, Call, Lane, Outcome, Reply, Source};
+pub use call::{AttemptRecord, Call, CountMiss, Lane, Outcome, Reply, Source, TokenCount};
 pub use error::Error;
 pub use events::{AlertKind, Event};
 pub use fleet::{Fleet, FleetError, HealthNews};

@@ -10,7 +10,7 @@ use ractor::rpc::CallResult;
 use ractor::{Actor, ActorCell, ActorRef};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::call::{Call, Digest, Reply, Source};
+use crate::call::{Call, CountMiss, Digest, Reply, Source, TokenCount};
 use crate::directory::Directory;
 use crate::error::Error;
 use crate::events::Event;
@@ -1085,8 +1085,10 @@ impl Seawall {
                 r
             })
         };
-        let deadline =
-            tokio::time::Instant::now() + call.timeout.unwrap_or(Duration::from_secs(120));
+        let Some(chain) = self.inner.chains.get(call.chain_name()) else {
+            return Err(Error::UnknownModel(call.chain_name().to_owned()));
+        };
+        let deadline = tokio::time::Instant::now() + chain.policy.deadline_of(call.timeout);
         let mut pause = Duration::from_millis(10);
         loop {
             match fleet.claim(key, fingerprint, ttl).await {
@@ -1113,6 +1115,7 @@ impl Seawall {
                         return Err(Error::Unavailable {
                             retry_after: Some(Duration::from_secs(1)),
                             deadline_exceeded: true,
+                            deadline_spent: true,
                             trail: Vec::new(),
                         });
                     }
@@ -1159,7 +1162,7 @@ impl Seawall {
             return Err(Error::ShuttingDown);
         }
         call.validate()?;
-        let name = call.chain.as_deref().unwrap_or(call.model());
+        let name = call.chain_name();
         let chain = self
             .inner
             .chains
@@ -1179,6 +1182,57 @@ impl Seawall {
             guard: self.inner.shared.in_flight.enter(),
         };
         crate::request::spawn(args).await
+    }
+
+    /// Count a request's input tokens as its chain would send it: on the upstream of the chain's
+    /// first hop, with the key the governor's pool picks, within `timeout` (the same exchange
+    /// as a call's [`Estimate::CountTokens`](crate::Estimate::CountTokens)). `body` is the
+    /// request as the client wrote it, `call` the same request validated (its forwarded
+    /// headers go along). When that upstream has no counter, no key is usable or the count
+    /// fails, the answer is the heuristic estimate, and says why.
+    pub async fn count_tokens(
+        &self,
+        call: &Call,
+        body: bytes::Bytes,
+        timeout: Duration,
+    ) -> Result<TokenCount, Error> {
+        call.validate()?;
+        let chain = self
+            .inner
+            .chains
+            .get(call.chain_name())
+            .ok_or_else(|| Error::UnknownModel(call.chain_name().to_owned()))?;
+        let shared = &self.inner.shared;
+        let counted = match chain.hops.first().and_then(|&m| shared.models.get(m)) {
+            None => Err(CountMiss::NoCounter),
+            Some(info) => {
+                let upstream = Arc::clone(&shared.upstreams[info.upstream]);
+                let attempt = crate::wire::Attempt {
+                    model: info.name.clone(),
+                    body,
+                    key: 0,
+                    retry_count: 0,
+                    timeout,
+                    idempotency_key: None,
+                    forward: call.forward.clone(),
+                };
+                crate::attempt::count_tokens(
+                    upstream.as_ref(),
+                    info.upstream,
+                    shared.directory.governor(),
+                    attempt,
+                    timeout,
+                )
+                .await
+            }
+        };
+        Ok(match counted {
+            Ok(n) => TokenCount::Counted(n),
+            Err(why) => TokenCount::Estimated {
+                tokens: call.estimate_input_tokens(),
+                why,
+            },
+        })
     }
 
     /// Breaker transitions and supervision restarts, as they happen.

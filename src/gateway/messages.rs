@@ -1,7 +1,5 @@
 //! `POST /v1/messages` and `POST /v1/messages/count_tokens`.
 
-use std::collections::HashSet;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,8 +9,8 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use axum::Extension;
-use seawall_actors::upstream::{Attempt, ForwardHeaders};
-use seawall_actors::{Call, Error, Lane};
+use seawall_actors::upstream::ForwardHeaders;
+use seawall_actors::{Call, CountMiss, Error, Lane, TokenCount};
 use serde_json::{json, Value};
 
 use super::auth::Tenant;
@@ -202,12 +200,6 @@ pub(crate) async fn messages(
     drop(headers);
     drop(body);
     let requested = call.model().to_owned();
-    let deadline = state.models.get(&requested).map(|m| {
-        (
-            call.timeout.unwrap_or(m.policy.deadline),
-            m.policy.min_attempt,
-        )
-    });
     let result = if call.wants_stream() {
         match state.seawall.stream(call).await {
             Ok(stream) => {
@@ -243,7 +235,7 @@ pub(crate) async fn messages(
             reply::success(&answer, &state.ids)
         }
         Err(e) => {
-            let response = reply::call_error(&e, &state.ids, spent(deadline, elapsed));
+            let response = reply::error(&e, &state.ids);
             tracing::info!(
                 model = %requested,
                 status = response.status().as_u16(),
@@ -263,14 +255,6 @@ pub(crate) async fn messages(
 
 fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
-}
-
-/// Did the call's deadline really run out (no attempt could start any more), or was the call
-/// refused early because nothing recovers before it? `deadline`: the call's deadline and its
-/// chain's minimum attempt, when the model is known.
-fn spent(deadline: Option<(Duration, Duration)>, elapsed: Duration) -> bool {
-    deadline
-        .is_none_or(|(deadline, min_attempt)| elapsed + min_attempt.min(deadline / 2) >= deadline)
 }
 
 /// `POST /v1/messages/count_tokens`: the provider's count from the upstream of the model's
@@ -308,39 +292,27 @@ pub(crate) async fn count_tokens(
             )
         }
     };
-    let call = match Call::from_value(value) {
+    let mut call = match Call::from_value(value) {
         Ok(c) => c,
         Err(e) => return reply::error(&e, &state.ids),
     };
-    let model = call.model().to_owned();
-    let Some(entry) = state.models.get(&model) else {
-        return reply::error(&Error::UnknownModel(model), &state.ids);
-    };
+    call.forward = forward;
     let timeout = client_deadline(&headers)
         .unwrap_or(state.count_timeout)
         .min(state.count_timeout);
-    let attempt = Attempt {
-        model: model.clone(),
-        body,
-        key: pick_key(&state, &entry.upstream_name, entry.upstream.as_ref()).await,
-        retry_count: 0,
-        timeout,
-        idempotency_key: None,
-        forward,
-    };
-    let counted = match entry.upstream.count_tokens(attempt) {
-        Some(count) => match count.await {
-            Ok(n) => Some(n),
-            Err(e) => {
-                tracing::warn!(model = %model, error = %e, "count_tokens failed: answering the heuristic estimate");
-                None
-            }
-        },
-        None => None,
+    // The runtime's path: the chain's first hop, the governor's key, classified failures.
+    let counted = match state.seawall.count_tokens(&call, body, timeout).await {
+        Ok(c) => c,
+        Err(e) => return reply::error(&e, &state.ids),
     };
     let (n, heuristic) = match counted {
-        Some(n) => (n, false),
-        None => (call.estimate_input_tokens(), true),
+        TokenCount::Counted(n) => (n, false),
+        TokenCount::Estimated { tokens, why } => {
+            if let CountMiss::Failed(class) = why {
+                tracing::warn!(model = %call.model(), class = class.as_str(), "count_tokens failed: answering the heuristic estimate");
+            }
+            (tokens, true)
+        }
     };
     let mut response = Response::new(Body::from(json!({ "input_tokens": n }).to_string()));
     response
@@ -352,36 +324,6 @@ pub(crate) async fn count_tokens(
             .insert(SEAWALL_ESTIMATE, HeaderValue::from_static("heuristic"));
     }
     response
-}
-
-/// A key slot for a request that is not an attempt: round robin over the slots the governor
-/// neither quarantined nor paused (any slot when all are).
-async fn pick_key(
-    state: &State,
-    upstream_name: &str,
-    upstream: &dyn seawall_actors::upstream::Upstream,
-) -> usize {
-    let slots = upstream.key_count().max(1);
-    let start = state.next_key.fetch_add(1, Ordering::Relaxed) % slots;
-    if slots == 1 {
-        return 0;
-    }
-    let unusable: HashSet<String> = match state.seawall.governor_status().await {
-        Ok(all) => all
-            .into_iter()
-            .filter(|u| u.upstream == upstream_name)
-            .flat_map(|u| {
-                u.quarantined_keys
-                    .into_iter()
-                    .chain(u.paused_keys.into_iter().map(|(label, _)| label))
-            })
-            .collect(),
-        Err(_) => HashSet::new(),
-    };
-    (0..slots)
-        .map(|i| (start + i) % slots)
-        .find(|&slot| !unusable.contains(&upstream.key_label(slot)))
-        .unwrap_or(start)
 }
 
 #[cfg(test)]

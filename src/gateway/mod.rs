@@ -5,7 +5,7 @@
 //! | route | auth | what |
 //! |---|---|---|
 //! | `POST /v1/messages` | token | the call through its fallback chain; `"stream": true` answers SSE |
-//! | `POST /v1/messages/count_tokens` | token | the first hop's upstream counter, else the heuristic |
+//! | `POST /v1/messages/count_tokens` | token | `Seawall::count_tokens`: the first hop's counter with the governor's key, else the heuristic |
 //! | `GET /healthz` | none | 200 while the process serves |
 //! | `GET /readyz` | none | 200 when every chain has a model whose breaker is not open, else 503 |
 //! | `GET /metrics` | token | Prometheus text: the runtime's metrics (latencies as histograms), calls in flight, every request and response by route and status |
@@ -73,14 +73,13 @@ mod trim;
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::{get, post};
 use axum::Router;
-use seawall_actors::upstream::Upstream;
-use seawall_actors::{RetryPolicy, Seawall, ShutdownReport};
+use seawall_actors::{Seawall, ShutdownReport};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -98,13 +97,9 @@ pub struct Gateway {
     state: Arc<State>,
 }
 
-/// A model as the gateway needs it: its chain and the upstream of its first hop.
+/// A model as the gateway shows it: its chain (`/status`, `/v1/models`).
 struct ModelEntry {
     chain: Vec<String>,
-    /// The retry policy of its chain (for the deadline of a call).
-    policy: RetryPolicy,
-    upstream_name: String,
-    upstream: Arc<dyn Upstream>,
 }
 
 /// Everything the handlers share.
@@ -128,8 +123,6 @@ struct State {
     count_timeout: Duration,
     metrics: metrics::Metrics,
     ids: Arc<reply::RequestIds>,
-    /// Round-robin start of `count_tokens` key choice.
-    next_key: AtomicUsize,
     /// Set when shutdown begins: /readyz answers 503.
     draining: AtomicBool,
 }
@@ -156,19 +149,9 @@ impl Gateway {
     /// A gateway over a runtime built from `config` (see [`Config::spawn`]). When the runtime
     /// has an alert webhook, a task forwarding its alerts starts here (inside a tokio runtime).
     pub fn new(config: &Config, runtime: Runtime) -> Self {
-        let upstreams: HashMap<&str, &Arc<dyn Upstream>> = runtime
-            .upstreams
-            .iter()
-            .map(|(n, u)| (n.as_str(), u))
-            .collect();
         let mut models = HashMap::new();
         let mut order = Vec::new();
         for m in &config.models {
-            let upstream_name = config.upstream_of(m).to_owned();
-            // Validation guarantees the upstream exists; a model without one is left out.
-            let Some(upstream) = upstreams.get(upstream_name.as_str()) else {
-                continue;
-            };
             let chain = config
                 .chain_of(&m.name)
                 .unwrap_or_default()
@@ -176,15 +159,7 @@ impl Gateway {
                 .map(str::to_owned)
                 .collect();
             order.push(m.name.clone());
-            models.insert(
-                m.name.clone(),
-                ModelEntry {
-                    chain,
-                    policy: config.retry_for(m),
-                    upstream_name,
-                    upstream: Arc::clone(upstream),
-                },
-            );
+            models.insert(m.name.clone(), ModelEntry { chain });
         }
         let max_body_bytes = usize::try_from(config.gateway.max_body_bytes()).unwrap_or(usize::MAX);
         let tenants = runtime.tokens.iter().map(auth::tenant_label).collect();
@@ -210,7 +185,6 @@ impl Gateway {
                 count_timeout: config.retry_defaults().attempt_timeout,
                 metrics: metrics::Metrics::default(),
                 ids: Arc::new(reply::RequestIds::new()),
-                next_key: AtomicUsize::new(0),
                 draining: AtomicBool::new(false),
             }),
         }

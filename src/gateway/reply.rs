@@ -237,14 +237,11 @@ fn ceil_secs(d: Duration) -> u64 {
 }
 
 /// The answer for a runtime error. See the module table in [`crate::gateway`].
+///
+/// `Unavailable` is a 504 only when the call's deadline really ran out (the walk says so); a
+/// call refused early, because nothing could recover before its deadline, is a 503 with the
+/// time to come back.
 pub(crate) fn error(err: &Error, ids: &RequestIds) -> Response {
-    call_error(err, ids, true)
-}
-
-/// Like [`error`], for a call: `time_spent` says whether the call's deadline actually ran out.
-/// `Unavailable` is a 504 only then; a call refused early, because nothing could recover before
-/// its deadline, is a 503 with the time to come back.
-pub(crate) fn call_error(err: &Error, ids: &RequestIds, time_spent: bool) -> Response {
     match err {
         Error::Rejected {
             model,
@@ -298,9 +295,10 @@ pub(crate) fn call_error(err: &Error, ids: &RequestIds, time_spent: bool) -> Res
         Error::Unavailable {
             retry_after,
             deadline_exceeded,
+            deadline_spent,
             trail,
         } => {
-            let (status, kind) = if *deadline_exceeded && time_spent {
+            let (status, kind) = if *deadline_exceeded && *deadline_spent {
                 (StatusCode::GATEWAY_TIMEOUT, "gateway_timeout_error")
             } else {
                 (StatusCode::SERVICE_UNAVAILABLE, "api_error")

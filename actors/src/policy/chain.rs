@@ -183,6 +183,14 @@ pub enum Estimate {
     CountTokens,
 }
 
+impl RetryPolicy {
+    /// A call's whole deadline: its own timeout, else the chain's. The one rule, for the walk
+    /// and for whatever waits on the call's behalf (a fleet's idempotent wait).
+    pub fn deadline_of(&self, timeout: Option<Duration>) -> Duration {
+        timeout.unwrap_or(self.deadline)
+    }
+}
+
 impl Default for RetryPolicy {
     fn default() -> Self {
         Self {
@@ -482,8 +490,11 @@ pub enum Ending {
     Unavailable {
         /// When something is expected to recover.
         retry_after: Option<Duration>,
-        /// The deadline is what ended the walk.
+        /// The deadline is what ended the walk (it ran out, or the next chance is past it).
         deadline_exceeded: bool,
+        /// The deadline really ran out: no attempt could start any more (false: the call was
+        /// refused early, as nothing recovers before its deadline).
+        deadline_spent: bool,
         /// What the chain may degrade to, in order (already filtered for this call).
         degrade: Vec<Degrade>,
     },
@@ -595,7 +606,7 @@ pub struct ChainWalk {
 impl ChainWalk {
     /// A walk of `facts.hops` under `policy`, starting at `now`.
     pub fn new(facts: CallFacts, policy: Arc<RetryPolicy>, now: Instant) -> Self {
-        let total = facts.timeout.unwrap_or(policy.deadline);
+        let total = policy.deadline_of(facts.timeout);
         let hops = facts
             .hops
             .iter()
@@ -1223,6 +1234,7 @@ impl ChainWalk {
                 .collect();
             return self.end(Ending::Invalid(reasons.join("; ")));
         }
+        let deadline_spent = now + self.min_attempt >= self.deadline;
         let deadline_exceeded = deadline_exceeded || now + self.min_attempt > self.deadline;
         let retry_after = self
             .hops
@@ -1244,6 +1256,7 @@ impl ChainWalk {
         self.end(Ending::Unavailable {
             retry_after,
             deadline_exceeded,
+            deadline_spent,
             degrade,
         });
     }

@@ -30,7 +30,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::rpc::CallResult;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{oneshot, Notify};
 
@@ -670,37 +669,19 @@ impl RequestState {
             .min(Duration::from_secs(2));
         let me = myself.clone();
         tokio::spawn(async move {
-            let tokens = async {
-                let governor = governor?;
-                let key = match governor
-                    .call(
-                        |reply| GovernorMsg::PickKey(info.upstream, reply),
-                        Some(Duration::from_secs(5)),
-                    )
+            let attempt = Attempt {
+                model: info.name.clone(),
+                body,
+                key: 0,
+                retry_count: 0,
+                timeout: budget,
+                idempotency_key: None,
+                forward,
+            };
+            let tokens =
+                attempt::count_tokens(upstream.as_ref(), info.upstream, governor, attempt, budget)
                     .await
-                {
-                    Ok(CallResult::Success(Some(key))) => key,
-                    _ => return None,
-                };
-                let attempt = Attempt {
-                    model: info.name.clone(),
-                    body,
-                    key,
-                    retry_count: 0,
-                    timeout: budget,
-                    idempotency_key: None,
-                    forward,
-                };
-                match tokio::time::timeout(budget, upstream.count_tokens(attempt)?).await {
-                    Ok(Ok(n)) => Some(n),
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "count_tokens failed: using the heuristic estimate");
-                        None
-                    }
-                    Err(_) => None,
-                }
-            }
-            .await;
+                    .ok();
             let _ = me.cast(RequestMsg::Counted { hop, tokens });
         });
     }
@@ -865,11 +846,13 @@ impl RequestState {
             Ending::Unavailable {
                 retry_after,
                 deadline_exceeded,
+                deadline_spent,
                 degrade,
             } => {
                 let err = Error::Unavailable {
                     retry_after,
                     deadline_exceeded,
+                    deadline_spent,
                     trail,
                 };
                 if degrade.is_empty() {
@@ -941,6 +924,7 @@ impl RequestState {
         let unavailable = Error::Unavailable {
             retry_after: None,
             deadline_exceeded: false,
+            deadline_spent: false,
             trail: Vec::new(),
         };
         let mut end = CallEnd::error(&unavailable, reply.latency, self.stream);
