@@ -172,3 +172,155 @@ fn actor_modules_never_import_each_other() {
     }
     assert!(found.is_empty(), "{found:#?}");
 }
+
+/// A cycle in `graph`, if any (as the path that closes it).
+fn find_cycle(graph: &std::collections::BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>> {
+    fn visit(
+        n: &str,
+        graph: &std::collections::BTreeMap<String, BTreeSet<String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(i) = path.iter().position(|p| p == n) {
+            let mut cycle = path[i..].to_vec();
+            cycle.push(n.to_owned());
+            return Some(cycle);
+        }
+        if done.contains(n) {
+            return None;
+        }
+        path.push(n.to_owned());
+        for d in graph.get(n).into_iter().flatten() {
+            if let Some(c) = visit(d, graph, path, done) {
+                return Some(c);
+            }
+        }
+        path.pop();
+        done.insert(n.to_owned());
+        None
+    }
+    let mut done = BTreeSet::new();
+    graph
+        .keys()
+        .find_map(|n| visit(n, graph, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn no_import_cycle_between_modules_or_between_the_rooms_of_one() {
+    use std::collections::BTreeMap;
+    // The core's top-level modules, and the policy wing's rooms one by one (the wing is many
+    // independent rooms: `policy::chain` using `call` while `error` uses `policy::classify` is
+    // no cycle).
+    let named = |text: &str| -> BTreeSet<String> {
+        let mut out = crate_modules(text);
+        if out.remove("policy") {
+            for (i, _) in text.match_indices("crate::policy::") {
+                let room: String = text[i + "crate::policy::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_alphanumeric() || *c == '_')
+                    .collect();
+                out.insert(format!("policy::{room}"));
+            }
+        }
+        out
+    };
+    let mut top: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for entry in std::fs::read_dir(CORE).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_stem().unwrap().to_string_lossy().to_string();
+        if name == "lib" || name == "policy" {
+            continue;
+        }
+        if let Some(text) = module_text(&name) {
+            top.insert(name.clone(), named(&text));
+        }
+    }
+    for entry in std::fs::read_dir(Path::new(CORE).join("policy")).unwrap() {
+        let path = entry.unwrap().path();
+        let room = path.file_stem().unwrap().to_string_lossy().to_string();
+        if room == "mod" {
+            continue;
+        }
+        let text: String = if path.is_dir() {
+            rust_files(&path).iter().map(|p| non_test(p)).collect()
+        } else {
+            non_test(&path)
+        };
+        let mut deps = named(&text);
+        // `super::x` inside the wing names a sibling room.
+        for (i, _) in text.match_indices("super::") {
+            let sibling: String = text[i + "super::".len()..]
+                .chars()
+                .take_while(|c| c.is_alphanumeric() || *c == '_')
+                .collect();
+            deps.insert(format!("policy::{sibling}"));
+        }
+        top.entry(format!("policy::{room}"))
+            .or_default()
+            .extend(deps);
+    }
+    let known: BTreeSet<String> = top.keys().cloned().collect();
+    for deps in top.values_mut() {
+        deps.retain(|d| known.contains(d));
+    }
+    for (n, deps) in top.iter_mut() {
+        deps.remove(n);
+    }
+    assert_eq!(find_cycle(&top), None, "a cycle between core modules");
+    // The files of each directory module, by `super::x` and `crate::dir::x`.
+    let mut dirs = vec![PathBuf::from(CORE).join("policy")];
+    for entry in std::fs::read_dir(CORE).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            dirs.push(path.clone());
+            for sub in std::fs::read_dir(&path).unwrap() {
+                let sub = sub.unwrap().path();
+                if sub.is_dir() {
+                    dirs.push(sub);
+                }
+            }
+        }
+    }
+    dirs.sort();
+    dirs.dedup();
+    for dir in dirs {
+        let within = dir
+            .strip_prefix(CORE)
+            .unwrap()
+            .to_string_lossy()
+            .replace('/', "::");
+        let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|e| e == "rs"))
+            .collect();
+        let names: BTreeSet<String> = files
+            .iter()
+            .map(|p| p.file_stem().unwrap().to_string_lossy().to_string())
+            .filter(|n| n != "mod")
+            .collect();
+        for path in &files {
+            let name = path.file_stem().unwrap().to_string_lossy().to_string();
+            if name == "mod" {
+                continue;
+            }
+            let text = non_test(path);
+            let deps = names
+                .iter()
+                .filter(|other| **other != name)
+                .filter(|other| {
+                    text.contains(&format!("super::{other}"))
+                        || text.contains(&format!("crate::{within}::{other}"))
+                })
+                .cloned()
+                .collect();
+            graph.insert(name, deps);
+        }
+        assert_eq!(
+            find_cycle(&graph),
+            None,
+            "a cycle between the files of {within}"
+        );
+    }
+}

@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use seawall::core::policy::backoff::SplitMix64;
+use seawall::core::policy::rng::SplitMix64;
 use seawall::core::upstream::{Attempt, TransportError, Upstream};
 use seawall::core::Call;
 use seawall::sim::{LogEntry, Scenario, ScenarioError, Sim, SimError, SimHandle};

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::call::AttemptRecord;
+use crate::trail::AttemptRecord;
 use crate::wire::Headers;
 
 /// Everything that can go wrong with a call or with building the runtime.
@@ -65,7 +65,7 @@ pub enum Error {
 }
 
 fn summary(trail: &[AttemptRecord]) -> String {
-    use crate::call::Outcome;
+    use crate::trail::Outcome;
     if trail.is_empty() {
         return "nothing was tried".into();
     }

@@ -34,6 +34,7 @@ pub mod runtime;
 pub mod scripted;
 pub mod supervisor;
 pub mod timer;
+pub mod trail;
 pub mod upstream;
 pub mod wire;
 

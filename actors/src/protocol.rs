@@ -1,6 +1,6 @@
 //! The messages the actors exchange, and the data they carry.
 //!
-//! Every actor imports this file, the policies and the [`Directory`](crate::directory), never
+//! Every actor imports this file, the policies and the `Directory`, never
 //! another actor's file: the actor modules form no import cycle, and each can be read alone.
 //!
 //! Answers travel on a [`Reply`]: an awaiting caller's port (the facade's queries), or a cast

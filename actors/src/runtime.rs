@@ -1432,7 +1432,7 @@ impl Seawall {
     }
 
     /// Make an actor panic (`"governor"`, `"monitor"`, `"idempotency"`, `"queue"`, a model
-    /// name for its breaker, or `"request"` for the next request actor to handle a message): a
+    /// name for its breaker, or `"request"` for the next request actor to start): a
     /// chaos drill for supervision.
     #[doc(hidden)]
     pub async fn inject_panic(&self, target: &str) -> Result<(), Error> {

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use seawall_actors::policy::backoff::SplitMix64;
+use seawall_actors::policy::rng::SplitMix64;
 use seawall_actors::{Call, Error, Seawall};
 
 use super::{CallRecord, CallResult, IncidentKind, Live, Plan, MAX_TOKENS, PRIMARY};

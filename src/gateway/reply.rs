@@ -10,7 +10,7 @@ use axum::body::Bytes;
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
-use seawall_actors::policy::backoff::SplitMix64;
+use seawall_actors::policy::rng::SplitMix64;
 use seawall_actors::upstream::Headers;
 use seawall_actors::{AttemptRecord, Error, Outcome, Reply, StreamReply};
 

@@ -5,7 +5,7 @@
 //! caller's deadline: a wait that would leave no time for the attempt itself is reported as
 //! [`Step::BeyondDeadline`] so the chain walker moves to the next model instead of sleeping in vain.
 //!
-//! Pure: no clock, no global RNG. Randomness comes in as an `f64` in `[0, 1)` (see [`SplitMix64`]).
+//! Pure: no clock, no global RNG. Randomness comes in as an `f64` in `[0, 1)` (see [`SplitMix64`](crate::policy::rng::SplitMix64)).
 
 use std::time::Duration;
 
@@ -163,37 +163,10 @@ fn scale(d: Duration, f: f64) -> Duration {
     Duration::try_from_secs_f64(d.as_secs_f64() * f).map_or(d, |x| x.min(d))
 }
 
-/// A tiny deterministic PRNG (splitmix64) so callers can pass randomness in and tests can seed it.
-///
-/// Not cryptographic; it only decorrelates retry times.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    /// A generator whose whole sequence is fixed by `seed`.
-    pub fn new(seed: u64) -> Self {
-        Self(seed)
-    }
-
-    /// The next 64 random bits.
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// The next value uniform in `[0, 1)`.
-    pub fn next_f64(&mut self) -> f64 {
-        // The top 53 bits fill an f64 mantissa exactly, so the result can never round up to 1.0.
-        (self.next_u64() >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::rng::SplitMix64;
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

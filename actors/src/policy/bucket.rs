@@ -441,7 +441,7 @@ fn secs_to_duration(secs: f64) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policy::backoff::SplitMix64;
+    use crate::policy::rng::SplitMix64;
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)

@@ -36,11 +36,12 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::call::{AttemptRecord, Outcome};
-use crate::policy::backoff::{Backoff, SplitMix64, Step as Backoff_};
+use crate::policy::backoff::{Backoff, Step as Backoff_};
 use crate::policy::breaker::{Admission, Permit};
 use crate::policy::classify::{Class, Scope, Verdict};
 use crate::policy::invalid::Invalid;
 use crate::policy::lanes::{Decision, RejectReason, Ticket};
+use crate::policy::rng::SplitMix64;
 use crate::wire::{Cost, SseEvent};
 
 /// How a chain retries and how long a call may take.

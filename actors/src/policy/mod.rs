@@ -13,6 +13,7 @@ pub mod latency;
 pub mod ledger;
 pub mod pins;
 pub mod retry_budget;
+pub mod rng;
 pub mod sla;
 pub mod trials;
 pub mod window;

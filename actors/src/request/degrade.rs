@@ -2,63 +2,21 @@
 //! chain may still answer, in the order its `RetryPolicy::degrade` lists: the response cache's
 //! last live answer, a static text, or the durable queue (HTTP 202 with a job id).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ractor::rpc::CallResult;
 use ractor::ActorRef;
 
+use super::cache::ResponseCache;
+use super::stream::StreamReply;
 use crate::assemble::events_of;
 use crate::call::{AttemptRecord, Outcome, Reply, Source};
-use crate::clock;
 use crate::error::Error;
 use crate::fleet::Fleet;
 use crate::job::Job;
 use crate::policy::chain::Degrade;
 use crate::protocol::QueueMsg;
-use crate::request::stream::StreamReply;
 use crate::wire::{Headers, Usage};
-
-/// The response cache: the last live answer per request (without its model), with its time.
-/// Bounded by moka (size and TTL); freshness is also checked on tokio's clock, which is the one
-/// the runtime (and paused-time tests) run on.
-pub struct ResponseCache {
-    entries: moka::sync::Cache<String, (Instant, Reply)>,
-    ttl: Duration,
-}
-
-impl ResponseCache {
-    /// At most `max_entries` answers, each kept `ttl`.
-    pub fn new(max_entries: u64, ttl: Duration) -> Self {
-        Self {
-            entries: moka::sync::Cache::builder()
-                .max_capacity(max_entries)
-                .time_to_live(ttl)
-                .build(),
-            ttl,
-        }
-    }
-
-    /// How long an answer is kept.
-    pub fn ttl(&self) -> Duration {
-        self.ttl
-    }
-
-    /// Keep a live answer.
-    pub(crate) fn put(&self, key: String, reply: Reply) {
-        self.entries.insert(key, (clock::now(), reply));
-    }
-
-    /// A fresh answer for `key` and its age.
-    fn fresh(&self, key: &str) -> Option<(Duration, Reply)> {
-        let (at, reply) = self.entries.get(key)?;
-        let age = clock::now().saturating_duration_since(at);
-        if age > self.ttl {
-            self.entries.invalidate(key);
-            return None;
-        }
-        Some((age, reply))
-    }
-}
 
 /// Answer an `Unavailable` as the chain allows, trying `options` in order; the error itself
 /// when none can. A degraded answer carries this call's own latency (`elapsed`), not that of

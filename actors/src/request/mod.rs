@@ -21,6 +21,7 @@
 //! Breaker or governor restarts: an ask whose answer is lost (the actor died holding it, or its
 //! mailbox was closed) is asked again of the live incarnation, found through the supervisor.
 
+pub(crate) mod cache;
 pub(crate) mod degrade;
 pub(crate) mod report;
 pub(crate) mod stream;
@@ -34,7 +35,7 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::{oneshot, Notify};
 
 pub use crate::policy::chain::{Degrade, Estimate, RetryPolicy};
-pub use degrade::ResponseCache;
+pub use cache::ResponseCache;
 pub use stream::StreamReply;
 
 use crate::attempt;
@@ -194,7 +195,7 @@ pub struct Shared {
     pub seed: AtomicU64,
     /// The response cache, when configured.
     pub cache: Option<Arc<ResponseCache>>,
-    /// Fault injection: the next request actor to handle a message panics.
+    /// Fault injection: the next request actor to start panics at its first message.
     #[doc(hidden)]
     pub panic_next: AtomicBool,
     /// The fleet this runtime belongs to, if any (shared pins and response cache).
@@ -319,6 +320,9 @@ pub(crate) struct RequestState {
     chain: Arc<Chain>,
     feature: Option<usize>,
     shared: Arc<Shared>,
+    /// Fault injection: this actor was chosen to panic at its first message (taken from
+    /// `Shared::panic_next` once, at the start, so no message pays for the check).
+    panic: bool,
     reply: Option<ReplyTo>,
     guard: Option<InFlightGuard>,
     walk: ChainWalk,
@@ -416,6 +420,10 @@ impl RequestState {
             call,
             chain,
             feature,
+            // A plain load first: the swap, a write to a line every call shares, happens only
+            // when a panic was asked for.
+            panic: shared.panic_next.load(Ordering::Relaxed)
+                && shared.panic_next.swap(false, Ordering::Relaxed),
             shared,
             reply: Some(reply),
             guard: Some(guard),
@@ -1063,7 +1071,7 @@ impl Actor for RequestActor {
         msg: Self::Msg,
         state: &mut Self::State,
     ) -> Result<(), ActorProcessingErr> {
-        if state.shared.panic_next.swap(false, Ordering::Relaxed) {
+        if state.panic {
             panic!("injected panic in a request actor");
         }
         let now = clock::now();

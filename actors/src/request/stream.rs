@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::degrade::ResponseCache;
+use super::cache::ResponseCache;
 use super::report::{CallEnd, Report};
 use crate::assemble::Assembler;
 use crate::attempt::Head;
