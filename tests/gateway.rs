@@ -2,182 +2,18 @@
 //! (or a capturing axum server) as its upstream, reqwest as the client speaking exactly what the
 //! official SDK sends. Real time, millisecond settings.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+mod support;
+
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::http::HeaderMap;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use seawall::config::Config;
-use seawall::core::ShutdownReport;
 use seawall::gateway::{Gateway, ServeError, REQUEST_ID_PREFIX};
-use seawall::sim::{estimate_input_tokens, Scenario, Sim, SimHandle};
-
-/// The upstream key: lives in the (fake) environment, must never reach a client.
-const KEY: &str = "sk-ant-api03-UPSTREAMSECRET-gateway-0001";
-/// The gateway's client token: must never reach the upstream.
-const TOKEN: &str = "client-token-GATEWAYSECRET-0001";
-
-// ---------------------------------------------------------------------------------------------
-// harness
-
-async fn sim(toml: &str) -> SimHandle {
-    let scenario = Scenario::from_toml(toml).expect("scenario");
-    Sim::start(scenario, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("sim starts")
-}
-
-/// One upstream at `base_url`, fast retry settings, then `rest` (models, [gateway], ...).
-fn config(base_url: &str, rest: &str) -> String {
-    format!(
-        r#"
-listen = "127.0.0.1:0"
-
-[[upstreams]]
-name = "sim"
-base_url = "{base_url}"
-api_key_env = "SIM_KEY"
-connect_timeout = "500ms"
-
-[retry]
-deadline = "3s"
-attempt_timeout = "1s"
-min_attempt = "20ms"
-
-[retry.backoff]
-base = "50ms"
-cap = "400ms"
-
-{rest}
-"#
-    )
-}
-
-fn gateway_section(extra: &str) -> String {
-    format!("[gateway]\ntokens = [\"{TOKEN}\"]\nshutdown_grace = \"5s\"\n{extra}\n")
-}
-
-struct Gw {
-    url: String,
-    gateway: Gateway,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<Result<ShutdownReport, ServeError>>>,
-}
-
-impl Gw {
-    async fn start(toml: &str) -> Self {
-        let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-        let gateway =
-            Gateway::start_with_env(&config, |v| (v == "SIM_KEY").then(|| KEY.to_owned()))
-                .await
-                .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(gateway.clone().serve(listener, async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            url: format!("http://{addr}"),
-            gateway,
-            stop: Some(stop),
-            server: Some(server),
-        }
-    }
-
-    /// Signal shutdown and wait for the server to finish draining.
-    async fn shutdown(&mut self) -> ShutdownReport {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let server = self.server.take().expect("not shut down yet");
-        tokio::time::timeout(Duration::from_secs(15), server)
-            .await
-            .expect("the server stops")
-            .expect("no panic")
-            .expect("serve ends cleanly")
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-}
-
-fn body(model: &str) -> Value {
-    json!({
-        "model": model,
-        "max_tokens": 16,
-        "messages": [{"role": "user", "content": "hello through the gateway"}],
-    })
-}
-
-async fn post(gw: &Gw, path: &str, token: Option<&str>, body: &Value) -> reqwest::Response {
-    let mut req = client().post(format!("{}{path}", gw.url)).json(body);
-    if let Some(t) = token {
-        req = req.header("x-api-key", t);
-    }
-    req.send().await.unwrap()
-}
-
-async fn get(gw: &Gw, path: &str, token: Option<&str>) -> reqwest::Response {
-    let mut req = client().get(format!("{}{path}", gw.url));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    req.send().await.unwrap()
-}
-
-fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_owned())
-}
-
-/// An Anthropic error body; its `request_id` equals the `request-id` header.
-async fn api_error(resp: reqwest::Response, status: u16, kind: &str) -> (Value, String) {
-    assert_eq!(resp.status(), status);
-    let rid = header(&resp, "request-id").expect("every response has a request-id");
-    assert_eq!(
-        header(&resp, "content-type").as_deref(),
-        Some("application/json")
-    );
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["type"], "error", "{v}");
-    assert_eq!(v["error"]["type"], kind, "{v}");
-    assert!(v["error"]["message"].is_string(), "{v}");
-    assert_eq!(v["request_id"], rid.as_str(), "{v}");
-    (v, rid)
-}
-
-fn assert_no_secret(text: &str) {
-    for secret in [KEY, TOKEN] {
-        assert!(!text.contains(secret), "a secret leaked: {text}");
-        // No long piece of it either (a key label shows at most its last four characters).
-        let chars: Vec<char> = secret.chars().collect();
-        for w in chars.windows(8) {
-            let piece: String = w.iter().collect();
-            assert!(
-                !text.contains(&piece),
-                "{piece:?} of a secret leaked: {text}"
-            );
-        }
-    }
-}
-
-const ONE_MODEL_SIM: &str = r#"
-[[models]]
-name = "m"
-latency = "5ms"
-"#;
+use seawall::sim::{estimate_input_tokens, Scenario, SimHandle};
+use support::gateway::*;
 
 // ---------------------------------------------------------------------------------------------
 // the call
@@ -252,7 +88,7 @@ async fn both_auth_styles_are_accepted_and_bad_tokens_get_401() {
     api_error(wrong, 401, "authentication_error").await;
     let wrong_bearer = client()
         .post(&url)
-        .bearer_auth("client-token-GATEWAYSECRET-0002")
+        .bearer_auth(TOKEN_B)
         .json(&body("m"))
         .send()
         .await
@@ -810,37 +646,6 @@ async fn the_sdks_requests_work_against_the_simulator() {
             Some(rid.as_str())
         );
     }
-}
-
-type Captured = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
-
-/// An upstream that records what it receives and answers one fixed message.
-async fn capture_upstream() -> (String, Captured) {
-    let seen: Captured = Arc::default();
-    let log = Arc::clone(&seen);
-    let app = axum::Router::new().route(
-        "/v1/messages",
-        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-            let log = Arc::clone(&log);
-            async move {
-                log.lock().unwrap().push((headers, body));
-                (
-                    [
-                        ("content-type", "application/json"),
-                        ("request-id", "req_capture_0001"),
-                        ("anthropic-organization-id", "org-private"),
-                    ],
-                    r#"{"id":"msg_01","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"hello"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":1}}"#,
-                )
-            }
-        }),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://{addr}"), seen)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
