@@ -9,14 +9,15 @@ use support::raw::{find, raw_server, read_request};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use support::sim::{anthropic, sim};
 use support::{init_logs, logs};
 
 use bytes::Bytes;
 use seawall::core::upstream::{
     Attempt, SseEvent, StreamBody, StreamResponse, TransportError, Upstream,
 };
-use seawall::sim::{LogEntry, Scenario, Sim, SimHandle};
-use seawall::{AnthropicOptions, AnthropicUpstream, ApiKey};
+use seawall::sim::{LogEntry, SimHandle};
+use seawall::AnthropicUpstream;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,15 +34,7 @@ type Events = mpsc::Receiver<Result<SseEvent, TransportError>>;
 // helpers
 
 fn upstream(addr: SocketAddr) -> AnthropicUpstream {
-    AnthropicUpstream::new(
-        vec![ApiKey::new(KEY).unwrap()],
-        AnthropicOptions {
-            base_url: format!("http://{addr}"),
-            connect_timeout: Duration::from_millis(500),
-            ..AnthropicOptions::default()
-        },
-    )
-    .unwrap()
+    anthropic(format!("http://{addr}"), &[KEY])
 }
 
 /// A one-model simulator with five-token answers and `model_extra` TOML for the model.
@@ -52,10 +45,7 @@ async fn start(model_extra: &str) -> SimHandle {
 async fn start_with(output_tokens: u32, model_extra: &str) -> SimHandle {
     let toml =
         format!("[[models]]\nname = \"{MODEL}\"\noutput_tokens = {output_tokens}\n{model_extra}\n");
-    let scenario = Scenario::from_toml(&toml).unwrap();
-    Sim::start(scenario, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
+    sim(&toml).await
 }
 
 /// A streaming body (`"stream": true`, as the core writes it).

@@ -8,6 +8,7 @@ use support::raw::{find, raw_server, read_request};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use support::sim::anthropic_options;
 use support::{init_logs, logs};
 
 use axum::body::Bytes;
@@ -30,15 +31,11 @@ const OK_BODY: &str = r#"{"id":"msg_01","type":"message","role":"assistant","mod
 // helpers
 
 fn keys() -> Vec<ApiKey> {
-    vec![ApiKey::new(KEY0).unwrap(), ApiKey::new(KEY1).unwrap()]
+    support::sim::keys(&[KEY0, KEY1])
 }
 
 fn options(addr: SocketAddr) -> AnthropicOptions {
-    AnthropicOptions {
-        base_url: format!("http://{addr}"),
-        connect_timeout: Duration::from_millis(500),
-        ..AnthropicOptions::default()
-    }
+    anthropic_options(format!("http://{addr}"))
 }
 
 fn upstream(addr: SocketAddr) -> AnthropicUpstream {

@@ -1,6 +1,8 @@
 //! `seawall.toml`: every key parsed, the defaults, and errors that name their key and never a
 //! secret.
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -14,7 +16,8 @@ use seawall::core::{
     Price, ProbeConfig, ProbeKind, RetryBudgetConfig, RetryPolicy, SlaConfig, SlaTarget, Source,
     Trip, WindowKind,
 };
-use seawall::sim::{Scenario, Sim, SimHandle};
+use seawall::sim::Scenario;
+use support::sim::sim;
 
 /// The smallest useful config, with a placeholder for more keys.
 fn minimal(extra: &str) -> String {
@@ -287,16 +290,6 @@ fn cache_degradation_without_a_cache_section_uses_the_defaults() {
         Config::from_toml(&minimal("")).unwrap().response_cache(),
         None
     );
-}
-
-/// The simulator answering every model in 2 ms; the primary (`down`) always 529.
-async fn sim(toml: &str) -> SimHandle {
-    Sim::start(
-        Scenario::from_toml(toml).unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
 }
 
 const KEY: &str = "sk-ant-config-test-key-0001";

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use seawall::cluster::{ClusterBuilder, ClusterError, RedisCluster};
@@ -12,26 +11,11 @@ use seawall::core::{
     Backoff, BreakerConfig, Builder, Call, Error, FleetMode, Jitter, Limits, RetryPolicy, Seawall,
     StateKind, WindowKind,
 };
-use seawall::sim::{Scenario, Sim, SimHandle};
-use seawall::{AnthropicOptions, AnthropicUpstream, ApiKey};
+use seawall::sim::SimHandle;
 use support::redis::RedisServer;
+use support::sim::{anthropic, sim};
 
 const KEY: &str = "sk-ant-sim-fleet-0001";
-
-async fn sim(toml: &str) -> SimHandle {
-    let scenario = Scenario::from_toml(toml).expect("scenario");
-    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    Sim::start(scenario, addr).await.expect("sim starts")
-}
-
-fn upstream(sim: &SimHandle) -> AnthropicUpstream {
-    let options = AnthropicOptions {
-        base_url: sim.base_url(),
-        connect_timeout: Duration::from_millis(500),
-        ..AnthropicOptions::default()
-    };
-    AnthropicUpstream::new(vec![ApiKey::new(KEY).unwrap()], options).unwrap()
-}
 
 fn policy(deadline: Duration) -> RetryPolicy {
     RetryPolicy {
@@ -117,7 +101,7 @@ async fn three_instances_share_one_budget_and_never_trip_the_limiter() {
         output_tokens_per_minute: None,
     };
     let instances = fleet_of(3, &redis, "budget", |b| {
-        b.upstream("sim", upstream(&sim))
+        b.upstream("sim", anthropic(sim.base_url(), &[KEY]))
             .limits("sim", limits)
             .chain_with("m", ["m"], policy(Duration::from_millis(1500)))
     })
@@ -184,7 +168,7 @@ async fn an_outage_found_by_one_instance_is_skipped_by_all() {
         ..BreakerConfig::default()
     };
     let instances = fleet_of(3, &redis, "health", |b| {
-        b.upstream("sim", upstream(&sim))
+        b.upstream("sim", anthropic(sim.base_url(), &[KEY]))
             .breaker_defaults(breaker)
             .chain_with(
                 "primary",
@@ -243,7 +227,7 @@ async fn concurrent_duplicates_on_different_instances_make_one_upstream_call() {
     "#)
     .await;
     let instances = fleet_of(3, &redis, "idem", |b| {
-        b.upstream("sim", upstream(&sim))
+        b.upstream("sim", anthropic(sim.base_url(), &[KEY]))
             .chain_with("m", ["m"], policy(Duration::from_secs(5)))
             .idempotency(Duration::from_secs(60))
     })
@@ -295,7 +279,7 @@ async fn without_redis_each_instance_spends_its_share_and_shares_again_when_it_r
         output_tokens_per_minute: None,
     };
     let instances = fleet_of(2, &redis, "outage", |b| {
-        b.upstream("sim", upstream(&sim))
+        b.upstream("sim", anthropic(sim.base_url(), &[KEY]))
             .limits("sim", limits)
             .chain_with("m", ["m"], policy(Duration::from_secs(2)))
     })

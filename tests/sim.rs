@@ -2,6 +2,8 @@
 //! prove seawall's own transport and the simulator agree, raw sockets for the HTTP layer, and
 //! the `seawall sim` binary as a subprocess. Real time, millisecond settings, no internet.
 
+mod support;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Command, Stdio};
@@ -12,10 +14,12 @@ use seawall::core::policy::backoff::SplitMix64;
 use seawall::core::upstream::{Attempt, TransportError, Upstream};
 use seawall::core::Call;
 use seawall::sim::{LogEntry, Scenario, ScenarioError, Sim, SimError, SimHandle};
-use seawall::{AnthropicOptions, AnthropicUpstream, ApiKey, AuthStyle};
+use seawall::{AnthropicOptions, AnthropicUpstream, AuthStyle};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use support::sim::{anthropic_options, keys, sim};
 
 const KEY: &str = "sk-sim-test-key-aaaa";
 const KEY_B: &str = "sk-sim-test-key-bbbb";
@@ -24,15 +28,6 @@ const MODEL: &str = "claude-sim-1";
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-async fn start(toml: &str) -> SimHandle {
-    let scenario = Scenario::from_toml(toml).unwrap();
-    Sim::start(scenario, local()).await.unwrap()
-}
 
 /// A one-model scenario with the given extra TOML for the model (faults, latency, ...).
 fn one_model(model_extra: &str) -> String {
@@ -71,12 +66,10 @@ fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
 
 fn upstream(sim: &SimHandle, auth: AuthStyle) -> AnthropicUpstream {
     AnthropicUpstream::new(
-        vec![ApiKey::new(KEY).unwrap()],
+        keys(&[KEY]),
         AnthropicOptions {
-            base_url: sim.base_url(),
-            connect_timeout: Duration::from_millis(500),
             auth,
-            ..AnthropicOptions::default()
+            ..anthropic_options(sim.base_url())
         },
     )
     .unwrap()
@@ -135,7 +128,7 @@ async fn raw(addr: SocketAddr, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn success_has_the_api_shape_usage_request_id_and_ratelimit_headers() {
-    let sim = start(&format!(
+    let sim = sim(&format!(
         "[limits]\nrequests_per_minute = 60\ninput_tokens_per_minute = 10000\n\
          output_tokens_per_minute = 5000\n{}",
         one_model("")
@@ -209,7 +202,7 @@ async fn success_has_the_api_shape_usage_request_id_and_ratelimit_headers() {
 
 #[tokio::test]
 async fn both_auth_styles_work_and_missing_unknown_or_revoked_keys_get_401() {
-    let sim = start(&format!(
+    let sim = sim(&format!(
         "keys = [\"{KEY}\", \"{KEY_B}\"]\nrevoked_keys = [\"{REVOKED}\"]\n{}",
         one_model("")
     ))
@@ -283,7 +276,7 @@ async fn both_auth_styles_work_and_missing_unknown_or_revoked_keys_get_401() {
 
 #[tokio::test]
 async fn invalid_bodies_get_400_and_unknown_models_404() {
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     let client = client();
     let url = format!("{}/v1/messages", sim.base_url());
     let not_json = client
@@ -344,7 +337,7 @@ async fn invalid_bodies_get_400_and_unknown_models_404() {
 
 #[tokio::test]
 async fn count_tokens_uses_the_simulators_own_count() {
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     let b = json!({
         "model": MODEL,
         "system": "You are terse. Answer in one line.",
@@ -386,7 +379,7 @@ async fn count_tokens_uses_the_simulators_own_count() {
 
 #[tokio::test]
 async fn sse_events_come_in_the_api_order_with_the_configured_timing() {
-    let sim = start(&one_model(
+    let sim = sim(&one_model(
         "time_to_first_token = \"60ms\"\ndelta_interval = \"10ms\"",
     ))
     .await;
@@ -459,7 +452,7 @@ async fn sse_events_come_in_the_api_order_with_the_configured_timing() {
 
 #[tokio::test]
 async fn a_status_fault_sends_the_exact_error_body_and_its_retry_headers() {
-    let sim = start(&one_model(
+    let sim = sim(&one_model(
         r#"
 [[models.faults]]
 kind = "status"
@@ -523,7 +516,7 @@ message = "Slow down"
 
 #[tokio::test]
 async fn a_reset_fault_is_a_reset_for_the_transport() {
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     // A pooled keep-alive connection first: the reset must not be retried away by the client.
     let up = upstream(&sim, AuthStyle::XApiKey);
     assert_eq!(
@@ -553,7 +546,7 @@ async fn a_reset_fault_is_a_reset_for_the_transport() {
 
 #[tokio::test]
 async fn a_hang_times_out_at_the_clients_own_attempt_timeout_and_ends_at_shutdown() {
-    let sim = start(&one_model("[[models.faults]]\nkind = \"hang\"")).await;
+    let sim = sim(&one_model("[[models.faults]]\nkind = \"hang\"")).await;
     let started = Instant::now();
     let err = upstream(&sim, AuthStyle::XApiKey)
         .send(attempt(&body(MODEL, 5), Duration::from_millis(150)))
@@ -589,7 +582,7 @@ async fn a_hang_times_out_at_the_clients_own_attempt_timeout_and_ends_at_shutdow
 
 #[tokio::test]
 async fn slow_first_byte_delays_the_answer() {
-    let sim = start(&one_model(
+    let sim = sim(&one_model(
         "[[models.faults]]\nkind = \"slow_first_byte\"\ndelay = \"150ms\"",
     ))
     .await;
@@ -608,7 +601,7 @@ async fn slow_first_byte_delays_the_answer() {
 
 #[tokio::test]
 async fn a_truncated_answer_is_truncated_for_the_transport_and_for_streams() {
-    let sim = start(&one_model("[[models.faults]]\nkind = \"truncated\"")).await;
+    let sim = sim(&one_model("[[models.faults]]\nkind = \"truncated\"")).await;
     let err = upstream(&sim, AuthStyle::XApiKey)
         .send(attempt(&body(MODEL, 5), BUDGET))
         .await
@@ -629,7 +622,7 @@ async fn a_truncated_answer_is_truncated_for_the_transport_and_for_streams() {
 
 #[tokio::test]
 async fn a_mid_stream_error_follows_n_deltas_and_spares_non_streaming_requests() {
-    let sim = start(&one_model(
+    let sim = sim(&one_model(
         "delta_interval = \"2ms\"\n[[models.faults]]\nkind = \"mid_stream_error\"\nafter_deltas = 3",
     ))
     .await;
@@ -670,7 +663,7 @@ async fn a_mid_stream_error_follows_n_deltas_and_spares_non_streaming_requests()
 
 #[tokio::test]
 async fn faults_apply_only_inside_their_window() {
-    let sim = start(&one_model(
+    let sim = sim(&one_model(
         r#"
 [[models.faults]]
 kind = "status"
@@ -714,7 +707,7 @@ async fn fault_draws_are_deterministic_per_seed_and_sequence_number() {
             one_model("[[models.faults]]\nkind = \"status\"\nstatus = 503\nprobability = 0.5")
         )
     };
-    let sim = start(&scenario(7)).await;
+    let sim = sim(&scenario(7)).await;
     let run = || async {
         let mut statuses = Vec::new();
         for _ in 0..200 {
@@ -751,7 +744,7 @@ async fn fault_draws_are_deterministic_per_seed_and_sequence_number() {
 
 #[tokio::test]
 async fn the_request_over_the_limit_gets_a_truthful_retry_after_and_takes_nothing() {
-    let sim = start(&format!(
+    let sim = sim(&format!(
         "[limits]\nrequests_per_minute = 3\ninput_tokens_per_minute = 1000\n{}",
         one_model("")
     ))
@@ -803,7 +796,7 @@ async fn the_request_over_the_limit_gets_a_truthful_retry_after_and_takes_nothin
 #[tokio::test]
 async fn a_request_sent_after_retry_after_is_admitted() {
     // 600 output tokens per minute refill 10 per second.
-    let sim = start(&format!(
+    let sim = sim(&format!(
         "[limits]\noutput_tokens_per_minute = 600\n[[models]]\nname = \"{MODEL}\"\noutput_tokens = 600\n"
     ))
     .await;
@@ -825,7 +818,7 @@ async fn a_request_sent_after_retry_after_is_admitted() {
 
 #[tokio::test]
 async fn a_request_larger_than_the_limit_is_told_never_to_retry() {
-    let sim = start(&format!(
+    let sim = sim(&format!(
         "[[models]]\nname = \"{MODEL}\"\noutput_tokens = 100\n[models.limits]\noutput_tokens_per_minute = 50\n"
     ))
     .await;
@@ -840,7 +833,7 @@ async fn a_request_larger_than_the_limit_is_told_never_to_retry() {
 
 #[tokio::test]
 async fn chat_completions_success_errors_and_headers() {
-    let sim = start(&format!(
+    let sim = sim(&format!(
         "keys = [\"{KEY}\"]\n[limits]\nrequests_per_minute = 30\ninput_tokens_per_minute = 6000\n{}",
         one_model("")
     ))
@@ -948,7 +941,7 @@ async fn chat_completions_success_errors_and_headers() {
 
 #[tokio::test]
 async fn control_endpoints_reset_replace_and_read_the_log() {
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     let client = client();
     let base = sim.base_url();
     assert_eq!(messages(&sim, &body(MODEL, 5)).await.status(), 200);
@@ -1027,7 +1020,7 @@ async fn control_endpoints_reset_replace_and_read_the_log() {
 
 #[tokio::test]
 async fn retry_count_and_idempotency_key_are_logged() {
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     let resp = upstream(&sim, AuthStyle::XApiKey)
         .send(Attempt {
             retry_count: 2,
@@ -1073,7 +1066,7 @@ async fn only_loopback_addresses_are_accepted() {
 
 #[tokio::test]
 async fn dropping_the_last_handle_stops_the_simulator() {
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     let addr = sim.addr();
     let clone = sim.clone();
     drop(sim);
@@ -1152,7 +1145,7 @@ async fn scenario_errors_name_the_key() {
     assert_eq!(err.key(), Some("revoked_keys[0]"));
     assert!(!err.to_string().contains(KEY), "{err}");
     // And a handle refuses an invalid scenario, keeping its own.
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     let mut s = sim.scenario();
     s.models[0].output_tokens = 0;
     let err = sim.set_scenario(s).unwrap_err();
@@ -1173,7 +1166,7 @@ async fn the_example_scenario_is_valid() {
 
 #[tokio::test]
 async fn keep_alive_pipelining_and_connection_close() {
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     let b = serde_json::to_string(&body(MODEL, 2)).unwrap();
     let request = |extra: &str| {
         format!(
@@ -1201,7 +1194,7 @@ async fn keep_alive_pipelining_and_connection_close() {
 
 #[tokio::test]
 async fn oversized_and_chunked_requests_are_refused() {
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     let too_big = format!(
         "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-length: {}\r\n\r\n",
         32 * 1024 * 1024 + 1
@@ -1245,7 +1238,7 @@ async fn oversized_and_chunked_requests_are_refused() {
 
 #[tokio::test]
 async fn unknown_paths_and_methods() {
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     let resp = client()
         .get(format!("{}/v1/messages", sim.base_url()))
         .send()

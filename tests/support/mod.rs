@@ -8,6 +8,7 @@ pub mod process;
 pub mod raw;
 pub mod readme;
 pub mod redis;
+pub mod sim;
 
 use std::io;
 use std::sync::{Arc, Mutex, OnceLock};
