@@ -8,6 +8,7 @@ use support::raw::{find, raw_server, read_request};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use support::http::serve_app;
 use support::sim::anthropic_options;
 use support::{init_logs, logs};
 
@@ -116,9 +117,7 @@ async fn capture_server(reply: Reply) -> (SocketAddr, mpsc::UnboundedReceiver<Se
         }
     };
     let app = axum::Router::new().fallback(handler);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve_app(app).await;
     (addr, rx)
 }
 

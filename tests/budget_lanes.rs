@@ -9,8 +9,9 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::gateway::sim;
+use support::http::plain_client;
 use support::process::{write_config, Served};
+use support::sim::sim;
 
 const KEY_ENV: &str = "SEAWALL_LANES_TEST_KEY";
 const KEY: &str = "sk-ant-api03-LANESSECRETLANESSECRET-llll";
@@ -85,7 +86,7 @@ async fn a_spent_upstream_holds_back_only_its_own_calls_and_serves_them_in_order
     let path = write_config("lanes", &config(&sim.base_url()));
     let served = Served::start(&path, TOKEN, &[(KEY_ENV, KEY)]);
     let base = served.serve.base.clone();
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = plain_client();
 
     // Spend anthropic's bucket (30 requests, a full bucket at start), then call until one
     // waits: the bucket refills while the first 30 are answered.

@@ -12,6 +12,7 @@ use seawall::core::{
     StateKind, WindowKind,
 };
 use seawall::sim::SimHandle;
+use support::http::plain_client;
 use support::redis::RedisServer;
 use support::sim::{anthropic, sim};
 
@@ -465,7 +466,7 @@ async fn three_serve_processes_under_uneven_overload_share_one_limit_with_no_429
     let instances: Vec<Serve> = (0..3)
         .map(|_| Serve::start(&dir, &["serve", "--config", &path], &env))
         .collect();
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = plain_client();
     // 300 calls over 2.5 s, 2.5x what the bucket holds plus its refill, spread 60/30/10 over
     // the three instances: each alone believes it may spend all 120.
     let started = Instant::now();

@@ -14,6 +14,7 @@ use seawall::config::Config;
 use seawall::gateway::{Gateway, ServeError, REQUEST_ID_PREFIX};
 use seawall::sim::{estimate_input_tokens, Scenario, SimHandle};
 use support::gateway::*;
+use support::http::sse_events;
 
 // ---------------------------------------------------------------------------------------------
 // the call
@@ -700,26 +701,6 @@ async fn the_sdks_request_reaches_the_upstream_intact_without_the_client_token()
 
 // ---------------------------------------------------------------------------------------------
 // streaming
-
-/// (event, data) pairs of an SSE body.
-fn sse_events(text: &str) -> Vec<(String, Value)> {
-    text.split("\n\n")
-        .filter(|block| !block.trim().is_empty())
-        .map(|block| {
-            let mut event = String::new();
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(e) = line.strip_prefix("event: ") {
-                    event = e.to_owned();
-                } else if let Some(d) = line.strip_prefix("data: ") {
-                    data.push_str(d);
-                }
-            }
-            let data = serde_json::from_str(&data).unwrap_or_else(|e| panic!("{e}: {block}"));
-            (event, data)
-        })
-        .collect()
-}
 
 fn stream_body(model: &str) -> String {
     format!(

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
 use support::gateway::{
     assert_no_secret, body, client, config, gateway_section, get, post, sim, Gw, ONE_MODEL_SIM,
     TOKEN,
 };
+use support::http::serve_app;
 
 /// A model that always answers 529.
 const DOWN_SIM: &str = r#"
@@ -353,11 +353,7 @@ async fn webhook(status: StatusCode) -> (String, mpsc::UnboundedReceiver<Value>)
             }
         }),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve_app(app).await;
     (format!("http://{addr}/hooks/T000/SECRETPATHSECRET"), rx)
 }
 

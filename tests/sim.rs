@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::http::{header, plain_client, sse_events};
 use support::sim::{anthropic_options, keys, sim};
 
 const KEY: &str = "sk-sim-test-key-aaaa";
@@ -34,17 +35,13 @@ fn one_model(model_extra: &str) -> String {
     format!("[[models]]\nname = \"{MODEL}\"\noutput_tokens = 8\n{model_extra}\n")
 }
 
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
-}
-
 fn body(model: &str, max_tokens: u64) -> Value {
     json!({"model": model, "max_tokens": max_tokens,
            "messages": [{"role": "user", "content": "hello there"}]})
 }
 
 async fn post(sim: &SimHandle, path: &str, key: Option<&str>, body: &Value) -> reqwest::Response {
-    let mut req = client()
+    let mut req = plain_client()
         .post(format!("{}{path}", sim.base_url()))
         .header("anthropic-version", "2023-06-01")
         .json(body);
@@ -56,12 +53,6 @@ async fn post(sim: &SimHandle, path: &str, key: Option<&str>, body: &Value) -> r
 
 async fn messages(sim: &SimHandle, body: &Value) -> reqwest::Response {
     post(sim, "/v1/messages", Some(KEY), body).await
-}
-
-fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_owned())
 }
 
 fn upstream(sim: &SimHandle, auth: AuthStyle) -> AnthropicUpstream {
@@ -88,25 +79,6 @@ fn attempt(body: &Value, timeout: Duration) -> Attempt {
 }
 
 const BUDGET: Duration = Duration::from_secs(5);
-
-/// `(event name, data)` pairs of an SSE body.
-fn sse(text: &str) -> Vec<(String, Value)> {
-    text.split("\n\n")
-        .filter(|block| !block.trim().is_empty())
-        .map(|block| {
-            let mut name = String::new();
-            let mut data = Value::Null;
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event: ") {
-                    name = v.to_owned();
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data = serde_json::from_str(v).unwrap();
-                }
-            }
-            (name, data)
-        })
-        .collect()
-}
 
 fn last(sim: &SimHandle) -> LogEntry {
     sim.log().pop().unwrap()
@@ -214,7 +186,7 @@ async fn both_auth_styles_work_and_missing_unknown_or_revoked_keys_get_401() {
         post(&sim, "/v1/messages", Some(KEY), &b).await.status(),
         200
     );
-    let bearer = client()
+    let bearer = plain_client()
         .post(&url)
         .bearer_auth(KEY_B)
         .json(&b)
@@ -277,7 +249,7 @@ async fn both_auth_styles_work_and_missing_unknown_or_revoked_keys_get_401() {
 #[tokio::test]
 async fn invalid_bodies_get_400_and_unknown_models_404() {
     let sim = sim(&one_model("")).await;
-    let client = client();
+    let client = plain_client();
     let url = format!("{}/v1/messages", sim.base_url());
     let not_json = client
         .post(&url)
@@ -403,7 +375,7 @@ async fn sse_events_come_in_the_api_order_with_the_configured_timing() {
     // Five deltas, each 10 ms after the one before.
     assert!(total >= Duration::from_millis(110), "{total:?}");
 
-    let events = sse(&text);
+    let events = sse_events(&text);
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -562,7 +534,7 @@ async fn a_hang_times_out_at_the_clients_own_attempt_timeout_and_ends_at_shutdow
     // A client without a timeout is held until the simulator shuts down, then sees the close.
     let url = format!("{}/v1/messages", sim.base_url());
     let waiting = tokio::spawn(async move {
-        client()
+        plain_client()
             .post(url)
             .header("x-api-key", KEY)
             .json(&body(MODEL, 5))
@@ -631,7 +603,7 @@ async fn a_mid_stream_error_follows_n_deltas_and_spares_non_streaming_requests()
     let resp = messages(&sim, &b).await;
     assert_eq!(resp.status(), 200);
     let rid = header(&resp, "request-id").unwrap();
-    let events = sse(&resp.text().await.unwrap());
+    let events = sse_events(&resp.text().await.unwrap());
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -840,7 +812,7 @@ async fn chat_completions_success_errors_and_headers() {
     .await;
     let url = format!("{}/v1/chat/completions", sim.base_url());
     let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]});
-    let resp = client()
+    let resp = plain_client()
         .post(&url)
         .bearer_auth(KEY)
         .json(&chat)
@@ -877,7 +849,7 @@ async fn chat_completions_success_errors_and_headers() {
     );
 
     let send = |body: Value, key: Option<&'static str>| {
-        let mut req = client().post(&url).json(&body);
+        let mut req = plain_client().post(&url).json(&body);
         if let Some(k) = key {
             req = req.bearer_auth(k);
         }
@@ -942,7 +914,7 @@ async fn chat_completions_success_errors_and_headers() {
 #[tokio::test]
 async fn control_endpoints_reset_replace_and_read_the_log() {
     let sim = sim(&one_model("")).await;
-    let client = client();
+    let client = plain_client();
     let base = sim.base_url();
     assert_eq!(messages(&sim, &body(MODEL, 5)).await.status(), 200);
 
@@ -1226,7 +1198,7 @@ async fn oversized_and_chunked_requests_are_refused() {
     assert!(garbage.starts_with("HTTP/1.1 400 "), "{garbage}");
 
     // Through reqwest: a body just over the limit gets the 413, not a broken connection.
-    let resp = client()
+    let resp = plain_client()
         .post(format!("{}/v1/messages", sim.base_url()))
         .header("x-api-key", KEY)
         .body(vec![b' '; 32 * 1024 * 1024 + 1])
@@ -1239,13 +1211,13 @@ async fn oversized_and_chunked_requests_are_refused() {
 #[tokio::test]
 async fn unknown_paths_and_methods() {
     let sim = sim(&one_model("")).await;
-    let resp = client()
+    let resp = plain_client()
         .get(format!("{}/v1/messages", sim.base_url()))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 405);
-    let resp = client()
+    let resp = plain_client()
         .post(format!("{}/v2/nothing", sim.base_url()))
         .send()
         .await
@@ -1293,7 +1265,7 @@ async fn the_sim_subcommand_serves_until_sigterm() {
         .to_owned();
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
 
-    let resp = client()
+    let resp = plain_client()
         .post(format!("{base}/v1/messages"))
         .header("x-api-key", KEY)
         .json(&body(MODEL, 5))
@@ -1301,7 +1273,7 @@ async fn the_sim_subcommand_serves_until_sigterm() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let log: Vec<LogEntry> = client()
+    let log: Vec<LogEntry> = plain_client()
         .get(format!("{base}/_sim/log"))
         .send()
         .await

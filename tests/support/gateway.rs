@@ -147,12 +147,7 @@ pub async fn get(gw: &Gw, path: &str, token: Option<&str>) -> reqwest::Response 
     req.send().await.unwrap()
 }
 
-/// A response header as text.
-pub fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_owned())
-}
+pub use super::http::header;
 
 /// An Anthropic error body; its `request_id` equals the `request-id` header.
 pub async fn api_error(resp: reqwest::Response, status: u16, kind: &str) -> (Value, String) {
@@ -226,10 +221,6 @@ pub async fn capture_upstream() -> (String, Captured) {
                 }
             }),
         );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = super::http::serve_app(app).await;
     (format!("http://{addr}"), seen)
 }

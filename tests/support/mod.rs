@@ -4,6 +4,7 @@
 
 pub mod fuzz;
 pub mod gateway;
+pub mod http;
 pub mod process;
 pub mod raw;
 pub mod readme;

@@ -130,7 +130,7 @@ impl Served {
             serve: Serve::start(dir, &["serve", "--config", path], &vars),
             token: token.to_owned(),
             // No timeout of its own: a job lookup's `?wait=` bounds it.
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            http: super::http::plain_client(),
         }
     }
 
