@@ -4,9 +4,8 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -20,6 +19,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use support::http::{header, plain_client, sse_events};
+use support::process::{run, temp_dir, Serve};
 use support::sim::{anthropic_options, keys, sim};
 
 const KEY: &str = "sk-sim-test-key-aaaa";
@@ -1233,36 +1233,21 @@ async fn unknown_paths_and_methods() {
 // ---------------------------------------------------------------------------------------------
 // the `seawall sim` binary
 
-fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let path = std::env::temp_dir().join(format!("seawall-{}-{nanos}-{name}", std::process::id()));
+/// `text` as `name` in a fresh temp dir: (the dir, the file).
+fn temp_file(name: &str, text: &str) -> (PathBuf, PathBuf) {
+    let dir = temp_dir("sim");
+    let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
-    path
+    (dir, path)
 }
 
 #[tokio::test]
 async fn the_sim_subcommand_serves_until_sigterm() {
-    let path = temp_file("scenario.toml", &one_model(""));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_seawall"))
-        .args(["sim", "--scenario"])
-        .arg(&path)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim_end()
-        .strip_prefix("seawall sim listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+    let (dir, path) = temp_file("scenario.toml", &one_model(""));
+    let scenario = path.to_str().unwrap();
+    let args = ["sim", "--scenario", scenario, "--listen", "127.0.0.1:0"];
+    let sim = Serve::announcing(&dir, &args, &[], "seawall sim listening on ");
+    let base = sim.base.clone();
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
 
     let resp = plain_client()
@@ -1283,45 +1268,36 @@ async fn the_sim_subcommand_serves_until_sigterm() {
         .unwrap();
     assert_eq!(log.len(), 1);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "{status:?}");
-    let _ = std::fs::remove_file(path);
+    let stopped = sim.stop();
+    assert_eq!(stopped.status.code(), Some(0), "{:?}", stopped.status);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn a_bad_scenario_exits_2_naming_the_key() {
-    let path = temp_file(
+    let (dir, path) = temp_file(
         "bad.toml",
         "[[models]]\nname = \"a\"\n[[models.faults]]\nkind = \"status\"\nstatus = 200\n",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_seawall"))
-        .args(["sim", "--scenario"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(out.stdout.is_empty());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (status, stdout, stderr) = run(&dir, &["sim", "--scenario", path.to_str().unwrap()], &[]);
+    assert_eq!(status.code(), Some(2));
+    assert!(stdout.is_empty());
     assert!(
         stderr.contains("models[0].faults[0].status: 200 is not an error status"),
         "{stderr}"
     );
-    let _ = std::fs::remove_file(path);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_seawall"))
-        .args([
+    let (status, _, _) = run(
+        &dir,
+        &[
             "sim",
             "--scenario",
             "/nonexistent.toml",
             "--listen",
             "0.0.0.0:0",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(dir);
 }
