@@ -17,6 +17,7 @@ use seawall::core::{
     Trip, WindowKind,
 };
 use seawall::sim::Scenario;
+use support::eventually;
 use support::sim::sim;
 
 /// The smallest useful config, with a placeholder for more keys.
@@ -294,18 +295,6 @@ fn cache_degradation_without_a_cache_section_uses_the_defaults() {
 
 const KEY: &str = "sk-ant-config-test-key-0001";
 
-/// Poll `done` every 10 ms for up to 5 s.
-async fn eventually(mut done: impl FnMut() -> bool) -> bool {
-    let end = std::time::Instant::now() + Duration::from_secs(5);
-    while std::time::Instant::now() < end {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    done()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_degradation_without_a_cache_section_answers_from_the_cache() {
     let sim = sim("[[models]]\nname = \"m\"\nlatency = \"2ms\"").await;
@@ -430,14 +419,21 @@ kind = "count_tokens"
             .filter(|e| e.model.as_deref() == Some(model) && e.path == path)
             .count()
     };
-    assert!(
-        eventually(|| probes("head", "/v1/messages") >= 3
-            && probes("opted-in", "/v1/messages") >= 3
-            && probes("counted", "/v1/messages/count_tokens") >= 3)
-        .await,
-        "probes: {:?}",
-        sim.log()
-    );
+    eventually(
+        "three probes to each of head, opted-in and counted",
+        Duration::from_secs(5),
+        || async {
+            if probes("head", "/v1/messages") >= 3
+                && probes("opted-in", "/v1/messages") >= 3
+                && probes("counted", "/v1/messages/count_tokens") >= 3
+            {
+                Ok(())
+            } else {
+                Err(format!("probes: {:?}", sim.log()))
+            }
+        },
+    )
+    .await;
     for model in ["fallback", "opted-out", "alone"] {
         assert_eq!(sim.count(model), 0, "{model} is not probed");
     }

@@ -15,6 +15,7 @@ use seawall::cluster::jobs::{RedisJobStore, RedisStoreOptions};
 use seawall::config::Config;
 use seawall::core::{Finished, Job, JobState, JobStore};
 use seawall::sim::{Scenario, SimHandle};
+use support::eventually;
 use support::process::{run, temp_dir, Served};
 use support::redis::RedisServer;
 use support::sim::sim;
@@ -96,22 +97,6 @@ async fn drain(s: &RedisJobStore, me: &str) -> Vec<String> {
 
 fn ids(jobs: &[Job]) -> Vec<String> {
     jobs.iter().map(|j| j.id.clone()).collect()
-}
-
-/// Poll `f` until it returns `Some`, or panic at the deadline.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
