@@ -10,7 +10,7 @@ use support::raw::{find, raw_server, read_request};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use support::sim::{anthropic, sim};
-use support::{init_logs, logs};
+use support::{eventually, init_logs, logs};
 
 use bytes::Bytes;
 use seawall::core::upstream::{
@@ -481,11 +481,7 @@ async fn a_dropped_receiver_stops_a_reader_blocked_on_a_full_channel() {
         .unwrap();
     let rx = events_of(resp);
     // Wait until the reader filled the channel (and is blocked sending), then walk away.
-    let deadline = Instant::now() + BUDGET;
-    while rx.capacity() > 0 {
-        assert!(Instant::now() < deadline, "the channel never filled");
-        tokio::task::yield_now().await;
-    }
+    eventually("the channel fills", BUDGET, || async { rx.capacity() == 0 }).await;
     drop(rx);
     tokio::time::timeout(BUDGET, closed)
         .await
@@ -652,18 +648,14 @@ async fn the_head_and_the_end_are_logged_with_the_tail_never_the_key() {
     let mut rx = events_of(resp);
     let n = drain(&mut rx).await.len();
     // The end line is written after the channel closed; wait for it (bounded).
-    let deadline = Instant::now() + BUDGET;
-    let end_line = loop {
+    let end_line = eventually("the end line is logged", BUDGET, || async {
         let text = logs();
-        if let Some(line) = text
-            .lines()
+        text.lines()
             .find(|l| l.contains("anthropic stream ended") && l.contains(&rid))
-        {
-            break line.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no end line in:\n{text}");
-        tokio::task::yield_now().await;
-    };
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no end line in:\n{text}"))
+    })
+    .await;
     for part in [
         format!("events={n}"),
         "end of body".to_owned(),

@@ -9,6 +9,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::eventually;
 use support::http::plain_client;
 use support::process::{write_config, Served};
 use support::sim::sim;
@@ -111,19 +112,12 @@ async fn a_spent_upstream_holds_back_only_its_own_calls_and_serves_them_in_order
     let mut sent = 30;
     let (first, parked_at) = loop {
         let c = call();
-        loop {
-            if waiting(&served.status().await) >= 1 {
-                break;
-            }
-            if c.is_finished() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no call to anthropic ever waited"
-            );
-            tokio::task::yield_now().await;
-        }
+        eventually(
+            "a call to anthropic waits (or is answered)",
+            deadline.saturating_duration_since(Instant::now()),
+            || async { waiting(&served.status().await) >= 1 || c.is_finished() },
+        )
+        .await;
         if !c.is_finished() {
             break (c, Instant::now());
         }
@@ -133,10 +127,12 @@ async fn a_spent_upstream_holds_back_only_its_own_calls_and_serves_them_in_order
     };
     // A second call waits behind the first.
     let second = call();
-    while waiting(&served.status().await) < 2 {
-        assert!(Instant::now() < deadline, "the second call never waited");
-        tokio::task::yield_now().await;
-    }
+    eventually(
+        "the second call waits",
+        deadline.saturating_duration_since(Instant::now()),
+        || async { waiting(&served.status().await) >= 2 },
+    )
+    .await;
 
     // `other` has no limits: its call goes while both wait, and is not counted against them.
     let (status, body, other_done) = ask(&http, &base, "claude-b").await;

@@ -12,6 +12,7 @@ use seawall::core::{
     StateKind, WindowKind,
 };
 use seawall::sim::SimHandle;
+use support::eventually;
 use support::http::plain_client;
 use support::redis::RedisServer;
 use support::sim::{anthropic, sim};
@@ -188,14 +189,10 @@ async fn an_outage_found_by_one_instance_is_skipped_by_all() {
     );
     // ...and the others hear of it: their breakers open without a failure of their own.
     for sw in &instances[1..] {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            if sw.breaker_status("primary").await.unwrap().state == StateKind::Open {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the news did not arrive");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        eventually("the news arrives", Duration::from_secs(2), || async {
+            sw.breaker_status("primary").await.unwrap().state == StateKind::Open
+        })
+        .await;
     }
     let before = sim.log().len();
     for sw in &instances {
@@ -286,15 +283,19 @@ async fn without_redis_each_instance_spends_its_share_and_shares_again_when_it_r
     })
     .await;
     let wait_for = |sw: Seawall, want: fn(&seawall::core::FleetStatus) -> bool| async move {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let s = sw.fleet_status().await.unwrap();
-            if want(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "still {s:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(
+            "the fleet reaches the status wanted",
+            Duration::from_secs(5),
+            || async {
+                let s = sw.fleet_status().await.unwrap();
+                if want(&s) {
+                    Ok(s)
+                } else {
+                    Err(format!("still {s:?}"))
+                }
+            },
+        )
+        .await
     };
     for sw in &instances {
         wait_for(sw.clone(), |s| {

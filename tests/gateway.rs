@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use seawall::config::Config;
 use seawall::gateway::{Gateway, ServeError, REQUEST_ID_PREFIX};
 use seawall::sim::{estimate_input_tokens, Scenario, SimHandle};
+use support::eventually;
 use support::gateway::*;
 use support::http::sse_events;
 
@@ -510,11 +511,10 @@ async fn shutdown_drains_a_call_in_flight() {
             .send(),
     );
     // Wait until the call is inside the runtime (a condition, polled; not a guess).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while gw.gateway.seawall().in_flight() == 0 {
-        assert!(Instant::now() < deadline, "the call never started");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    eventually("the call starts", Duration::from_secs(5), || async {
+        gw.gateway.seawall().in_flight() > 0
+    })
+    .await;
     let began = Instant::now();
     let report = gw.shutdown().await;
     assert_eq!(report.abandoned, 0, "the call drained");

@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use support::eventually;
 use support::http::{header, plain_client, sse_events};
 use support::process::{run, temp_dir, Serve};
 use support::sim::{anthropic_options, keys, sim};
@@ -541,9 +542,12 @@ async fn a_hang_times_out_at_the_clients_own_attempt_timeout_and_ends_at_shutdow
             .send()
             .await
     });
-    while sim.count(MODEL) < 2 {
-        tokio::task::yield_now().await;
-    }
+    eventually(
+        "the second request reaches the simulator",
+        BUDGET,
+        || async { sim.count(MODEL) >= 2 },
+    )
+    .await;
     sim.shutdown().await;
     let result = tokio::time::timeout(Duration::from_secs(2), waiting)
         .await
@@ -1045,16 +1049,12 @@ async fn dropping_the_last_handle_stops_the_simulator() {
     assert_eq!(clone.count(MODEL), 0, "a clone keeps it running");
     TcpStream::connect(addr).await.unwrap();
     drop(clone);
-    let refused = tokio::time::timeout(Duration::from_secs(2), async {
-        while TcpStream::connect(addr).await.is_ok() {
-            tokio::task::yield_now().await;
-        }
-    })
+    eventually(
+        "connections are refused after the last handle was dropped",
+        Duration::from_secs(2),
+        || async { TcpStream::connect(addr).await.is_err() },
+    )
     .await;
-    assert!(
-        refused.is_ok(),
-        "still accepting after the last handle was dropped"
-    );
 }
 
 #[tokio::test]
