@@ -1002,6 +1002,19 @@ async fn a_down_chain_degrades_to_the_cache_then_its_static_answer_flagged() {
     assert_eq!(text, "Busy, back soon.");
 }
 
+/// The state of `model`'s breaker, as `/status` reports it.
+async fn breaker_state(gw: &Gw, model: &str) -> String {
+    let v: Value = get(gw, "/status", Some(TOKEN)).await.json().await.unwrap();
+    v["breakers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["model"] == model)
+        .and_then(|b| b["state"].as_str())
+        .unwrap_or_else(|| panic!("no breaker state for {model}: {v}"))
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_header_pins_the_fallback_until_the_primary_closes() {
     let down = r#"
@@ -1041,8 +1054,10 @@ async fn a_conversation_header_pins_the_fallback_until_the_primary_closes() {
     };
     let first = turn(Some("task-7")).await.unwrap();
     assert_eq!(header(&first, "seawall-model").as_deref(), Some("fallback"));
+    assert_eq!(breaker_state(&gw, "primary").await, "open");
 
-    // The primary recovers; once its open time is over its breaker is half-open.
+    // The primary recovers; once its open time is over its breaker is half-open (as `/status`
+    // reports it, within the open time and the same 100 ms a sleep used to allow).
     let up = r#"
         [[models]]
         name = "primary"
@@ -1052,7 +1067,17 @@ async fn a_conversation_header_pins_the_fallback_until_the_primary_closes() {
         latency = "2ms"
     "#;
     sim.set_scenario(Scenario::from_toml(up).unwrap()).unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    eventually(
+        "the primary's breaker is half-open",
+        Duration::from_millis(400),
+        || async {
+            match breaker_state(&gw, "primary").await.as_str() {
+                "half_open" => Ok(()),
+                other => Err(other.to_owned()),
+            }
+        },
+    )
+    .await;
     let pinned = turn(Some("task-7")).await.unwrap();
     assert_eq!(
         header(&pinned, "seawall-model").as_deref(),
