@@ -59,15 +59,7 @@ fn stream_body() -> Bytes {
 
 fn attempt(body: Bytes, timeout: Duration) -> Attempt {
     init_logs();
-    Attempt {
-        model: MODEL.into(),
-        body,
-        key: 0,
-        retry_count: 0,
-        timeout,
-        idempotency_key: None,
-        forward: Default::default(),
-    }
+    support::sim::attempt(MODEL, body, timeout)
 }
 
 fn events_of(resp: StreamResponse) -> Events {

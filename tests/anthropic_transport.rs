@@ -45,15 +45,11 @@ fn upstream(addr: SocketAddr) -> AnthropicUpstream {
 
 fn attempt(timeout: Duration) -> Attempt {
     init_logs();
-    Attempt {
-        model: "claude-test-1".into(),
-        body: Bytes::from_static(BODY.as_bytes()),
-        key: 0,
-        retry_count: 0,
+    support::sim::attempt(
+        "claude-test-1",
+        Bytes::from_static(BODY.as_bytes()),
         timeout,
-        idempotency_key: None,
-        forward: Default::default(),
-    }
+    )
 }
 
 /// Well inside what loopback needs, far below anything that would slow the suite.

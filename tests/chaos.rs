@@ -504,15 +504,7 @@ async fn count_tokens_estimates_match_the_simulators_count() {
         .expect("a body with messages");
     let counted = seawall::core::Upstream::count_tokens(
         &up,
-        seawall::core::Attempt {
-            model: "m".into(),
-            body,
-            key: 0,
-            retry_count: 0,
-            timeout: Duration::from_secs(1),
-            idempotency_key: None,
-            forward: Default::default(),
-        },
+        support::sim::attempt("m", body, Duration::from_secs(1)),
     )
     .expect("the Anthropic transport has a counter")
     .await

@@ -79,15 +79,11 @@ fn conversation_translated() -> Value {
 
 fn attempt(body: &Value, timeout: Duration) -> Attempt {
     init_logs();
-    Attempt {
-        model: body["model"].as_str().unwrap_or("gpt-x").to_owned(),
-        body: Bytes::from(body.to_string()),
-        key: 0,
-        retry_count: 0,
+    support::sim::attempt(
+        body["model"].as_str().unwrap_or("gpt-x"),
+        Bytes::from(body.to_string()),
         timeout,
-        idempotency_key: None,
-        forward: Default::default(),
-    }
+    )
 }
 
 fn json_of(resp: &UpstreamResponse) -> Value {

@@ -68,15 +68,11 @@ fn upstream(sim: &SimHandle, auth: AuthStyle) -> AnthropicUpstream {
 }
 
 fn attempt(body: &Value, timeout: Duration) -> Attempt {
-    Attempt {
-        model: body["model"].as_str().unwrap_or_default().to_owned(),
-        body: Bytes::from(serde_json::to_vec(body).unwrap()),
-        key: 0,
-        retry_count: 0,
+    support::sim::attempt(
+        body["model"].as_str().unwrap_or_default(),
+        Bytes::from(serde_json::to_vec(body).unwrap()),
         timeout,
-        idempotency_key: None,
-        forward: Default::default(),
-    }
+    )
 }
 
 const BUDGET: Duration = Duration::from_secs(5);
