@@ -9,14 +9,15 @@ use support::raw::{find, raw_server, read_request};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use support::{init_logs, logs};
+use support::sim::{anthropic, sim};
+use support::{eventually, init_logs, logs};
 
 use bytes::Bytes;
 use seawall::core::upstream::{
     Attempt, SseEvent, StreamBody, StreamResponse, TransportError, Upstream,
 };
-use seawall::sim::{LogEntry, Scenario, Sim, SimHandle};
-use seawall::{AnthropicOptions, AnthropicUpstream, ApiKey};
+use seawall::sim::{LogEntry, SimHandle};
+use seawall::AnthropicUpstream;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -33,15 +34,7 @@ type Events = mpsc::Receiver<Result<SseEvent, TransportError>>;
 // helpers
 
 fn upstream(addr: SocketAddr) -> AnthropicUpstream {
-    AnthropicUpstream::new(
-        vec![ApiKey::new(KEY).unwrap()],
-        AnthropicOptions {
-            base_url: format!("http://{addr}"),
-            connect_timeout: Duration::from_millis(500),
-            ..AnthropicOptions::default()
-        },
-    )
-    .unwrap()
+    anthropic(format!("http://{addr}"), &[KEY])
 }
 
 /// A one-model simulator with five-token answers and `model_extra` TOML for the model.
@@ -52,10 +45,7 @@ async fn start(model_extra: &str) -> SimHandle {
 async fn start_with(output_tokens: u32, model_extra: &str) -> SimHandle {
     let toml =
         format!("[[models]]\nname = \"{MODEL}\"\noutput_tokens = {output_tokens}\n{model_extra}\n");
-    let scenario = Scenario::from_toml(&toml).unwrap();
-    Sim::start(scenario, "127.0.0.1:0".parse().unwrap())
-        .await
-        .unwrap()
+    sim(&toml).await
 }
 
 /// A streaming body (`"stream": true`, as the core writes it).
@@ -69,15 +59,7 @@ fn stream_body() -> Bytes {
 
 fn attempt(body: Bytes, timeout: Duration) -> Attempt {
     init_logs();
-    Attempt {
-        model: MODEL.into(),
-        body,
-        key: 0,
-        retry_count: 0,
-        timeout,
-        idempotency_key: None,
-        forward: Default::default(),
-    }
+    support::sim::attempt(MODEL, body, timeout)
 }
 
 fn events_of(resp: StreamResponse) -> Events {
@@ -491,11 +473,7 @@ async fn a_dropped_receiver_stops_a_reader_blocked_on_a_full_channel() {
         .unwrap();
     let rx = events_of(resp);
     // Wait until the reader filled the channel (and is blocked sending), then walk away.
-    let deadline = Instant::now() + BUDGET;
-    while rx.capacity() > 0 {
-        assert!(Instant::now() < deadline, "the channel never filled");
-        tokio::task::yield_now().await;
-    }
+    eventually("the channel fills", BUDGET, || async { rx.capacity() == 0 }).await;
     drop(rx);
     tokio::time::timeout(BUDGET, closed)
         .await
@@ -662,18 +640,14 @@ async fn the_head_and_the_end_are_logged_with_the_tail_never_the_key() {
     let mut rx = events_of(resp);
     let n = drain(&mut rx).await.len();
     // The end line is written after the channel closed; wait for it (bounded).
-    let deadline = Instant::now() + BUDGET;
-    let end_line = loop {
+    let end_line = eventually("the end line is logged", BUDGET, || async {
         let text = logs();
-        if let Some(line) = text
-            .lines()
+        text.lines()
             .find(|l| l.contains("anthropic stream ended") && l.contains(&rid))
-        {
-            break line.to_owned();
-        }
-        assert!(Instant::now() < deadline, "no end line in:\n{text}");
-        tokio::task::yield_now().await;
-    };
+            .map(str::to_owned)
+            .ok_or_else(|| format!("no end line in:\n{text}"))
+    })
+    .await;
     for part in [
         format!("events={n}"),
         "end of body".to_owned(),

@@ -8,6 +8,8 @@ use support::raw::{find, raw_server, read_request};
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use support::http::serve_app;
+use support::sim::anthropic_options;
 use support::{init_logs, logs};
 
 use axum::body::Bytes;
@@ -30,15 +32,11 @@ const OK_BODY: &str = r#"{"id":"msg_01","type":"message","role":"assistant","mod
 // helpers
 
 fn keys() -> Vec<ApiKey> {
-    vec![ApiKey::new(KEY0).unwrap(), ApiKey::new(KEY1).unwrap()]
+    support::sim::keys(&[KEY0, KEY1])
 }
 
 fn options(addr: SocketAddr) -> AnthropicOptions {
-    AnthropicOptions {
-        base_url: format!("http://{addr}"),
-        connect_timeout: Duration::from_millis(500),
-        ..AnthropicOptions::default()
-    }
+    anthropic_options(format!("http://{addr}"))
 }
 
 fn upstream(addr: SocketAddr) -> AnthropicUpstream {
@@ -47,15 +45,11 @@ fn upstream(addr: SocketAddr) -> AnthropicUpstream {
 
 fn attempt(timeout: Duration) -> Attempt {
     init_logs();
-    Attempt {
-        model: "claude-test-1".into(),
-        body: Bytes::from_static(BODY.as_bytes()),
-        key: 0,
-        retry_count: 0,
+    support::sim::attempt(
+        "claude-test-1",
+        Bytes::from_static(BODY.as_bytes()),
         timeout,
-        idempotency_key: None,
-        forward: Default::default(),
-    }
+    )
 }
 
 /// Well inside what loopback needs, far below anything that would slow the suite.
@@ -119,9 +113,7 @@ async fn capture_server(reply: Reply) -> (SocketAddr, mpsc::UnboundedReceiver<Se
         }
     };
     let app = axum::Router::new().fallback(handler);
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let addr = serve_app(app).await;
     (addr, rx)
 }
 

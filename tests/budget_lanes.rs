@@ -9,8 +9,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::gateway::sim;
+use support::eventually;
+use support::http::plain_client;
 use support::process::{write_config, Served};
+use support::sim::sim;
 
 const KEY_ENV: &str = "SEAWALL_LANES_TEST_KEY";
 const KEY: &str = "sk-ant-api03-LANESSECRETLANESSECRET-llll";
@@ -85,7 +87,7 @@ async fn a_spent_upstream_holds_back_only_its_own_calls_and_serves_them_in_order
     let path = write_config("lanes", &config(&sim.base_url()));
     let served = Served::start(&path, TOKEN, &[(KEY_ENV, KEY)]);
     let base = served.serve.base.clone();
-    let http = reqwest::Client::builder().no_proxy().build().unwrap();
+    let http = plain_client();
 
     // Spend anthropic's bucket (30 requests, a full bucket at start), then call until one
     // waits: the bucket refills while the first 30 are answered.
@@ -110,19 +112,12 @@ async fn a_spent_upstream_holds_back_only_its_own_calls_and_serves_them_in_order
     let mut sent = 30;
     let (first, parked_at) = loop {
         let c = call();
-        loop {
-            if waiting(&served.status().await) >= 1 {
-                break;
-            }
-            if c.is_finished() {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no call to anthropic ever waited"
-            );
-            tokio::task::yield_now().await;
-        }
+        eventually(
+            "a call to anthropic waits (or is answered)",
+            deadline.saturating_duration_since(Instant::now()),
+            || async { waiting(&served.status().await) >= 1 || c.is_finished() },
+        )
+        .await;
         if !c.is_finished() {
             break (c, Instant::now());
         }
@@ -132,10 +127,12 @@ async fn a_spent_upstream_holds_back_only_its_own_calls_and_serves_them_in_order
     };
     // A second call waits behind the first.
     let second = call();
-    while waiting(&served.status().await) < 2 {
-        assert!(Instant::now() < deadline, "the second call never waited");
-        tokio::task::yield_now().await;
-    }
+    eventually(
+        "the second call waits",
+        deadline.saturating_duration_since(Instant::now()),
+        || async { waiting(&served.status().await) >= 2 },
+    )
+    .await;
 
     // `other` has no limits: its call goes while both wait, and is not counted against them.
     let (status, body, other_done) = ask(&http, &base, "claude-b").await;

@@ -4,33 +4,18 @@
 //! Each test checks what the caller gets, how many requests the simulator saw, that every call
 //! is answered exactly once, and that nothing permanent is retried.
 
-use std::net::SocketAddr;
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use seawall::core::{
     Backoff, BreakerConfig, Call, Error, Jitter, Limits, Outcome, RetryPolicy, Seawall, WindowKind,
 };
-use seawall::sim::{LogEntry, Scenario, Sim, SimHandle};
-use seawall::{AnthropicOptions, AnthropicUpstream, ApiKey};
+use seawall::sim::LogEntry;
+use support::sim::{anthropic, sim};
 
 const KEY: &str = "sk-ant-sim-chaos-0001";
-
-async fn sim(toml: &str) -> SimHandle {
-    let scenario = Scenario::from_toml(toml).expect("scenario");
-    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    Sim::start(scenario, addr).await.expect("sim starts")
-}
-
-fn upstream(sim: &SimHandle, keys: &[&str]) -> AnthropicUpstream {
-    let keys = keys.iter().map(|k| ApiKey::new(*k).unwrap()).collect();
-    let options = AnthropicOptions {
-        base_url: sim.base_url(),
-        connect_timeout: Duration::from_millis(500),
-        ..AnthropicOptions::default()
-    };
-    AnthropicUpstream::new(keys, options).unwrap()
-}
 
 fn fast_policy() -> RetryPolicy {
     RetryPolicy {
@@ -103,7 +88,7 @@ async fn outage_falls_back_at_once_and_spares_the_dead_model() {
     .await;
     let open_for = Duration::from_millis(300);
     let sw = Seawall::builder()
-        .upstream("sim", upstream(&sim, &[KEY]))
+        .upstream("sim", anthropic(sim.base_url(), &[KEY]))
         .breaker_defaults(BreakerConfig {
             window: WindowKind::Count(10),
             min_calls: 5,
@@ -197,7 +182,7 @@ async fn configured_with_the_sims_limits_the_runtime_causes_no_429() {
         ..fast_policy()
     };
     let sw = Seawall::builder()
-        .upstream("sim", upstream(&sim, &[KEY]))
+        .upstream("sim", anthropic(sim.base_url(), &[KEY]))
         .limits("sim", limits)
         .chain_with("m", ["m"], policy)
         .spawn()
@@ -249,7 +234,7 @@ async fn retry_after_is_honoured_and_should_retry_false_obeyed() {
     "#)
     .await;
     let sw = Seawall::builder()
-        .upstream("sim", upstream(&sim, &[KEY]))
+        .upstream("sim", anthropic(sim.base_url(), &[KEY]))
         .chain_with("limited", ["limited"], fast_policy())
         .chain_with("refuses", ["refuses"], fast_policy())
         .spawn()
@@ -297,7 +282,7 @@ async fn hang_and_slow_first_byte_are_cut_by_the_attempt_timeout_then_fail_over(
         ..fast_policy()
     };
     let sw = Seawall::builder()
-        .upstream("sim", upstream(&sim, &[KEY]))
+        .upstream("sim", anthropic(sim.base_url(), &[KEY]))
         .chain_with("hangs", ["hangs", "ok"], policy.clone())
         .chain_with("slow", ["slow", "ok"], policy)
         .spawn()
@@ -344,7 +329,7 @@ async fn truncated_bodies_and_resets_are_retried() {
         ..fast_policy()
     };
     let sw = Seawall::builder()
-        .upstream("sim", upstream(&sim, &[KEY]))
+        .upstream("sim", anthropic(sim.base_url(), &[KEY]))
         .chain_with("truncates", ["truncates"], policy.clone())
         .chain_with("resets", ["resets"], policy)
         .spawn()
@@ -379,7 +364,10 @@ async fn a_revoked_key_is_quarantined_and_the_other_key_serves() {
     let sw = Seawall::builder()
         .upstream(
             "sim",
-            upstream(&sim, &["sk-ant-sim-revoked-1111", "sk-ant-sim-good-2222"]),
+            anthropic(
+                sim.base_url(),
+                &["sk-ant-sim-revoked-1111", "sk-ant-sim-good-2222"],
+            ),
         )
         .chain_with("m", ["m"], fast_policy())
         .spawn()
@@ -423,7 +411,7 @@ async fn all_models_down_gives_an_honest_error_with_retry_after_promptly() {
     .await;
     let open_for = Duration::from_secs(5);
     let sw = Seawall::builder()
-        .upstream("sim", upstream(&sim, &[KEY]))
+        .upstream("sim", anthropic(sim.base_url(), &[KEY]))
         .breaker_defaults(BreakerConfig::consecutive_failures(2, open_for))
         .chain_with("a", ["a", "b"], fast_policy())
         .spawn()
@@ -467,7 +455,7 @@ async fn a_ten_second_outage_costs_the_dead_model_at_most_twenty_calls() {
     .await;
     let open_for = Duration::from_secs(3);
     let sw = Seawall::builder()
-        .upstream("sim", upstream(&sim, &[KEY]))
+        .upstream("sim", anthropic(sim.base_url(), &[KEY]))
         .breaker_defaults(BreakerConfig {
             open_for,
             ..BreakerConfig::default()
@@ -510,21 +498,13 @@ async fn count_tokens_estimates_match_the_simulators_count() {
         latency = "1ms"
     "#)
     .await;
-    let up = upstream(&sim, &[KEY]);
+    let up = anthropic(sim.base_url(), &[KEY]);
     let body = call("m").body_for("m");
     let sims_count = seawall::sim::estimate_input_tokens(&serde_json::from_slice(&body).unwrap())
         .expect("a body with messages");
     let counted = seawall::core::Upstream::count_tokens(
         &up,
-        seawall::core::Attempt {
-            model: "m".into(),
-            body,
-            key: 0,
-            retry_count: 0,
-            timeout: Duration::from_secs(1),
-            idempotency_key: None,
-            forward: Default::default(),
-        },
+        support::sim::attempt("m", body, Duration::from_secs(1)),
     )
     .expect("the Anthropic transport has a counter")
     .await
@@ -596,7 +576,7 @@ async fn streams_fall_back_before_content_and_report_breaks_after_it() {
         ..fast_policy()
     };
     let sw = Seawall::builder()
-        .upstream("sim", upstream(&sim, &[KEY]))
+        .upstream("sim", anthropic(sim.base_url(), &[KEY]))
         .chain_with("breaks-early", ["breaks-early", "steady"], policy.clone())
         .chain_with("breaks-late", ["breaks-late", "steady"], policy.clone())
         .chain_with("slow-start", ["slow-start", "steady"], policy)
@@ -649,7 +629,7 @@ async fn a_model_that_hangs_now_and_then_costs_the_p99_milliseconds_with_default
     "#)
     .await;
     let sw = Seawall::builder()
-        .upstream("sim", upstream(&sim, &[KEY]))
+        .upstream("sim", anthropic(sim.base_url(), &[KEY]))
         .chain("primary", ["primary", "fallback"])
         .spawn()
         .await

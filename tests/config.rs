@@ -1,6 +1,8 @@
 //! `seawall.toml`: every key parsed, the defaults, and errors that name their key and never a
 //! secret.
 
+mod support;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
@@ -14,7 +16,9 @@ use seawall::core::{
     Price, ProbeConfig, ProbeKind, RetryBudgetConfig, RetryPolicy, SlaConfig, SlaTarget, Source,
     Trip, WindowKind,
 };
-use seawall::sim::{Scenario, Sim, SimHandle};
+use seawall::sim::Scenario;
+use support::eventually;
+use support::sim::sim;
 
 /// The smallest useful config, with a placeholder for more keys.
 fn minimal(extra: &str) -> String {
@@ -289,29 +293,7 @@ fn cache_degradation_without_a_cache_section_uses_the_defaults() {
     );
 }
 
-/// The simulator answering every model in 2 ms; the primary (`down`) always 529.
-async fn sim(toml: &str) -> SimHandle {
-    Sim::start(
-        Scenario::from_toml(toml).unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap()
-}
-
 const KEY: &str = "sk-ant-config-test-key-0001";
-
-/// Poll `done` every 10 ms for up to 5 s.
-async fn eventually(mut done: impl FnMut() -> bool) -> bool {
-    let end = std::time::Instant::now() + Duration::from_secs(5);
-    while std::time::Instant::now() < end {
-        if done() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    done()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cache_degradation_without_a_cache_section_answers_from_the_cache() {
@@ -437,14 +419,21 @@ kind = "count_tokens"
             .filter(|e| e.model.as_deref() == Some(model) && e.path == path)
             .count()
     };
-    assert!(
-        eventually(|| probes("head", "/v1/messages") >= 3
-            && probes("opted-in", "/v1/messages") >= 3
-            && probes("counted", "/v1/messages/count_tokens") >= 3)
-        .await,
-        "probes: {:?}",
-        sim.log()
-    );
+    eventually(
+        "three probes to each of head, opted-in and counted",
+        Duration::from_secs(5),
+        || async {
+            if probes("head", "/v1/messages") >= 3
+                && probes("opted-in", "/v1/messages") >= 3
+                && probes("counted", "/v1/messages/count_tokens") >= 3
+            {
+                Ok(())
+            } else {
+                Err(format!("probes: {:?}", sim.log()))
+            }
+        },
+    )
+    .await;
     for model in ["fallback", "opted-out", "alone"] {
         assert_eq!(sim.count(model), 0, "{model} is not probed");
     }

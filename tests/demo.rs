@@ -1,13 +1,15 @@
 //! `seawall demo`, end to end in real time: the short run in-process (its report and its SVG),
 //! and the built binary once.
 
+mod support;
+
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use seawall::core::StateKind;
 use seawall::demo::{
     self, render_svg, render_table, DemoOptions, IncidentKind, Progress, FALLBACK, PRIMARY,
 };
+use support::process::{run, temp_dir};
 
 /// A minimal well-formedness check: tags nest and close, attribute quotes balance, and text
 /// holds no bare `<` or `&`. Enough to catch a broken hand-written SVG.
@@ -191,21 +193,14 @@ async fn the_short_run_rides_out_the_incident() {
 
 #[test]
 fn the_binary_runs_the_quick_demo() {
-    let dir = std::env::temp_dir().join(format!("seawall-demo-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("demo-test");
     let svg = dir.join("x.svg");
-    let out = Command::new(env!("CARGO_BIN_EXE_seawall"))
-        .args(["demo", "--quick", "--out"])
-        .arg(&svg)
-        .output()
-        .expect("the binary starts");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "exit {:?}\n{stdout}\n{stderr}",
-        out.status
+    let (status, stdout, stderr) = run(
+        &dir,
+        &["demo", "--quick", "--out", svg.to_str().unwrap()],
+        &[],
     );
+    assert!(status.success(), "exit {status:?}\n{stdout}\n{stderr}");
     let written = std::fs::read_to_string(&svg).expect("the SVG was written");
     assert!(written.starts_with("<svg") && written.trim_end().ends_with("</svg>"));
     assert!(stdout.contains("served by model"), "{stdout}");
@@ -221,16 +216,15 @@ fn the_binary_runs_the_quick_demo() {
 
 #[test]
 fn bad_arguments_are_refused() {
+    let dir = temp_dir("demo-args");
     for args in [
         &["demo", "--duration", "1"][..],
         &["demo", "--duration", "ten"],
         &["demo", "--quick", "--duration", "10"],
     ] {
-        let out = Command::new(env!("CARGO_BIN_EXE_seawall"))
-            .args(args)
-            .output()
-            .expect("the binary starts");
-        assert_eq!(out.status.code(), Some(2), "{args:?}");
-        assert!(out.stdout.is_empty(), "{args:?}: nothing runs");
+        let (status, stdout, _) = run(&dir, args, &[]);
+        assert_eq!(status.code(), Some(2), "{args:?}");
+        assert!(stdout.is_empty(), "{args:?}: nothing runs");
     }
+    let _ = std::fs::remove_dir_all(&dir);
 }

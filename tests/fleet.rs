@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use seawall::cluster::{ClusterBuilder, ClusterError, RedisCluster};
@@ -12,26 +11,13 @@ use seawall::core::{
     Backoff, BreakerConfig, Builder, Call, Error, FleetMode, Jitter, Limits, RetryPolicy, Seawall,
     StateKind, WindowKind,
 };
-use seawall::sim::{Scenario, Sim, SimHandle};
-use seawall::{AnthropicOptions, AnthropicUpstream, ApiKey};
+use seawall::sim::SimHandle;
+use support::eventually;
+use support::http::plain_client;
 use support::redis::RedisServer;
+use support::sim::{anthropic, sim};
 
 const KEY: &str = "sk-ant-sim-fleet-0001";
-
-async fn sim(toml: &str) -> SimHandle {
-    let scenario = Scenario::from_toml(toml).expect("scenario");
-    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    Sim::start(scenario, addr).await.expect("sim starts")
-}
-
-fn upstream(sim: &SimHandle) -> AnthropicUpstream {
-    let options = AnthropicOptions {
-        base_url: sim.base_url(),
-        connect_timeout: Duration::from_millis(500),
-        ..AnthropicOptions::default()
-    };
-    AnthropicUpstream::new(vec![ApiKey::new(KEY).unwrap()], options).unwrap()
-}
 
 fn policy(deadline: Duration) -> RetryPolicy {
     RetryPolicy {
@@ -117,7 +103,7 @@ async fn three_instances_share_one_budget_and_never_trip_the_limiter() {
         output_tokens_per_minute: None,
     };
     let instances = fleet_of(3, &redis, "budget", |b| {
-        b.upstream("sim", upstream(&sim))
+        b.upstream("sim", anthropic(sim.base_url(), &[KEY]))
             .limits("sim", limits)
             .chain_with("m", ["m"], policy(Duration::from_millis(1500)))
     })
@@ -184,7 +170,7 @@ async fn an_outage_found_by_one_instance_is_skipped_by_all() {
         ..BreakerConfig::default()
     };
     let instances = fleet_of(3, &redis, "health", |b| {
-        b.upstream("sim", upstream(&sim))
+        b.upstream("sim", anthropic(sim.base_url(), &[KEY]))
             .breaker_defaults(breaker)
             .chain_with(
                 "primary",
@@ -203,14 +189,10 @@ async fn an_outage_found_by_one_instance_is_skipped_by_all() {
     );
     // ...and the others hear of it: their breakers open without a failure of their own.
     for sw in &instances[1..] {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        loop {
-            if sw.breaker_status("primary").await.unwrap().state == StateKind::Open {
-                break;
-            }
-            assert!(Instant::now() < deadline, "the news did not arrive");
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        eventually("the news arrives", Duration::from_secs(2), || async {
+            sw.breaker_status("primary").await.unwrap().state == StateKind::Open
+        })
+        .await;
     }
     let before = sim.log().len();
     for sw in &instances {
@@ -243,7 +225,7 @@ async fn concurrent_duplicates_on_different_instances_make_one_upstream_call() {
     "#)
     .await;
     let instances = fleet_of(3, &redis, "idem", |b| {
-        b.upstream("sim", upstream(&sim))
+        b.upstream("sim", anthropic(sim.base_url(), &[KEY]))
             .chain_with("m", ["m"], policy(Duration::from_secs(5)))
             .idempotency(Duration::from_secs(60))
     })
@@ -295,21 +277,25 @@ async fn without_redis_each_instance_spends_its_share_and_shares_again_when_it_r
         output_tokens_per_minute: None,
     };
     let instances = fleet_of(2, &redis, "outage", |b| {
-        b.upstream("sim", upstream(&sim))
+        b.upstream("sim", anthropic(sim.base_url(), &[KEY]))
             .limits("sim", limits)
             .chain_with("m", ["m"], policy(Duration::from_secs(2)))
     })
     .await;
     let wait_for = |sw: Seawall, want: fn(&seawall::core::FleetStatus) -> bool| async move {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            let s = sw.fleet_status().await.unwrap();
-            if want(&s) {
-                return s;
-            }
-            assert!(Instant::now() < deadline, "still {s:?}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        eventually(
+            "the fleet reaches the status wanted",
+            Duration::from_secs(5),
+            || async {
+                let s = sw.fleet_status().await.unwrap();
+                if want(&s) {
+                    Ok(s)
+                } else {
+                    Err(format!("still {s:?}"))
+                }
+            },
+        )
+        .await
     };
     for sw in &instances {
         wait_for(sw.clone(), |s| {
@@ -481,7 +467,7 @@ async fn three_serve_processes_under_uneven_overload_share_one_limit_with_no_429
     let instances: Vec<Serve> = (0..3)
         .map(|_| Serve::start(&dir, &["serve", "--config", &path], &env))
         .collect();
-    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let client = plain_client();
     // 300 calls over 2.5 s, 2.5x what the bucket holds plus its refill, spread 60/30/10 over
     // the three instances: each alone believes it may spend all 120.
     let started = Instant::now();

@@ -14,9 +14,11 @@ use seawall::cluster::conn::{ConnOptions, RedisConn};
 use seawall::cluster::jobs::{RedisJobStore, RedisStoreOptions};
 use seawall::config::Config;
 use seawall::core::{Finished, Job, JobState, JobStore};
-use seawall::sim::{Scenario, Sim, SimHandle};
+use seawall::sim::{Scenario, SimHandle};
+use support::eventually;
 use support::process::{run, temp_dir, Served};
 use support::redis::RedisServer;
+use support::sim::sim;
 
 static FLEETS: AtomicU64 = AtomicU64::new(0);
 
@@ -95,22 +97,6 @@ async fn drain(s: &RedisJobStore, me: &str) -> Vec<String> {
 
 fn ids(jobs: &[Job]) -> Vec<String> {
     jobs.iter().map(|j| j.id.clone()).collect()
-}
-
-/// Poll `f` until it returns `Some`, or panic at the deadline.
-async fn eventually<T, F, Fut>(what: &str, within: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -591,12 +577,7 @@ async fn queue(instance: &Served) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_an_instance_holding_jobs_and_another_finishes_each_exactly_once() {
     let redis = RedisServer::start();
-    let sim = Sim::start(
-        Scenario::from_toml(DOWN).unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    )
-    .await
-    .unwrap();
+    let sim = sim(DOWN).await;
     let dir = temp_dir("fleet");
     let config = dir.join("seawall.toml");
     std::fs::write(&config, fleet_config(&sim, &redis, &fleet())).unwrap();

@@ -16,12 +16,12 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 use tokio::runtime::Runtime;
 
 use seawall::core::StateKind;
 use support::fuzz::json_value;
 use support::gateway::*;
+use support::http::serve_app;
 
 fn runner(cases: u32) -> TestRunner {
     TestRunner::new(ProptestConfig {
@@ -320,11 +320,7 @@ async fn scripted_upstream(answer: Arc<Mutex<Answer>>, hits: Arc<AtomicUsize>) -
     let app = axum::Router::new()
         .route("/v1/messages", axum::routing::post(handler.clone()))
         .route("/v1/messages/count_tokens", axum::routing::post(handler));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve_app(app).await;
     format!("http://{addr}")
 }
 

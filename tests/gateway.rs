@@ -2,182 +2,20 @@
 //! (or a capturing axum server) as its upstream, reqwest as the client speaking exactly what the
 //! official SDK sends. Real time, millisecond settings.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+mod support;
+
 use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::http::HeaderMap;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 
 use seawall::config::Config;
-use seawall::core::ShutdownReport;
 use seawall::gateway::{Gateway, ServeError, REQUEST_ID_PREFIX};
-use seawall::sim::{estimate_input_tokens, Scenario, Sim, SimHandle};
-
-/// The upstream key: lives in the (fake) environment, must never reach a client.
-const KEY: &str = "sk-ant-api03-UPSTREAMSECRET-gateway-0001";
-/// The gateway's client token: must never reach the upstream.
-const TOKEN: &str = "client-token-GATEWAYSECRET-0001";
-
-// ---------------------------------------------------------------------------------------------
-// harness
-
-async fn sim(toml: &str) -> SimHandle {
-    let scenario = Scenario::from_toml(toml).expect("scenario");
-    Sim::start(scenario, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("sim starts")
-}
-
-/// One upstream at `base_url`, fast retry settings, then `rest` (models, [gateway], ...).
-fn config(base_url: &str, rest: &str) -> String {
-    format!(
-        r#"
-listen = "127.0.0.1:0"
-
-[[upstreams]]
-name = "sim"
-base_url = "{base_url}"
-api_key_env = "SIM_KEY"
-connect_timeout = "500ms"
-
-[retry]
-deadline = "3s"
-attempt_timeout = "1s"
-min_attempt = "20ms"
-
-[retry.backoff]
-base = "50ms"
-cap = "400ms"
-
-{rest}
-"#
-    )
-}
-
-fn gateway_section(extra: &str) -> String {
-    format!("[gateway]\ntokens = [\"{TOKEN}\"]\nshutdown_grace = \"5s\"\n{extra}\n")
-}
-
-struct Gw {
-    url: String,
-    gateway: Gateway,
-    stop: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<Result<ShutdownReport, ServeError>>>,
-}
-
-impl Gw {
-    async fn start(toml: &str) -> Self {
-        let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-        let gateway =
-            Gateway::start_with_env(&config, |v| (v == "SIM_KEY").then(|| KEY.to_owned()))
-                .await
-                .unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr: SocketAddr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let server = tokio::spawn(gateway.clone().serve(listener, async move {
-            let _ = stopped.await;
-        }));
-        Self {
-            url: format!("http://{addr}"),
-            gateway,
-            stop: Some(stop),
-            server: Some(server),
-        }
-    }
-
-    /// Signal shutdown and wait for the server to finish draining.
-    async fn shutdown(&mut self) -> ShutdownReport {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
-        let server = self.server.take().expect("not shut down yet");
-        tokio::time::timeout(Duration::from_secs(15), server)
-            .await
-            .expect("the server stops")
-            .expect("no panic")
-            .expect("serve ends cleanly")
-    }
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(20))
-        .build()
-        .unwrap()
-}
-
-fn body(model: &str) -> Value {
-    json!({
-        "model": model,
-        "max_tokens": 16,
-        "messages": [{"role": "user", "content": "hello through the gateway"}],
-    })
-}
-
-async fn post(gw: &Gw, path: &str, token: Option<&str>, body: &Value) -> reqwest::Response {
-    let mut req = client().post(format!("{}{path}", gw.url)).json(body);
-    if let Some(t) = token {
-        req = req.header("x-api-key", t);
-    }
-    req.send().await.unwrap()
-}
-
-async fn get(gw: &Gw, path: &str, token: Option<&str>) -> reqwest::Response {
-    let mut req = client().get(format!("{}{path}", gw.url));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    req.send().await.unwrap()
-}
-
-fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_owned())
-}
-
-/// An Anthropic error body; its `request_id` equals the `request-id` header.
-async fn api_error(resp: reqwest::Response, status: u16, kind: &str) -> (Value, String) {
-    assert_eq!(resp.status(), status);
-    let rid = header(&resp, "request-id").expect("every response has a request-id");
-    assert_eq!(
-        header(&resp, "content-type").as_deref(),
-        Some("application/json")
-    );
-    let v: Value = resp.json().await.unwrap();
-    assert_eq!(v["type"], "error", "{v}");
-    assert_eq!(v["error"]["type"], kind, "{v}");
-    assert!(v["error"]["message"].is_string(), "{v}");
-    assert_eq!(v["request_id"], rid.as_str(), "{v}");
-    (v, rid)
-}
-
-fn assert_no_secret(text: &str) {
-    for secret in [KEY, TOKEN] {
-        assert!(!text.contains(secret), "a secret leaked: {text}");
-        // No long piece of it either (a key label shows at most its last four characters).
-        let chars: Vec<char> = secret.chars().collect();
-        for w in chars.windows(8) {
-            let piece: String = w.iter().collect();
-            assert!(
-                !text.contains(&piece),
-                "{piece:?} of a secret leaked: {text}"
-            );
-        }
-    }
-}
-
-const ONE_MODEL_SIM: &str = r#"
-[[models]]
-name = "m"
-latency = "5ms"
-"#;
+use seawall::sim::{estimate_input_tokens, Scenario, SimHandle};
+use support::eventually;
+use support::gateway::*;
+use support::http::sse_events;
 
 // ---------------------------------------------------------------------------------------------
 // the call
@@ -252,7 +90,7 @@ async fn both_auth_styles_are_accepted_and_bad_tokens_get_401() {
     api_error(wrong, 401, "authentication_error").await;
     let wrong_bearer = client()
         .post(&url)
-        .bearer_auth("client-token-GATEWAYSECRET-0002")
+        .bearer_auth(TOKEN_B)
         .json(&body("m"))
         .send()
         .await
@@ -673,11 +511,10 @@ async fn shutdown_drains_a_call_in_flight() {
             .send(),
     );
     // Wait until the call is inside the runtime (a condition, polled; not a guess).
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while gw.gateway.seawall().in_flight() == 0 {
-        assert!(Instant::now() < deadline, "the call never started");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    eventually("the call starts", Duration::from_secs(5), || async {
+        gw.gateway.seawall().in_flight() > 0
+    })
+    .await;
     let began = Instant::now();
     let report = gw.shutdown().await;
     assert_eq!(report.abandoned, 0, "the call drained");
@@ -812,37 +649,6 @@ async fn the_sdks_requests_work_against_the_simulator() {
     }
 }
 
-type Captured = Arc<Mutex<Vec<(HeaderMap, Bytes)>>>;
-
-/// An upstream that records what it receives and answers one fixed message.
-async fn capture_upstream() -> (String, Captured) {
-    let seen: Captured = Arc::default();
-    let log = Arc::clone(&seen);
-    let app = axum::Router::new().route(
-        "/v1/messages",
-        axum::routing::post(move |headers: HeaderMap, body: Bytes| {
-            let log = Arc::clone(&log);
-            async move {
-                log.lock().unwrap().push((headers, body));
-                (
-                    [
-                        ("content-type", "application/json"),
-                        ("request-id", "req_capture_0001"),
-                        ("anthropic-organization-id", "org-private"),
-                    ],
-                    r#"{"id":"msg_01","type":"message","role":"assistant","model":"m","content":[{"type":"text","text":"hello"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":3,"output_tokens":1}}"#,
-                )
-            }
-        }),
-    );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    (format!("http://{addr}"), seen)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_sdks_request_reaches_the_upstream_intact_without_the_client_token() {
     let (upstream, seen) = capture_upstream().await;
@@ -895,26 +701,6 @@ async fn the_sdks_request_reaches_the_upstream_intact_without_the_client_token()
 
 // ---------------------------------------------------------------------------------------------
 // streaming
-
-/// (event, data) pairs of an SSE body.
-fn sse_events(text: &str) -> Vec<(String, Value)> {
-    text.split("\n\n")
-        .filter(|block| !block.trim().is_empty())
-        .map(|block| {
-            let mut event = String::new();
-            let mut data = String::new();
-            for line in block.lines() {
-                if let Some(e) = line.strip_prefix("event: ") {
-                    event = e.to_owned();
-                } else if let Some(d) = line.strip_prefix("data: ") {
-                    data.push_str(d);
-                }
-            }
-            let data = serde_json::from_str(&data).unwrap_or_else(|e| panic!("{e}: {block}"));
-            (event, data)
-        })
-        .collect()
-}
 
 fn stream_body(model: &str) -> String {
     format!(
@@ -1216,6 +1002,19 @@ async fn a_down_chain_degrades_to_the_cache_then_its_static_answer_flagged() {
     assert_eq!(text, "Busy, back soon.");
 }
 
+/// The state of `model`'s breaker, as `/status` reports it.
+async fn breaker_state(gw: &Gw, model: &str) -> String {
+    let v: Value = get(gw, "/status", Some(TOKEN)).await.json().await.unwrap();
+    v["breakers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|b| b["model"] == model)
+        .and_then(|b| b["state"].as_str())
+        .unwrap_or_else(|| panic!("no breaker state for {model}: {v}"))
+        .to_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_header_pins_the_fallback_until_the_primary_closes() {
     let down = r#"
@@ -1255,8 +1054,10 @@ async fn a_conversation_header_pins_the_fallback_until_the_primary_closes() {
     };
     let first = turn(Some("task-7")).await.unwrap();
     assert_eq!(header(&first, "seawall-model").as_deref(), Some("fallback"));
+    assert_eq!(breaker_state(&gw, "primary").await, "open");
 
-    // The primary recovers; once its open time is over its breaker is half-open.
+    // The primary recovers; once its open time is over its breaker is half-open (as `/status`
+    // reports it, within the open time and the same 100 ms a sleep used to allow).
     let up = r#"
         [[models]]
         name = "primary"
@@ -1266,7 +1067,17 @@ async fn a_conversation_header_pins_the_fallback_until_the_primary_closes() {
         latency = "2ms"
     "#;
     sim.set_scenario(Scenario::from_toml(up).unwrap()).unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    eventually(
+        "the primary's breaker is half-open",
+        Duration::from_millis(400),
+        || async {
+            match breaker_state(&gw, "primary").await.as_str() {
+                "half_open" => Ok(()),
+                other => Err(other.to_owned()),
+            }
+        },
+    )
+    .await;
     let pinned = turn(Some("task-7")).await.unwrap();
     assert_eq!(
         header(&pinned, "seawall-model").as_deref(),

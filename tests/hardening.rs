@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 
 use seawall::core::StateKind;
 use support::gateway::*;
+use support::process::temp_dir;
 
 fn messages(gw: &Gw, token: &str) -> reqwest::RequestBuilder {
     client()
@@ -133,10 +134,8 @@ async fn a_queued_job_is_read_only_by_the_client_that_queued_it() {
         status = 529
     "#)
     .await;
-    let dir = std::env::temp_dir().join(format!("seawall-hardening-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = temp_dir("hardening");
     let path = dir.join("jobs.redb");
-    let _ = std::fs::remove_file(&path);
     let gw = Gw::start(&config(
         &sim.base_url(),
         &format!(

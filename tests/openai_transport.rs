@@ -21,9 +21,9 @@ use tokio::sync::{mpsc, oneshot};
 use seawall::core::policy::classify::{classify, Class, Scope, Verdict};
 use seawall::core::upstream::{Attempt, TransportError, Upstream, UpstreamResponse};
 use seawall::core::{Call, Outcome, Seawall};
-use seawall::sim::{Scenario, Sim, SimHandle};
 use seawall::transport::openai::{TransportSetupError, DEFAULT_BASE_URL, DROPPED_HEADER};
-use seawall::{AnthropicOptions, AnthropicUpstream, ApiKey, OpenAiOptions, OpenAiUpstream};
+use seawall::{OpenAiOptions, OpenAiUpstream};
+use support::sim::{anthropic, keys, sim};
 
 const KEY0: &str = "sk-proj-FIRSTSECRETFIRSTSECRET-aaaa";
 const KEY1: &str = "sk-proj-OTHERSECRETOTHERSECRET-bbbb";
@@ -35,10 +35,6 @@ const BUDGET: Duration = Duration::from_secs(5);
 
 // ---------------------------------------------------------------------------------------------
 // helpers
-
-fn keys(list: &[&str]) -> Vec<ApiKey> {
-    list.iter().map(|k| ApiKey::new(*k).unwrap()).collect()
-}
 
 fn options(base_url: String) -> OpenAiOptions {
     OpenAiOptions {
@@ -54,13 +50,6 @@ fn openai(base_url: String) -> OpenAiUpstream {
 
 fn at(addr: SocketAddr) -> OpenAiUpstream {
     openai(format!("http://{addr}"))
-}
-
-async fn sim(toml: &str) -> SimHandle {
-    let scenario = Scenario::from_toml(toml).expect("scenario");
-    Sim::start(scenario, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("sim starts")
 }
 
 /// A plain conversation: system prompt, three turns (one of them as text blocks).
@@ -90,15 +79,11 @@ fn conversation_translated() -> Value {
 
 fn attempt(body: &Value, timeout: Duration) -> Attempt {
     init_logs();
-    Attempt {
-        model: body["model"].as_str().unwrap_or("gpt-x").to_owned(),
-        body: Bytes::from(body.to_string()),
-        key: 0,
-        retry_count: 0,
+    support::sim::attempt(
+        body["model"].as_str().unwrap_or("gpt-x"),
+        Bytes::from(body.to_string()),
         timeout,
-        idempotency_key: None,
-        forward: Default::default(),
-    }
+    )
 }
 
 fn json_of(resp: &UpstreamResponse) -> Value {
@@ -869,15 +854,7 @@ async fn an_overloaded_anthropic_model_falls_back_to_an_openai_model() {
     "#)
     .await;
     init_logs();
-    let anthropic = AnthropicUpstream::new(
-        keys(&[ANTHROPIC_KEY]),
-        AnthropicOptions {
-            base_url: sim.base_url(),
-            connect_timeout: Duration::from_millis(500),
-            ..AnthropicOptions::default()
-        },
-    )
-    .unwrap();
+    let anthropic = anthropic(sim.base_url(), &[ANTHROPIC_KEY]);
     let sw = Seawall::builder()
         .upstream("anthropic", anthropic)
         .upstream("openai", openai(sim.base_url()))

@@ -8,13 +8,14 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::Value;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use support::eventually;
 use support::gateway::{
     assert_no_secret, body, client, config, gateway_section, get, post, sim, Gw, ONE_MODEL_SIM,
     TOKEN,
 };
+use support::http::serve_app;
 
 /// A model that always answers 529.
 const DOWN_SIM: &str = r#"
@@ -133,23 +134,19 @@ async fn every_answer_is_counted_by_route_and_status_including_the_refusals() {
     );
     // The 431 is counted when hyper's connection ends, just after it wrote the answer: look
     // again for a moment rather than race it.
-    let mut counted = None;
-    for _ in 0..100 {
+    let counted = eventually("the 431 is counted", Duration::from_secs(1), || async {
         let text = get(&gw, "/metrics", Some(TOKEN))
             .await
             .text()
             .await
             .unwrap();
-        counted = sample(
+        sample(
             &text,
             "seawall_gateway_responses_total{route=\"other\",status=\"431\"}",
-        );
-        if counted.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert_eq!(counted, Some(1.0), "the 431 hyper answered is counted");
+        )
+    })
+    .await;
+    assert_eq!(counted, 1.0, "the 431 hyper answered is counted");
 
     // 403: a gateway without tokens refuses a page and a foreign Host, and counts both.
     let open = Gw::start(&config(
@@ -353,11 +350,7 @@ async fn webhook(status: StatusCode) -> (String, mpsc::UnboundedReceiver<Value>)
             }
         }),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve_app(app).await;
     (format!("http://{addr}/hooks/T000/SECRETPATHSECRET"), rx)
 }
 
@@ -428,20 +421,13 @@ async fn a_failing_webhook_gets_bounded_retries_is_logged_by_host_and_never_bloc
     for _ in 0..3 {
         assert_eq!(next(&mut rx).await["kind"], "breaker_open");
     }
-    let logged = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            let logs = support::logs();
-            if let Some(line) = logs
-                .lines()
-                .find(|l| l.contains("alert webhook delivery failed"))
-            {
-                return line.to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
+    let logged = eventually("the failure is logged", Duration::from_secs(5), || async {
+        support::logs()
+            .lines()
+            .find(|l| l.contains("alert webhook delivery failed"))
+            .map(str::to_owned)
     })
-    .await
-    .expect("the failure is logged");
+    .await;
     assert!(logged.contains("HTTP 503"), "{logged}");
     let host = hook.split("/hooks").next().unwrap();
     assert!(logged.contains(&format!("{host}/…")), "{logged}");

@@ -19,6 +19,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use support::eventually;
 use support::gateway::{client, get, Gw, TOKEN};
 
 /// One run's settings.
@@ -167,24 +168,24 @@ shutdown_grace = "2s"
         .count() as u64;
     let user = format!("seawall_attempts_total{{model=\"{primary}\",class=\"overloaded\"}}");
     let probe = format!("seawall_probes_total{{model=\"{primary}\",class=\"overloaded\"}}");
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let (user_calls, probes) = loop {
-        let text = get(&gw, "/metrics", Some(TOKEN))
-            .await
-            .text()
-            .await
-            .unwrap();
-        let (u, p) = (counter(&text, &user), counter(&text, &probe));
-        if u + p == dead || Instant::now() > deadline {
-            assert_eq!(
-                u + p,
-                dead,
-                "user {u} + probes {p} != the simulator's {dead}"
-            );
-            break (u, p);
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    let (user_calls, probes) = eventually(
+        "the monitor counts every 529 the simulator sent",
+        Duration::from_secs(5),
+        || async {
+            let text = get(&gw, "/metrics", Some(TOKEN))
+                .await
+                .text()
+                .await
+                .unwrap();
+            let (u, p) = (counter(&text, &user), counter(&text, &probe));
+            if u + p == dead {
+                Ok((u, p))
+            } else {
+                Err(format!("user {u} + probes {p} != the simulator's {dead}"))
+            }
+        },
+    )
+    .await;
     Figures {
         user_calls,
         probes,

@@ -4,11 +4,10 @@
 
 mod support;
 
-use std::net::SocketAddr;
-
-use seawall::sim::{Scenario, Sim, SimHandle};
+use seawall::sim::{Scenario, SimHandle};
 use serde_json::Value;
 use support::process::{temp_dir, Served};
+use support::sim::sim;
 
 const KEY_ENV: &str = "SEAWALL_QUEUE_TEST_KEY";
 const KEY: &str = "sk-ant-api03-QUEUESECRETQUEUESECRET-qqqq";
@@ -71,10 +70,7 @@ fn gateway(config: &std::path::Path) -> Served {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn accepted_jobs_survive_kill_9_and_complete_exactly_once_after_restart() {
-    let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let sim = Sim::start(Scenario::from_toml(DOWN).unwrap(), addr)
-        .await
-        .unwrap();
+    let sim = sim(DOWN).await;
     let dir = temp_dir("queue");
     let config_path = dir.join("seawall.toml");
     std::fs::write(&config_path, config(&sim, &dir.join("jobs.redb"))).unwrap();

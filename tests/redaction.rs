@@ -8,9 +8,9 @@ mod support;
 use axum::body::Bytes;
 use axum::http::HeaderMap;
 use serde_json::{json, Value};
-use tokio::net::TcpListener;
 
 use support::gateway::*;
+use support::http::serve_app;
 use support::{init_logs, logs};
 
 /// Someone else's key, in the upstream's message: redacted all the same.
@@ -59,11 +59,7 @@ async fn echoing_upstream() -> String {
             )
         }),
     );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = serve_app(app).await;
     format!("http://{addr}")
 }
 

@@ -2,9 +2,10 @@
 //! prove seawall's own transport and the simulator agree, raw sockets for the HTTP layer, and
 //! the `seawall sim` binary as a subprocess. Real time, millisecond settings, no internet.
 
-use std::io::{BufRead, BufReader};
+mod support;
+
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -12,10 +13,15 @@ use seawall::core::policy::rng::SplitMix64;
 use seawall::core::upstream::{Attempt, TransportError, Upstream};
 use seawall::core::Call;
 use seawall::sim::{LogEntry, Scenario, ScenarioError, Sim, SimError, SimHandle};
-use seawall::{AnthropicOptions, AnthropicUpstream, ApiKey, AuthStyle};
+use seawall::{AnthropicOptions, AnthropicUpstream, AuthStyle};
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use support::eventually;
+use support::http::{header, plain_client, sse_events};
+use support::process::{run, temp_dir, Serve};
+use support::sim::{anthropic_options, keys, sim};
 
 const KEY: &str = "sk-sim-test-key-aaaa";
 const KEY_B: &str = "sk-sim-test-key-bbbb";
@@ -25,22 +31,9 @@ const MODEL: &str = "claude-sim-1";
 // ---------------------------------------------------------------------------------------------
 // helpers
 
-fn local() -> SocketAddr {
-    "127.0.0.1:0".parse().unwrap()
-}
-
-async fn start(toml: &str) -> SimHandle {
-    let scenario = Scenario::from_toml(toml).unwrap();
-    Sim::start(scenario, local()).await.unwrap()
-}
-
 /// A one-model scenario with the given extra TOML for the model (faults, latency, ...).
 fn one_model(model_extra: &str) -> String {
     format!("[[models]]\nname = \"{MODEL}\"\noutput_tokens = 8\n{model_extra}\n")
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
 fn body(model: &str, max_tokens: u64) -> Value {
@@ -49,7 +42,7 @@ fn body(model: &str, max_tokens: u64) -> Value {
 }
 
 async fn post(sim: &SimHandle, path: &str, key: Option<&str>, body: &Value) -> reqwest::Response {
-    let mut req = client()
+    let mut req = plain_client()
         .post(format!("{}{path}", sim.base_url()))
         .header("anthropic-version", "2023-06-01")
         .json(body);
@@ -63,57 +56,26 @@ async fn messages(sim: &SimHandle, body: &Value) -> reqwest::Response {
     post(sim, "/v1/messages", Some(KEY), body).await
 }
 
-fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_owned())
-}
-
 fn upstream(sim: &SimHandle, auth: AuthStyle) -> AnthropicUpstream {
     AnthropicUpstream::new(
-        vec![ApiKey::new(KEY).unwrap()],
+        keys(&[KEY]),
         AnthropicOptions {
-            base_url: sim.base_url(),
-            connect_timeout: Duration::from_millis(500),
             auth,
-            ..AnthropicOptions::default()
+            ..anthropic_options(sim.base_url())
         },
     )
     .unwrap()
 }
 
 fn attempt(body: &Value, timeout: Duration) -> Attempt {
-    Attempt {
-        model: body["model"].as_str().unwrap_or_default().to_owned(),
-        body: Bytes::from(serde_json::to_vec(body).unwrap()),
-        key: 0,
-        retry_count: 0,
+    support::sim::attempt(
+        body["model"].as_str().unwrap_or_default(),
+        Bytes::from(serde_json::to_vec(body).unwrap()),
         timeout,
-        idempotency_key: None,
-        forward: Default::default(),
-    }
+    )
 }
 
 const BUDGET: Duration = Duration::from_secs(5);
-
-/// `(event name, data)` pairs of an SSE body.
-fn sse(text: &str) -> Vec<(String, Value)> {
-    text.split("\n\n")
-        .filter(|block| !block.trim().is_empty())
-        .map(|block| {
-            let mut name = String::new();
-            let mut data = Value::Null;
-            for line in block.lines() {
-                if let Some(v) = line.strip_prefix("event: ") {
-                    name = v.to_owned();
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data = serde_json::from_str(v).unwrap();
-                }
-            }
-            (name, data)
-        })
-        .collect()
-}
 
 fn last(sim: &SimHandle) -> LogEntry {
     sim.log().pop().unwrap()
@@ -135,7 +97,7 @@ async fn raw(addr: SocketAddr, request: &[u8]) -> String {
 
 #[tokio::test]
 async fn success_has_the_api_shape_usage_request_id_and_ratelimit_headers() {
-    let sim = start(&format!(
+    let sim = sim(&format!(
         "[limits]\nrequests_per_minute = 60\ninput_tokens_per_minute = 10000\n\
          output_tokens_per_minute = 5000\n{}",
         one_model("")
@@ -209,7 +171,7 @@ async fn success_has_the_api_shape_usage_request_id_and_ratelimit_headers() {
 
 #[tokio::test]
 async fn both_auth_styles_work_and_missing_unknown_or_revoked_keys_get_401() {
-    let sim = start(&format!(
+    let sim = sim(&format!(
         "keys = [\"{KEY}\", \"{KEY_B}\"]\nrevoked_keys = [\"{REVOKED}\"]\n{}",
         one_model("")
     ))
@@ -221,7 +183,7 @@ async fn both_auth_styles_work_and_missing_unknown_or_revoked_keys_get_401() {
         post(&sim, "/v1/messages", Some(KEY), &b).await.status(),
         200
     );
-    let bearer = client()
+    let bearer = plain_client()
         .post(&url)
         .bearer_auth(KEY_B)
         .json(&b)
@@ -283,8 +245,8 @@ async fn both_auth_styles_work_and_missing_unknown_or_revoked_keys_get_401() {
 
 #[tokio::test]
 async fn invalid_bodies_get_400_and_unknown_models_404() {
-    let sim = start(&one_model("")).await;
-    let client = client();
+    let sim = sim(&one_model("")).await;
+    let client = plain_client();
     let url = format!("{}/v1/messages", sim.base_url());
     let not_json = client
         .post(&url)
@@ -344,7 +306,7 @@ async fn invalid_bodies_get_400_and_unknown_models_404() {
 
 #[tokio::test]
 async fn count_tokens_uses_the_simulators_own_count() {
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     let b = json!({
         "model": MODEL,
         "system": "You are terse. Answer in one line.",
@@ -386,7 +348,7 @@ async fn count_tokens_uses_the_simulators_own_count() {
 
 #[tokio::test]
 async fn sse_events_come_in_the_api_order_with_the_configured_timing() {
-    let sim = start(&one_model(
+    let sim = sim(&one_model(
         "time_to_first_token = \"60ms\"\ndelta_interval = \"10ms\"",
     ))
     .await;
@@ -410,7 +372,7 @@ async fn sse_events_come_in_the_api_order_with_the_configured_timing() {
     // Five deltas, each 10 ms after the one before.
     assert!(total >= Duration::from_millis(110), "{total:?}");
 
-    let events = sse(&text);
+    let events = sse_events(&text);
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -459,7 +421,7 @@ async fn sse_events_come_in_the_api_order_with_the_configured_timing() {
 
 #[tokio::test]
 async fn a_status_fault_sends_the_exact_error_body_and_its_retry_headers() {
-    let sim = start(&one_model(
+    let sim = sim(&one_model(
         r#"
 [[models.faults]]
 kind = "status"
@@ -523,7 +485,7 @@ message = "Slow down"
 
 #[tokio::test]
 async fn a_reset_fault_is_a_reset_for_the_transport() {
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     // A pooled keep-alive connection first: the reset must not be retried away by the client.
     let up = upstream(&sim, AuthStyle::XApiKey);
     assert_eq!(
@@ -553,7 +515,7 @@ async fn a_reset_fault_is_a_reset_for_the_transport() {
 
 #[tokio::test]
 async fn a_hang_times_out_at_the_clients_own_attempt_timeout_and_ends_at_shutdown() {
-    let sim = start(&one_model("[[models.faults]]\nkind = \"hang\"")).await;
+    let sim = sim(&one_model("[[models.faults]]\nkind = \"hang\"")).await;
     let started = Instant::now();
     let err = upstream(&sim, AuthStyle::XApiKey)
         .send(attempt(&body(MODEL, 5), Duration::from_millis(150)))
@@ -569,16 +531,19 @@ async fn a_hang_times_out_at_the_clients_own_attempt_timeout_and_ends_at_shutdow
     // A client without a timeout is held until the simulator shuts down, then sees the close.
     let url = format!("{}/v1/messages", sim.base_url());
     let waiting = tokio::spawn(async move {
-        client()
+        plain_client()
             .post(url)
             .header("x-api-key", KEY)
             .json(&body(MODEL, 5))
             .send()
             .await
     });
-    while sim.count(MODEL) < 2 {
-        tokio::task::yield_now().await;
-    }
+    eventually(
+        "the second request reaches the simulator",
+        BUDGET,
+        || async { sim.count(MODEL) >= 2 },
+    )
+    .await;
     sim.shutdown().await;
     let result = tokio::time::timeout(Duration::from_secs(2), waiting)
         .await
@@ -589,7 +554,7 @@ async fn a_hang_times_out_at_the_clients_own_attempt_timeout_and_ends_at_shutdow
 
 #[tokio::test]
 async fn slow_first_byte_delays_the_answer() {
-    let sim = start(&one_model(
+    let sim = sim(&one_model(
         "[[models.faults]]\nkind = \"slow_first_byte\"\ndelay = \"150ms\"",
     ))
     .await;
@@ -608,7 +573,7 @@ async fn slow_first_byte_delays_the_answer() {
 
 #[tokio::test]
 async fn a_truncated_answer_is_truncated_for_the_transport_and_for_streams() {
-    let sim = start(&one_model("[[models.faults]]\nkind = \"truncated\"")).await;
+    let sim = sim(&one_model("[[models.faults]]\nkind = \"truncated\"")).await;
     let err = upstream(&sim, AuthStyle::XApiKey)
         .send(attempt(&body(MODEL, 5), BUDGET))
         .await
@@ -629,7 +594,7 @@ async fn a_truncated_answer_is_truncated_for_the_transport_and_for_streams() {
 
 #[tokio::test]
 async fn a_mid_stream_error_follows_n_deltas_and_spares_non_streaming_requests() {
-    let sim = start(&one_model(
+    let sim = sim(&one_model(
         "delta_interval = \"2ms\"\n[[models.faults]]\nkind = \"mid_stream_error\"\nafter_deltas = 3",
     ))
     .await;
@@ -638,7 +603,7 @@ async fn a_mid_stream_error_follows_n_deltas_and_spares_non_streaming_requests()
     let resp = messages(&sim, &b).await;
     assert_eq!(resp.status(), 200);
     let rid = header(&resp, "request-id").unwrap();
-    let events = sse(&resp.text().await.unwrap());
+    let events = sse_events(&resp.text().await.unwrap());
     let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
     assert_eq!(
         names,
@@ -670,7 +635,7 @@ async fn a_mid_stream_error_follows_n_deltas_and_spares_non_streaming_requests()
 
 #[tokio::test]
 async fn faults_apply_only_inside_their_window() {
-    let sim = start(&one_model(
+    let sim = sim(&one_model(
         r#"
 [[models.faults]]
 kind = "status"
@@ -714,7 +679,7 @@ async fn fault_draws_are_deterministic_per_seed_and_sequence_number() {
             one_model("[[models.faults]]\nkind = \"status\"\nstatus = 503\nprobability = 0.5")
         )
     };
-    let sim = start(&scenario(7)).await;
+    let sim = sim(&scenario(7)).await;
     let run = || async {
         let mut statuses = Vec::new();
         for _ in 0..200 {
@@ -751,7 +716,7 @@ async fn fault_draws_are_deterministic_per_seed_and_sequence_number() {
 
 #[tokio::test]
 async fn the_request_over_the_limit_gets_a_truthful_retry_after_and_takes_nothing() {
-    let sim = start(&format!(
+    let sim = sim(&format!(
         "[limits]\nrequests_per_minute = 3\ninput_tokens_per_minute = 1000\n{}",
         one_model("")
     ))
@@ -803,7 +768,7 @@ async fn the_request_over_the_limit_gets_a_truthful_retry_after_and_takes_nothin
 #[tokio::test]
 async fn a_request_sent_after_retry_after_is_admitted() {
     // 600 output tokens per minute refill 10 per second.
-    let sim = start(&format!(
+    let sim = sim(&format!(
         "[limits]\noutput_tokens_per_minute = 600\n[[models]]\nname = \"{MODEL}\"\noutput_tokens = 600\n"
     ))
     .await;
@@ -825,7 +790,7 @@ async fn a_request_sent_after_retry_after_is_admitted() {
 
 #[tokio::test]
 async fn a_request_larger_than_the_limit_is_told_never_to_retry() {
-    let sim = start(&format!(
+    let sim = sim(&format!(
         "[[models]]\nname = \"{MODEL}\"\noutput_tokens = 100\n[models.limits]\noutput_tokens_per_minute = 50\n"
     ))
     .await;
@@ -840,14 +805,14 @@ async fn a_request_larger_than_the_limit_is_told_never_to_retry() {
 
 #[tokio::test]
 async fn chat_completions_success_errors_and_headers() {
-    let sim = start(&format!(
+    let sim = sim(&format!(
         "keys = [\"{KEY}\"]\n[limits]\nrequests_per_minute = 30\ninput_tokens_per_minute = 6000\n{}",
         one_model("")
     ))
     .await;
     let url = format!("{}/v1/chat/completions", sim.base_url());
     let chat = json!({"model": MODEL, "messages": [{"role": "user", "content": "hi"}]});
-    let resp = client()
+    let resp = plain_client()
         .post(&url)
         .bearer_auth(KEY)
         .json(&chat)
@@ -884,7 +849,7 @@ async fn chat_completions_success_errors_and_headers() {
     );
 
     let send = |body: Value, key: Option<&'static str>| {
-        let mut req = client().post(&url).json(&body);
+        let mut req = plain_client().post(&url).json(&body);
         if let Some(k) = key {
             req = req.bearer_auth(k);
         }
@@ -948,8 +913,8 @@ async fn chat_completions_success_errors_and_headers() {
 
 #[tokio::test]
 async fn control_endpoints_reset_replace_and_read_the_log() {
-    let sim = start(&one_model("")).await;
-    let client = client();
+    let sim = sim(&one_model("")).await;
+    let client = plain_client();
     let base = sim.base_url();
     assert_eq!(messages(&sim, &body(MODEL, 5)).await.status(), 200);
 
@@ -1027,7 +992,7 @@ async fn control_endpoints_reset_replace_and_read_the_log() {
 
 #[tokio::test]
 async fn retry_count_and_idempotency_key_are_logged() {
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     let resp = upstream(&sim, AuthStyle::XApiKey)
         .send(Attempt {
             retry_count: 2,
@@ -1073,23 +1038,19 @@ async fn only_loopback_addresses_are_accepted() {
 
 #[tokio::test]
 async fn dropping_the_last_handle_stops_the_simulator() {
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     let addr = sim.addr();
     let clone = sim.clone();
     drop(sim);
     assert_eq!(clone.count(MODEL), 0, "a clone keeps it running");
     TcpStream::connect(addr).await.unwrap();
     drop(clone);
-    let refused = tokio::time::timeout(Duration::from_secs(2), async {
-        while TcpStream::connect(addr).await.is_ok() {
-            tokio::task::yield_now().await;
-        }
-    })
+    eventually(
+        "connections are refused after the last handle was dropped",
+        Duration::from_secs(2),
+        || async { TcpStream::connect(addr).await.is_err() },
+    )
     .await;
-    assert!(
-        refused.is_ok(),
-        "still accepting after the last handle was dropped"
-    );
 }
 
 #[tokio::test]
@@ -1152,7 +1113,7 @@ async fn scenario_errors_name_the_key() {
     assert_eq!(err.key(), Some("revoked_keys[0]"));
     assert!(!err.to_string().contains(KEY), "{err}");
     // And a handle refuses an invalid scenario, keeping its own.
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     let mut s = sim.scenario();
     s.models[0].output_tokens = 0;
     let err = sim.set_scenario(s).unwrap_err();
@@ -1173,7 +1134,7 @@ async fn the_example_scenario_is_valid() {
 
 #[tokio::test]
 async fn keep_alive_pipelining_and_connection_close() {
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     let b = serde_json::to_string(&body(MODEL, 2)).unwrap();
     let request = |extra: &str| {
         format!(
@@ -1201,7 +1162,7 @@ async fn keep_alive_pipelining_and_connection_close() {
 
 #[tokio::test]
 async fn oversized_and_chunked_requests_are_refused() {
-    let sim = start(&one_model("")).await;
+    let sim = sim(&one_model("")).await;
     let too_big = format!(
         "POST /v1/messages HTTP/1.1\r\nhost: x\r\nx-api-key: {KEY}\r\ncontent-length: {}\r\n\r\n",
         32 * 1024 * 1024 + 1
@@ -1233,7 +1194,7 @@ async fn oversized_and_chunked_requests_are_refused() {
     assert!(garbage.starts_with("HTTP/1.1 400 "), "{garbage}");
 
     // Through reqwest: a body just over the limit gets the 413, not a broken connection.
-    let resp = client()
+    let resp = plain_client()
         .post(format!("{}/v1/messages", sim.base_url()))
         .header("x-api-key", KEY)
         .body(vec![b' '; 32 * 1024 * 1024 + 1])
@@ -1245,14 +1206,14 @@ async fn oversized_and_chunked_requests_are_refused() {
 
 #[tokio::test]
 async fn unknown_paths_and_methods() {
-    let sim = start(&one_model("")).await;
-    let resp = client()
+    let sim = sim(&one_model("")).await;
+    let resp = plain_client()
         .get(format!("{}/v1/messages", sim.base_url()))
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 405);
-    let resp = client()
+    let resp = plain_client()
         .post(format!("{}/v2/nothing", sim.base_url()))
         .send()
         .await
@@ -1268,39 +1229,24 @@ async fn unknown_paths_and_methods() {
 // ---------------------------------------------------------------------------------------------
 // the `seawall sim` binary
 
-fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    let path = std::env::temp_dir().join(format!("seawall-{}-{nanos}-{name}", std::process::id()));
+/// `text` as `name` in a fresh temp dir: (the dir, the file).
+fn temp_file(name: &str, text: &str) -> (PathBuf, PathBuf) {
+    let dir = temp_dir("sim");
+    let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
-    path
+    (dir, path)
 }
 
 #[tokio::test]
 async fn the_sim_subcommand_serves_until_sigterm() {
-    let path = temp_file("scenario.toml", &one_model(""));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_seawall"))
-        .args(["sim", "--scenario"])
-        .arg(&path)
-        .args(["--listen", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let base = line
-        .trim_end()
-        .strip_prefix("seawall sim listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .to_owned();
+    let (dir, path) = temp_file("scenario.toml", &one_model(""));
+    let scenario = path.to_str().unwrap();
+    let args = ["sim", "--scenario", scenario, "--listen", "127.0.0.1:0"];
+    let sim = Serve::announcing(&dir, &args, &[], "seawall sim listening on ");
+    let base = sim.base.clone();
     assert!(base.starts_with("http://127.0.0.1:"), "{base}");
 
-    let resp = client()
+    let resp = plain_client()
         .post(format!("{base}/v1/messages"))
         .header("x-api-key", KEY)
         .json(&body(MODEL, 5))
@@ -1308,7 +1254,7 @@ async fn the_sim_subcommand_serves_until_sigterm() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    let log: Vec<LogEntry> = client()
+    let log: Vec<LogEntry> = plain_client()
         .get(format!("{base}/_sim/log"))
         .send()
         .await
@@ -1318,45 +1264,36 @@ async fn the_sim_subcommand_serves_until_sigterm() {
         .unwrap();
     assert_eq!(log.len(), 1);
 
-    let killed = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(killed.success());
-    let status = child.wait().unwrap();
-    assert_eq!(status.code(), Some(0), "{status:?}");
-    let _ = std::fs::remove_file(path);
+    let stopped = sim.stop();
+    assert_eq!(stopped.status.code(), Some(0), "{:?}", stopped.status);
+    let _ = std::fs::remove_dir_all(dir);
 }
 
 #[test]
 fn a_bad_scenario_exits_2_naming_the_key() {
-    let path = temp_file(
+    let (dir, path) = temp_file(
         "bad.toml",
         "[[models]]\nname = \"a\"\n[[models.faults]]\nkind = \"status\"\nstatus = 200\n",
     );
-    let out = Command::new(env!("CARGO_BIN_EXE_seawall"))
-        .args(["sim", "--scenario"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
-    assert!(out.stdout.is_empty());
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (status, stdout, stderr) = run(&dir, &["sim", "--scenario", path.to_str().unwrap()], &[]);
+    assert_eq!(status.code(), Some(2));
+    assert!(stdout.is_empty());
     assert!(
         stderr.contains("models[0].faults[0].status: 200 is not an error status"),
         "{stderr}"
     );
-    let _ = std::fs::remove_file(path);
 
-    let out = Command::new(env!("CARGO_BIN_EXE_seawall"))
-        .args([
+    let (status, _, _) = run(
+        &dir,
+        &[
             "sim",
             "--scenario",
             "/nonexistent.toml",
             "--listen",
             "0.0.0.0:0",
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(2));
+        ],
+        &[],
+    );
+    assert_eq!(status.code(), Some(2));
+    let _ = std::fs::remove_dir_all(dir);
 }

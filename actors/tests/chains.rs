@@ -1,11 +1,14 @@
 //! Chains as the API defines them: hops that patch the request, and refusal fallback with the
 //! refusal's credit forwarded. Paused time, scripted upstream.
 
+mod support;
+
 use std::time::Duration;
 
 use seawall_actors::scripted::{Answer, ScriptedUpstream, StreamAnswer};
-use seawall_actors::{Call, HopSpec, Outcome, RetryPolicy, Seawall, SseEvent, UpstreamResponse};
+use seawall_actors::{Call, HopSpec, Outcome, RetryPolicy, SseEvent, UpstreamResponse};
 use serde_json::{json, Value};
+use support::{builder, drain};
 
 fn sent(up: &ScriptedUpstream) -> Vec<Value> {
     up.log()
@@ -39,8 +42,7 @@ async fn patches_override_remove_and_keep_and_never_compound() {
     up.on("big", |_, _| Answer::status(529, "overloaded_error"));
     up.on("mid", |_, _| Answer::status(529, "overloaded_error"));
     up.healthy("small", Duration::ZERO);
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain_hops(
             "big",
             [
@@ -86,8 +88,7 @@ async fn bad_patches_are_refused_at_spawn() {
         (json!([1, 2]), "must be a JSON object"),
         (json!({"model": "x"}), "may not set `model`"),
     ] {
-        let err = Seawall::builder()
-            .upstream("s", up.clone())
+        let err = builder(&up)
             .chain_hops(
                 "a",
                 [HopSpec::model("a"), HopSpec::model("b").patch(patch)],
@@ -100,8 +101,7 @@ async fn bad_patches_are_refused_at_spawn() {
         assert!(err.to_string().contains(needle), "{err}");
     }
     // The same model twice is fine with different requests.
-    Seawall::builder()
-        .upstream("s", up.clone())
+    builder(&up)
         .chain_hops(
             "a",
             [
@@ -120,8 +120,7 @@ async fn a_refusal_moves_to_the_next_hop_with_the_fallback_credit() {
     let up = ScriptedUpstream::new();
     up.on("strict", |_, _| refusal("strict", Some("tok_123"), true));
     up.healthy("lenient", Duration::ZERO);
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain_with("strict", ["strict", "lenient"], refusal_policy())
         .chain("no-fallback", ["strict", "lenient"])
         .spawn()
@@ -159,8 +158,7 @@ async fn when_every_hop_refuses_or_fails_the_first_refusal_is_the_answer() {
     let up = ScriptedUpstream::new();
     up.on("a", |_, _| refusal("a", None, false));
     up.on("b", |_, _| Answer::status(529, "overloaded_error"));
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain_with(
             "a",
             ["a", "b"],
@@ -233,8 +231,7 @@ async fn a_stream_refused_before_content_falls_back_but_not_after_content() {
             items,
         }
     });
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain_with("strict", ["strict", "lenient"], refusal_policy())
         .chain_with("late", ["late", "lenient"], refusal_policy())
         .spawn()
@@ -246,12 +243,12 @@ async fn a_stream_refused_before_content_falls_back_but_not_after_content() {
         .unwrap();
     assert_eq!(reply.model, "lenient");
     assert_eq!(sent(&up)[1]["fallback_credit_token"], "tok_stream");
-    let mut reply = sw.stream(Call::new("late", 100).user("hi")).await.unwrap();
+    let reply = sw.stream(Call::new("late", 100).user("hi")).await.unwrap();
     assert_eq!(reply.model, "late");
-    let mut saw_refusal = false;
-    while let Some(ev) = reply.events.recv().await {
-        saw_refusal |= ev.data.contains("\"refusal\"");
-    }
+    let saw_refusal = drain(reply)
+        .await
+        .iter()
+        .any(|ev| ev.data.contains("\"refusal\""));
     assert!(
         saw_refusal,
         "the caller gets the refusal as the API sent it"

@@ -9,18 +9,12 @@ mod support;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use seawall_actors::scripted::{Answer, ScriptedUpstream, StreamAnswer};
 use seawall_actors::{
     BreakerConfig, Call, Degrade, Error, MemoryJobStore, QueueConfig, RetryPolicy, Seawall, Source,
 };
-
-const MS: Duration = Duration::from_millis(1);
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::{builder, secs, MS};
 
 async fn runtime(up: &ScriptedUpstream) -> Seawall {
     let later = RetryPolicy {
@@ -28,8 +22,7 @@ async fn runtime(up: &ScriptedUpstream) -> Seawall {
         degrade: vec![Degrade::Queue],
         ..RetryPolicy::default()
     };
-    Seawall::builder()
-        .upstream("s", up.clone())
+    builder(up)
         .breaker_defaults(BreakerConfig::default())
         .chain("primary", ["primary", "fallback"])
         .model("down", BreakerConfig::consecutive_failures(3, secs(10)))

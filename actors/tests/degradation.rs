@@ -8,12 +8,8 @@ use std::time::Duration;
 mod support;
 
 use seawall_actors::scripted::{Answer, ScriptedUpstream};
-use seawall_actors::{Call, Degrade, Error, RetryPolicy, Seawall, Source};
-use support::{drain, kinds, text};
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use seawall_actors::{Call, Degrade, Error, RetryPolicy, Source};
+use support::{builder, drain, kinds, secs, text};
 
 fn policy(degrade: Vec<Degrade>) -> RetryPolicy {
     RetryPolicy {
@@ -41,8 +37,7 @@ async fn a_down_model_is_covered_by_the_cache_then_the_static_answer_in_the_chai
             Answer::ok("m", &format!("live answer {n}"))
         }
     });
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .model(
             "m",
             seawall_actors::BreakerConfig::consecutive_failures(1000, secs(1)),
@@ -104,8 +99,7 @@ async fn a_rejected_request_is_never_answered_from_the_cache() {
             Answer::ok("m", "fine")
         }
     });
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain_with(
             "chat",
             ["m"],
@@ -139,8 +133,7 @@ async fn cached_answers_expire() {
             Answer::ok("m", "fresh")
         }
     });
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain_with("chat", ["m"], policy(vec![Degrade::Cache]))
         .response_cache(100, secs(60))
         .spawn()
@@ -175,8 +168,7 @@ async fn streams_are_cached_whole_and_degrade_to_the_cache_or_static_answer_as_e
     });
     // Unary calls only come once the model is down: they overload too.
     up.on("m", |_, _| Answer::status(529, "overloaded_error"));
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .model(
             "m",
             seawall_actors::BreakerConfig::consecutive_failures(1000, secs(1)),

@@ -1,16 +1,15 @@
 //! Rate governance rules on paused time: lanes, reserves, bulkheads, burst pacing, server truth,
 //! key pool, per-class buckets, deadline-aware waiting. Every instant asserted is exact.
 
+mod support;
+
 use std::time::Duration;
 
 use seawall_actors::runtime::DEFAULT_TRANSIT_ALLOWANCE;
 use seawall_actors::scripted::{Answer, ScriptedUpstream};
 use seawall_actors::{Bulkhead, Call, Error, Lane, Limits, Outcome, Seawall};
+use support::{builder, secs};
 use tokio::time::Instant;
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 fn rpm(n: u64) -> Limits {
     Limits {
@@ -64,8 +63,7 @@ async fn a_burst_is_paced_across_the_refill_not_fired_at_once() {
     let up = ScriptedUpstream::new();
     up.healthy("m", Duration::ZERO);
     // 6 per minute: a full bucket of 6, then one every 10 s.
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain("m", ["m"])
         .limits("s", rpm(6))
         .spawn()
@@ -82,8 +80,7 @@ async fn interactive_calls_are_granted_before_background_ones() {
     up.on("m", |a, _| {
         Answer::ok("m", &format!("retry {}", a.retry_count))
     });
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain("m", ["m"])
         .limits("s", rpm(2))
         .spawn()
@@ -118,8 +115,7 @@ async fn background_cannot_use_the_interactive_reserve() {
     let up = ScriptedUpstream::new();
     up.healthy("m", Duration::ZERO);
     // 10 per minute, 40% held for interactive: background gets 6 at once, interactive all 10.
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain("m", ["m"])
         .limits("s", rpm(10))
         .interactive_reserve(0.4)
@@ -147,8 +143,7 @@ async fn background_cannot_use_the_interactive_reserve() {
 async fn a_bulkhead_caps_a_features_concurrency_without_touching_others() {
     let up = ScriptedUpstream::new();
     up.healthy("m", secs(10));
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain("m", ["m"])
         .bulkhead(
             "batch",
@@ -176,8 +171,7 @@ async fn a_bulkhead_budget_share_keeps_a_batch_job_from_starving_chat() {
     let up = ScriptedUpstream::new();
     up.healthy("m", Duration::ZERO);
     // 10 per minute; the batch feature may use 20% of it.
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain("m", ["m"])
         .limits("s", rpm(10))
         .bulkhead(
@@ -215,8 +209,7 @@ async fn server_truth_slows_the_governor_before_a_429() {
             .header("anthropic-ratelimit-requests-limit", "60")
             .header("anthropic-ratelimit-requests-remaining", "2")
     });
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain("m", ["m"])
         .limits("s", rpm(60))
         // Exact instants below are the server's pace alone; the allowance is tested on its own.
@@ -249,12 +242,7 @@ async fn a_429_pauses_that_key_and_shifts_traffic_to_the_others() {
         }
     });
     up.on("b", |_, _| Answer::ok("b", "fallback"));
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
-        .chain("a", ["a", "b"])
-        .spawn()
-        .await
-        .unwrap();
+    let sw = builder(&up).chain("a", ["a", "b"]).spawn().await.unwrap();
     let r = sw.complete(call("a")).await.unwrap();
     assert_eq!(r.model, "b", "the 429 moved the call on at once");
     for _ in 0..3 {
@@ -276,8 +264,7 @@ async fn a_429_pauses_that_key_and_shifts_traffic_to_the_others() {
 async fn keys_of_different_organizations_have_separate_buckets() {
     let up = ScriptedUpstream::new().with_keys(3);
     up.healthy("m", Duration::ZERO);
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain("m", ["m"])
         .limits("s", rpm(1))
         .key_organizations("s", ["org-a", "org-a", "org-b"])
@@ -301,8 +288,7 @@ async fn model_classes_have_their_own_buckets() {
     let up = ScriptedUpstream::new();
     up.healthy("small", Duration::ZERO);
     up.healthy("big", Duration::ZERO);
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain("small", ["small"])
         .chain("big", ["big"])
         .limits("s", rpm(100))
@@ -382,8 +368,7 @@ async fn count_tokens_estimates_reserve_what_the_provider_counts() {
         ..Limits::default()
     };
     let start = |estimate| {
-        Seawall::builder()
-            .upstream("s", up.clone())
+        builder(&up)
             .chain_with(
                 "m",
                 ["m"],
@@ -420,8 +405,7 @@ async fn an_attempt_that_timed_out_keeps_its_budget_charged() {
     let up = ScriptedUpstream::new();
     // The upstream took the request (and counted it) but never answered in time.
     up.on("m", |_, _| Answer::ok("m", "late").after(secs(3600)));
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain_with(
             "m",
             ["m"],

@@ -10,10 +10,8 @@ use seawall_actors::scripted::{Answer, ScriptedUpstream, StreamAnswer};
 use seawall_actors::{
     BreakerConfig, Call, Hedge, Limits, Outcome, RetryBudgetConfig, RetryPolicy, Seawall, StateKind,
 };
-use support::drain;
+use support::{builder, drain, MS};
 use tokio::time::Instant;
-
-const MS: Duration = Duration::from_millis(1);
 
 fn call() -> Call {
     Call::new("primary", 16).user("hello")
@@ -44,8 +42,7 @@ fn policy(hedge: Hedge) -> RetryPolicy {
 }
 
 async fn runtime(up: &ScriptedUpstream, policy: RetryPolicy) -> Seawall {
-    Seawall::builder()
-        .upstream("s", up.clone())
+    builder(up)
         .chain_with("primary", ["primary", "fallback"], policy)
         .spawn()
         .await
@@ -96,8 +93,7 @@ async fn a_cancelled_attempt_keeps_its_budget_as_charged() {
         Answer::ok("primary", "late").after(Duration::from_secs(600))
     });
     up.healthy("fallback", 30 * MS);
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain_with(
             "primary",
             ["primary", "fallback"],
@@ -132,8 +128,7 @@ async fn no_hedge_without_retry_budget_and_at_most_one_per_call() {
     up.on("fallback", |_, _| {
         Answer::ok("fallback", "slow too").after(500 * MS)
     });
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain_with(
             "primary",
             ["primary", "fallback"],
@@ -261,8 +256,7 @@ async fn a_silent_stream_ends_with_an_error_event_at_the_idle_timeout() {
     up.on_stream("primary", |_, _| {
         content_then_silence("primary", Duration::from_secs(600))
     });
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .model("primary", BreakerConfig::default())
         .retry_policy(RetryPolicy {
             idle_timeout: Duration::from_secs(5),

@@ -1,19 +1,17 @@
 //! Idempotency and single-flight on paused time: a repeated call never costs or does twice what
 //! it already did.
 
+mod support;
+
 use std::time::Duration;
 
 use seawall_actors::scripted::{Answer, ScriptedUpstream};
 use seawall_actors::{Call, Error, Seawall, Source};
 use serde_json::json;
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::{builder, secs};
 
 async fn runtime(up: &ScriptedUpstream) -> Seawall {
-    Seawall::builder()
-        .upstream("s", up.clone())
+    builder(up)
         .chain("m", ["m"])
         .idempotency(secs(60))
         .spawn()
@@ -142,12 +140,7 @@ async fn content_keys_match_the_same_request_however_it_is_spelled() {
 async fn without_the_table_keys_are_only_forwarded() {
     let up = ScriptedUpstream::new();
     up.healthy("m", Duration::ZERO);
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
-        .chain("m", ["m"])
-        .spawn()
-        .await
-        .unwrap();
+    let sw = builder(&up).chain("m", ["m"]).spawn().await.unwrap();
     for _ in 0..2 {
         assert_eq!(sw.complete(keyed("k")).await.unwrap().source, Source::Live);
     }

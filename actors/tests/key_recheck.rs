@@ -3,6 +3,8 @@
 //! refuses it; back in service as soon as a check passes. With no token counter, the key goes
 //! back for a trial by the next call. No user call is spent finding out. Paused time.
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,10 +12,7 @@ use std::time::Duration;
 use seawall_actors::scripted::{Answer, ScriptedUpstream};
 use seawall_actors::upstream::CountFuture;
 use seawall_actors::{Attempt, Call, Error, Seawall, TransportError, Upstream, UpstreamFuture};
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::secs;
 
 /// The scripted upstream, with a token counter that refuses the key while it is revoked.
 #[derive(Clone)]

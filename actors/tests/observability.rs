@@ -1,6 +1,8 @@
 //! Observability on paused time with the scripted upstream: SLA figures, probe-driven recovery,
 //! alerts, metrics and the call log line, each asserted exactly from scripted traffic.
 
+mod support;
+
 use std::cell::RefCell;
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,16 +17,7 @@ use seawall_actors::{
     AlertConfig, AlertKind, BreakerConfig, Call, Class, Event, Limits, Price, ProbeConfig,
     ProbeKind, RetryPolicy, Seawall, SlaTarget, SlaViolation, WindowKind,
 };
-
-const MS: Duration = Duration::from_millis(1);
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
-
-fn call(model: &str) -> Call {
-    Call::new(model, 64).user("hello")
-}
+use support::{builder, call, drain, secs, MS};
 
 /// A breaker that never opens during these tests' traffic.
 fn lenient() -> BreakerConfig {
@@ -73,8 +66,7 @@ async fn availability_error_rate_and_failure_streaks_from_100_calls() {
             Answer::ok("m", "fine").after(5 * MS)
         }
     });
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .model("m", lenient())
         .retry_policy(one_attempt())
         .alerts(quiet())
@@ -125,8 +117,7 @@ async fn latency_percentiles_from_known_latencies() {
     up.on("m", |_, n| {
         Answer::ok("m", "fine").after(Duration::from_millis(n + 1))
     });
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .model("m", lenient())
         .sla_target_for(
             "m",
@@ -171,8 +162,7 @@ async fn caller_errors_are_excluded_and_rate_limits_do_not_count_against_a_model
             _ => Answer::ok("m", "fine"),
         }
     });
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .model("m", lenient())
         .retry_policy(one_attempt())
         .alerts(quiet())
@@ -223,8 +213,7 @@ async fn probes_find_out_a_dead_model_recovered_and_no_user_call_reaches_it_mean
         }
     });
     up.healthy("fallback", 10 * MS);
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .breaker_defaults(BreakerConfig {
             window: WindowKind::Count(4),
             min_calls: 4,
@@ -350,8 +339,7 @@ async fn a_fallback_rate_alert_fires_once_when_crossing_and_clears_once_after_re
         }
     });
     up.healthy("fallback", MS);
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .breaker_defaults(lenient())
         .chain("primary", ["primary", "fallback"])
         .alerts(AlertConfig {
@@ -438,8 +426,7 @@ async fn a_breaker_open_too_long_alerts_once_and_clears_when_it_closes() {
             Answer::ok("m", "back")
         }
     });
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .model("m", BreakerConfig::consecutive_failures(1, secs(10)))
         .retry_policy(one_attempt())
         .alerts(AlertConfig {
@@ -539,8 +526,7 @@ async fn metrics_traffic(snapshotter: &Snapshotter) {
     });
     up.healthy("fallback", MS);
     up.on("solo", |_, _| Answer::status(503, "api_error"));
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .breaker_defaults(lenient())
         .chain("primary", ["primary", "fallback"])
         .chain_with("solo", ["solo"], one_attempt())
@@ -761,8 +747,7 @@ async fn a_counting_upstream_is_probed_with_count_tokens_not_with_messages() {
             Answer::ok("m", "fine")
         }
     });
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .model("m", BreakerConfig::consecutive_failures(1, secs(5)))
         .retry_policy(one_attempt())
         .probe(
@@ -942,15 +927,14 @@ async fn streams_count_as_calls_with_their_time_to_first_token() {
     up.on_stream("m", |_, _| {
         StreamAnswer::message("m", &["a", "b"], 20 * MS).head_after(30 * MS)
     });
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .model("m", lenient())
         .alerts(quiet())
         .spawn()
         .await
         .unwrap();
-    let mut reply = sw.stream(call("m")).await.unwrap();
-    while reply.events.recv().await.is_some() {}
+    let reply = sw.stream(call("m")).await.unwrap();
+    drain(reply).await;
     let report = sw.sla_report().await.unwrap();
     let chain = report.chain("m").unwrap();
     assert_eq!((chain.stats.calls, chain.stats.failures), (1, 0));
@@ -963,8 +947,7 @@ async fn streams_count_as_calls_with_their_time_to_first_token() {
 async fn a_restarted_monitor_learns_the_breakers_states_again() {
     let up = ScriptedUpstream::new();
     up.on("m", |_, _| Answer::status(500, "api_error"));
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .model("m", BreakerConfig::consecutive_failures(1, secs(30)))
         .retry_policy(one_attempt())
         .alerts(quiet())
@@ -1015,8 +998,7 @@ async fn a_refused_stream_kept_as_the_answer_counts_once() {
     up.on_stream("b", |_, _| {
         StreamAnswer::Whole(Answer::status(404, "not_found_error"))
     });
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .breaker_defaults(lenient())
         .chain_with(
             "a",
@@ -1030,12 +1012,12 @@ async fn a_refused_stream_kept_as_the_answer_counts_once() {
         .spawn()
         .await
         .unwrap();
-    let mut reply = sw
+    let reply = sw
         .stream(call("a"))
         .await
         .expect("the refusal is the answer");
     assert_eq!(reply.model, "a");
-    while reply.events.recv().await.is_some() {}
+    drain(reply).await;
     let report = sw.sla_report().await.unwrap();
     let a = report.model("a").unwrap();
     assert_eq!(

@@ -2,6 +2,8 @@
 //! primary's breaker has closed again, so one task does not flap between models. Paused time,
 //! scripted upstream.
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,10 +11,7 @@ use std::time::Duration;
 use seawall_actors::policy::breaker::StateKind;
 use seawall_actors::scripted::{Answer, ScriptedUpstream};
 use seawall_actors::{BreakerConfig, Call, RetryPolicy, Seawall};
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
+use support::{builder, drain, secs};
 
 /// A model that answers 529 while its switch is on.
 fn switchable(up: &ScriptedUpstream, model: &'static str, down: bool) -> Arc<AtomicBool> {
@@ -29,7 +28,7 @@ fn switchable(up: &ScriptedUpstream, model: &'static str, down: bool) -> Arc<Ato
 }
 
 async fn runtime(up: &ScriptedUpstream, hops: &[&str]) -> Seawall {
-    let mut b = Seawall::builder().upstream("s", up.clone());
+    let mut b = builder(up);
     for m in hops {
         b = b.model(m, BreakerConfig::consecutive_failures(1, secs(10)));
     }
@@ -171,9 +170,9 @@ async fn a_streamed_turn_pins_its_conversation_too() {
     let recovered = switchable(&up, "primary", false);
     up.healthy("fallback", Duration::ZERO);
     let sw = runtime(&up, &["primary", "fallback"]).await;
-    let mut s = sw.stream(turn(Some("chat-9"))).await.unwrap();
+    let s = sw.stream(turn(Some("chat-9"))).await.unwrap();
     assert_eq!(s.model, "fallback");
-    while s.events.recv().await.is_some() {}
+    drain(s).await;
     // The primary answers unary calls again and its breaker is half-open, so an unpinned call
     // would be its trial; the conversation stays where its streamed turn was served.
     assert!(!recovered.load(Ordering::SeqCst));

@@ -3,6 +3,8 @@
 //! expired) and announced. Paused time, scripted upstream, the in-memory store (the redb store's
 //! crash test is in the root crate's `tests/queue.rs`).
 
+mod support;
+
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,14 +14,11 @@ use seawall_actors::{
     BreakerConfig, Call, Degrade, Error, Event, JobState, JobStore, MemoryJobStore, QueueConfig,
     RetryPolicy, Seawall, Source,
 };
+use support::{builder, secs};
 
 const UP: u8 = 0;
 const DOWN: u8 = 1;
 const REJECTS: u8 = 2;
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 /// A model whose behaviour the test switches: up, down (529) or rejecting (400).
 fn switchable() -> (ScriptedUpstream, Arc<AtomicU8>) {
@@ -52,8 +51,7 @@ fn config(ttl: Duration) -> QueueConfig {
 }
 
 async fn runtime(up: &ScriptedUpstream, store: Arc<dyn JobStore>, ttl: Duration) -> Seawall {
-    Seawall::builder()
-        .upstream("s", up.clone())
+    builder(up)
         .model("m", BreakerConfig::consecutive_failures(3, secs(10)))
         .chain_with("code", ["m"], policy(vec![Degrade::Queue]))
         .chain_with(
@@ -285,8 +283,7 @@ async fn each_chain_degrades_by_its_own_policy() {
     let code = sw.complete(ask("code", 2)).await.unwrap();
     assert_eq!(code.source, Source::Queued);
     // A chain with no degradation gives the honest error with a retry-after.
-    let plain = Seawall::builder()
-        .upstream("s", up.clone())
+    let plain = builder(&up)
         .model("m", BreakerConfig::consecutive_failures(3, secs(10)))
         .chain_with("plain", ["m"], policy(vec![]))
         .spawn()
@@ -303,8 +300,7 @@ async fn each_chain_degrades_by_its_own_policy() {
 #[tokio::test(start_paused = true)]
 async fn a_chain_that_may_queue_needs_a_queue() {
     let (up, _mode) = switchable();
-    let err = Seawall::builder()
-        .upstream("s", up.clone())
+    let err = builder(&up)
         .chain_with("code", ["m"], policy(vec![Degrade::Queue]))
         .spawn()
         .await
@@ -331,8 +327,7 @@ async fn a_chain_that_may_queue_needs_a_queue() {
 #[tokio::test(start_paused = true)]
 async fn a_full_queue_refuses_to_grow_and_the_next_option_answers() {
     let (up, _mode) = switchable();
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .model("m", BreakerConfig::consecutive_failures(3, secs(10)))
         .chain_with(
             "code",
@@ -361,8 +356,7 @@ async fn a_full_queue_refuses_to_grow_and_the_next_option_answers() {
 #[tokio::test(start_paused = true)]
 async fn a_repeated_idempotency_key_gets_the_same_job_not_a_second_one() {
     let (up, _mode) = switchable();
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .model("m", BreakerConfig::consecutive_failures(3, secs(10)))
         .chain_with("code", ["m"], policy(vec![Degrade::Queue]))
         .queue(Arc::new(MemoryJobStore::default()), config(secs(600)))
@@ -387,8 +381,7 @@ async fn a_repeated_idempotency_key_gets_the_same_job_not_a_second_one() {
 async fn finished_jobs_are_purged_while_the_queue_runs() {
     let (up, mode) = switchable();
     let store = Arc::new(MemoryJobStore::default());
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .model("m", BreakerConfig::consecutive_failures(3, secs(10)))
         .chain_with("code", ["m"], policy(vec![Degrade::Queue]))
         .queue(

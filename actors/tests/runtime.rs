@@ -1,6 +1,8 @@
 //! Actor-level tests of the runtime on paused tokio time with the in-process scripted upstream:
 //! a 30 s cooldown runs in microseconds, and every instant asserted is exact.
 
+mod support;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,13 +14,8 @@ use seawall_actors::{
     BreakerConfig, Call, Class, Error, Event, Limits, Outcome, RestartIntensity, RetryPolicy,
     Seawall, TransportError, WindowKind,
 };
+use support::{builder, call, secs, MS};
 use tokio::time::Instant;
-
-const MS: Duration = Duration::from_millis(1);
-
-fn secs(n: u64) -> Duration {
-    Duration::from_secs(n)
-}
 
 /// Breaker used by most tests: opens at 50% failures over the last 4 calls, 3 s open.
 fn breaker() -> BreakerConfig {
@@ -30,10 +27,6 @@ fn breaker() -> BreakerConfig {
         open_for: secs(3),
         ..BreakerConfig::default()
     }
-}
-
-fn call(model: &str) -> Call {
-    Call::new(model, 64).user("hello")
 }
 
 async fn runtime(up: &ScriptedUpstream, chain: &[&str]) -> Seawall {
@@ -330,8 +323,7 @@ async fn an_attempt_timeout_moves_on_to_the_fallback() {
         attempt_timeout: secs(2),
         ..RetryPolicy::default()
     };
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain_with("slow", ["slow", "fast"], policy)
         .spawn()
         .await
@@ -379,8 +371,7 @@ async fn the_governor_grants_in_order_and_rejects_doomed_waits() {
     let up = ScriptedUpstream::new();
     up.healthy("m", Duration::ZERO);
     // 2 requests per minute: a full bucket of 2, then one every 30 s.
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain("m", ["m"])
         .limits(
             "s",
@@ -503,8 +494,7 @@ async fn past_the_restart_intensity_the_supervisor_fails_to_its_parent() {
     let (parent, _) = Actor::spawn(None, Parent(tx), ()).await.unwrap();
     let up = ScriptedUpstream::new();
     up.healthy("m", MS);
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain("m", ["m"])
         .restart_intensity(RestartIntensity {
             max_restarts: 2,
@@ -532,8 +522,7 @@ async fn past_the_restart_intensity_the_supervisor_fails_to_its_parent() {
 async fn restarts_outside_the_intensity_window_are_forgiven() {
     let up = ScriptedUpstream::new();
     up.healthy("m", MS);
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain("m", ["m"])
         .restart_intensity(RestartIntensity {
             max_restarts: 1,
@@ -613,16 +602,14 @@ async fn configuration_errors_name_what_to_fix() {
         .err()
         .expect("no upstream");
     assert!(err.to_string().contains("no upstream"), "{err}");
-    let err = Seawall::builder()
-        .upstream("s", up.clone())
+    let err = builder(&up)
         .model_on("a", "nope", None)
         .spawn()
         .await
         .err()
         .expect("bad upstream name");
     assert!(err.to_string().contains("\"nope\""), "{err}");
-    let err = Seawall::builder()
-        .upstream("s", up.clone())
+    let err = builder(&up)
         .model(
             "a",
             BreakerConfig {
@@ -669,8 +656,7 @@ async fn a_transport_that_cannot_send_the_request_ends_only_its_hop() {
         ))
     });
     up.healthy("wide", MS);
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain("narrow", ["narrow", "wide"])
         .chain("only-narrow", ["narrow"])
         .spawn()
@@ -704,8 +690,7 @@ async fn a_retry_budget_bounds_attempts_under_a_total_failure_burst() {
         min_calls: 1000,
         ..BreakerConfig::default()
     };
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .breaker_defaults(never_open)
         .retry_budget(seawall_actors::RetryBudgetConfig {
             ratio: 0.2,

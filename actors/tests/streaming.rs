@@ -10,18 +10,15 @@ use seawall_actors::scripted::{Answer, ScriptedUpstream, StreamAnswer};
 use seawall_actors::{
     BreakerConfig, Call, Class, Error, Outcome, RetryPolicy, Seawall, TransportError, WindowKind,
 };
-use support::{drain, kinds, text};
+use support::{builder, drain, kinds, text, MS};
 use tokio::time::Instant;
-
-const MS: Duration = Duration::from_millis(1);
 
 fn call(model: &str) -> Call {
     Call::new(model, 64).user("stream please")
 }
 
 async fn runtime(up: &ScriptedUpstream, hops: &[&str], policy: RetryPolicy) -> Seawall {
-    Seawall::builder()
-        .upstream("s", up.clone())
+    builder(up)
         .breaker_defaults(BreakerConfig {
             window: WindowKind::Count(4),
             min_calls: 2,
@@ -209,8 +206,7 @@ async fn error_statuses_on_a_stream_request_are_classified_like_unary_ones() {
             StreamAnswer::message("busy", &["ok"], MS)
         }
     });
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .chain("bad", ["bad"])
         .chain("busy", ["busy"])
         .spawn()
@@ -259,8 +255,7 @@ async fn a_stream_settles_the_input_tokens_its_message_start_reports() {
     // event: it must reach the governor, or concurrent streams over-admit input tokens.
     let up = ScriptedUpstream::new();
     up.on_stream("m", |_, _| StreamAnswer::message("m", &["a", "b"], MS));
-    let sw = Seawall::builder()
-        .upstream("s", up.clone())
+    let sw = builder(&up)
         .model("m", BreakerConfig::default())
         .limits(
             "s",

@@ -17,7 +17,6 @@ use tokio::task::JoinHandle;
 use seawall::config::Config;
 use seawall::core::ShutdownReport;
 use seawall::gateway::{Gateway, ServeError};
-use seawall::sim::{Scenario, Sim, SimHandle};
 
 /// The upstream key: lives in the (fake) environment, must never reach a client.
 pub const KEY: &str = "sk-ant-api03-UPSTREAMSECRET-gateway-0001";
@@ -33,13 +32,8 @@ name = "m"
 latency = "5ms"
 "#;
 
-/// The simulator with this scenario, on loopback.
-pub async fn sim(toml: &str) -> SimHandle {
-    let scenario = Scenario::from_toml(toml).expect("scenario");
-    Sim::start(scenario, "127.0.0.1:0".parse().unwrap())
-        .await
-        .expect("sim starts")
-}
+#[allow(unused_imports)] // not every binary that includes the harness starts a simulator
+pub use super::sim::sim;
 
 /// One upstream at `base_url`, fast retry settings, then `rest` (models, [gateway], ...).
 pub fn config(base_url: &str, rest: &str) -> String {
@@ -153,12 +147,7 @@ pub async fn get(gw: &Gw, path: &str, token: Option<&str>) -> reqwest::Response 
     req.send().await.unwrap()
 }
 
-/// A response header as text.
-pub fn header(resp: &reqwest::Response, name: &str) -> Option<String> {
-    resp.headers()
-        .get(name)
-        .map(|v| v.to_str().unwrap().to_owned())
-}
+pub use super::http::header;
 
 /// An Anthropic error body; its `request_id` equals the `request-id` header.
 pub async fn api_error(resp: reqwest::Response, status: u16, kind: &str) -> (Value, String) {
@@ -232,10 +221,6 @@ pub async fn capture_upstream() -> (String, Captured) {
                 }
             }),
         );
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
+    let addr = super::http::serve_app(app).await;
     (format!("http://{addr}"), seen)
 }

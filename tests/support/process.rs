@@ -46,6 +46,12 @@ impl Serve {
     /// Run `seawall <args>` in `dir` with exactly `env` (nothing inherited), and wait for its
     /// `seawall serve listening on http://ADDR` line. Panics with its stderr if it exits first.
     pub fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::announcing(dir, args, env, "seawall serve listening on ")
+    }
+
+    /// [`Serve::start`] for a subcommand whose first stdout line is `announcement` then its
+    /// address (`seawall sim listening on `).
+    pub fn announcing(dir: &Path, args: &[&str], env: &[(&str, &str)], announcement: &str) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_seawall"))
             .args(args)
             .current_dir(dir)
@@ -68,7 +74,7 @@ impl Serve {
             .expect("a first line");
         let Some(base) = line
             .trim_end()
-            .strip_prefix("seawall serve listening on ")
+            .strip_prefix(announcement)
             .map(str::to_owned)
         else {
             let status = child.wait().unwrap();
@@ -130,7 +136,7 @@ impl Served {
             serve: Serve::start(dir, &["serve", "--config", path], &vars),
             token: token.to_owned(),
             // No timeout of its own: a job lookup's `?wait=` bounds it.
-            http: reqwest::Client::builder().no_proxy().build().unwrap(),
+            http: super::http::plain_client(),
         }
     }
 

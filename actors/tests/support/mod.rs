@@ -1,7 +1,30 @@
-//! Helpers shared by the actor test binaries.
+//! Helpers shared by the actor test binaries (each includes this as `mod support;`): durations,
+//! a runtime builder over the scripted upstream, the common call, and draining a stream. Paused
+//! time throughout: every test here is `#[tokio::test(start_paused = true)]`.
 #![allow(dead_code)]
 
-use seawall_actors::{SseEvent, StreamReply};
+use std::time::Duration;
+
+use seawall_actors::scripted::ScriptedUpstream;
+use seawall_actors::{Builder, Call, Seawall, SseEvent, StreamReply};
+
+/// One millisecond: `5 * MS`.
+pub const MS: Duration = Duration::from_millis(1);
+
+/// `n` seconds.
+pub fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
+
+/// A runtime builder with `up` as its one upstream, named `s`.
+pub fn builder(up: &ScriptedUpstream) -> Builder {
+    Seawall::builder().upstream("s", up.clone())
+}
+
+/// The plain call most tests send: 64 tokens of `hello` to `model`.
+pub fn call(model: &str) -> Call {
+    Call::new(model, 64).user("hello")
+}
 
 /// Every event of a stream, until it ends.
 pub async fn drain(mut r: StreamReply) -> Vec<SseEvent> {
