@@ -31,6 +31,7 @@ use crate::call::{Reply, Source};
 use crate::clock;
 use crate::digest::Digest;
 use crate::error::Error;
+use crate::policy::invalid::Invalid;
 use crate::protocol::{Claim, IdempotencyMsg};
 use crate::timer::Timer;
 
@@ -55,16 +56,16 @@ impl IdempotencyConfig {
         }
     }
 
-    /// Check the settings; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Check the settings.
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.ttl.is_zero() {
-            return Err("idempotency ttl must be greater than zero".into());
+            return Err(Invalid::new("ttl", "must be greater than zero"));
         }
         if self.max_entries == 0 {
-            return Err("idempotency max_entries must be at least 1".into());
+            return Err(Invalid::new("max_entries", "must be at least 1"));
         }
         if self.max_per_tenant == 0 {
-            return Err("idempotency max_per_tenant must be at least 1".into());
+            return Err(Invalid::new("max_per_tenant", "must be at least 1"));
         }
         Ok(())
     }

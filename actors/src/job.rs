@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
+use crate::policy::invalid::Invalid;
+
 /// A stored call and what became of it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
@@ -314,22 +316,22 @@ impl Default for QueueConfig {
 }
 
 impl QueueConfig {
-    /// Check the settings; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Check the settings.
+    pub fn validate(&self) -> Result<(), Invalid> {
         for (name, d) in [
             ("ttl", self.ttl),
             ("poll", self.poll),
             ("run_timeout", self.run_timeout.unwrap_or(Duration::MAX)),
         ] {
             if d.is_zero() {
-                return Err(format!("queue {name} must be longer than zero"));
+                return Err(Invalid::new(name, "must be longer than zero"));
             }
         }
         if self.concurrency == 0 {
-            return Err("queue concurrency must be at least 1".into());
+            return Err(Invalid::new("concurrency", "must be at least 1"));
         }
         if self.max_pending == 0 {
-            return Err("queue max_pending must be at least 1".into());
+            return Err(Invalid::new("max_pending", "must be at least 1"));
         }
         Ok(())
     }
@@ -466,11 +468,11 @@ mod tests {
             concurrency: 0,
             ..QueueConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("concurrency"));
+        assert_eq!(bad.validate().unwrap_err().field, "concurrency");
         let bad = QueueConfig {
             ttl: Duration::ZERO,
             ..QueueConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("ttl"));
+        assert_eq!(bad.validate().unwrap_err().field, "ttl");
     }
 }

@@ -8,6 +8,8 @@ use std::fmt;
 use std::time::Duration;
 
 use bytes::Bytes;
+
+use crate::policy::invalid::Invalid;
 /// One attempt at one model, as handed to an [`Upstream`].
 #[derive(Clone, Debug)]
 pub struct Attempt {
@@ -253,15 +255,18 @@ impl Price {
             / 1e6
     }
 
-    /// Check the settings; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Check the settings.
+    pub fn validate(&self) -> Result<(), Invalid> {
         for (field, v) in [
             ("input_per_mtok", self.input_per_mtok),
             ("output_per_mtok", self.output_per_mtok),
         ] {
             // Written so that NaN fails too.
             if !(v >= 0.0 && v.is_finite()) {
-                return Err(format!("{field} must be a finite price >= 0, got {v}"));
+                return Err(Invalid::new(
+                    field,
+                    format!("must be a finite price >= 0, got {v}"),
+                ));
             }
         }
         Ok(())

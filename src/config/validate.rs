@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use seawall_actors::policy::invalid::Invalid;
+use seawall_actors::policy::lanes::{validate_interactive_reserve, Bulkhead};
 
 use super::env::env_name_problem;
 use super::error::invalid;
@@ -34,18 +35,11 @@ impl Config {
             .map_err(|e| field_error("retry", e, |_| true))?;
         self.validate_models()?;
         self.validate_degradation()?;
-        let budget = &self.retry_budget;
-        for (key, v) in [("ratio", budget.ratio), ("min_per_sec", budget.min_per_sec)] {
-            if v.is_some_and(|v| !(v >= 0.0 && v.is_finite())) {
-                return Err(invalid(
-                    format!("retry_budget.{key}"),
-                    format!("must be a number >= 0, got {}", v.unwrap_or_default()),
-                ));
-            }
-        }
-        if budget.window.is_some_and(|w| w < Duration::from_secs(1)) {
-            return Err(invalid("retry_budget.window", "must be at least 1s"));
-        }
+        // The runtime's own rules, over its defaults: an unset key cannot be the bad one.
+        self.retry_budget
+            .to_config()
+            .validate()
+            .map_err(|e| invalid(format!("retry_budget.{}", e.field), e.problem))?;
         self.validate_rest()?;
         self.validate_observability()?;
         if !self.gateway.has_tokens() && !self.listen.ip().is_loopback() {
@@ -370,25 +364,16 @@ impl Config {
                     format!("bulkhead {:?} is declared twice", b.name),
                 ));
             }
-            if b.max_concurrent == Some(0) {
-                return Err(invalid(at("max_concurrent"), "must be at least 1"));
+            Bulkhead {
+                max_concurrent: b.max_concurrent,
+                budget_share: b.budget_share,
             }
-            if let Some(s) = b.budget_share {
-                if !(s > 0.0 && s <= 1.0) {
-                    return Err(invalid(
-                        at("budget_share"),
-                        format!("must be in (0, 1], got {s}"),
-                    ));
-                }
-            }
+            .validate()
+            .map_err(|e| invalid(at(e.field), e.problem))?;
         }
         if let Some(r) = self.governor.interactive_reserve {
-            if !(0.0..1.0).contains(&r) {
-                return Err(invalid(
-                    "governor.interactive_reserve",
-                    format!("must be in [0, 1), got {r}"),
-                ));
-            }
+            validate_interactive_reserve(r)
+                .map_err(|e| invalid(format!("governor.{}", e.field), e.problem))?;
         }
         if self.supervisor.within.is_some_and(|d| d.is_zero()) {
             return Err(invalid("supervisor.within", "must be longer than zero"));

@@ -38,6 +38,7 @@ use crate::latency::LatencyBook;
 use crate::policy::alert::{AlarmChange, AlertConfig, DownAlarm, RateAlarm};
 use crate::policy::breaker::StateKind;
 use crate::policy::classify::Class;
+use crate::policy::invalid::Invalid;
 use crate::policy::latency::LatencyModel;
 use crate::policy::sla::{SlaConfig, SlaOutcome, SlaTarget, SlaWindow};
 use crate::protocol::{
@@ -86,13 +87,13 @@ impl Default for ProbeConfig {
 }
 
 impl ProbeConfig {
-    /// Check the settings; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Check the settings.
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.interval.is_zero() {
-            return Err("probe interval must be longer than zero".into());
+            return Err(Invalid::new("interval", "must be longer than zero"));
         }
         if self.timeout.is_zero() {
-            return Err("probe timeout must be longer than zero".into());
+            return Err(Invalid::new("timeout", "must be longer than zero"));
         }
         Ok(())
     }

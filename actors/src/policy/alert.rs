@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 
 use super::window::{Window, WindowKind};
 
+use crate::policy::invalid::Invalid;
+
 /// Alert thresholds. A `None` threshold disables that alert.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct AlertConfig {
@@ -39,12 +41,12 @@ impl Default for AlertConfig {
 }
 
 impl AlertConfig {
-    /// Check the settings; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Check the settings.
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.window < Duration::from_secs(1) {
-            return Err(format!(
-                "alerts.window must be at least 1 s, got {:?}",
-                self.window
+            return Err(Invalid::new(
+                "window",
+                format!("must be at least 1 s, got {:?}", self.window),
             ));
         }
         for (field, rate) in [
@@ -54,14 +56,15 @@ impl AlertConfig {
             if let Some(r) = rate {
                 // Written so that NaN fails too.
                 if !(r > 0.0 && r < 100.0) {
-                    return Err(format!(
-                        "alerts.{field} must be a percentage in (0, 100), got {r}"
+                    return Err(Invalid::new(
+                        field,
+                        format!("must be a percentage in (0, 100), got {r}"),
                     ));
                 }
             }
         }
         if self.breaker_open_for.is_some_and(|d| d.is_zero()) {
-            return Err("alerts.breaker_open_for must be longer than zero".into());
+            return Err(Invalid::new("breaker_open_for", "must be longer than zero"));
         }
         Ok(())
     }
@@ -286,7 +289,7 @@ mod tests {
             fallback_rate: Some(f64::NAN),
             ..AlertConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("fallback_rate"));
+        assert_eq!(bad.validate().unwrap_err().field, "fallback_rate");
         assert!(AlertConfig::default().validate().is_ok());
     }
 }

@@ -10,6 +10,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use crate::digest::Digest;
+use crate::policy::invalid::Invalid;
 
 /// How the pin table is bounded.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -30,13 +31,13 @@ impl Default for PinLimits {
 }
 
 impl PinLimits {
-    /// Check the settings; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Check the settings.
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.max_pins == 0 {
-            return Err("pins max_pins must be at least 1".into());
+            return Err(Invalid::new("max_pins", "must be at least 1"));
         }
         if self.max_per_tenant == 0 {
-            return Err("pins max_per_tenant must be at least 1".into());
+            return Err(Invalid::new("max_per_tenant", "must be at least 1"));
         }
         Ok(())
     }

@@ -9,6 +9,8 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
+use crate::policy::invalid::Invalid;
+
 /// Settings of a retry budget.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RetryBudgetConfig {
@@ -31,21 +33,21 @@ impl Default for RetryBudgetConfig {
 }
 
 impl RetryBudgetConfig {
-    /// Check the settings; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Check the settings.
+    pub fn validate(&self) -> Result<(), Invalid> {
         if !(self.ratio >= 0.0 && self.ratio.is_finite()) {
-            return Err(format!(
-                "retry_budget.ratio must be >= 0, got {}",
-                self.ratio
+            return Err(Invalid::new(
+                "ratio",
+                format!("must be a number >= 0, got {}", self.ratio),
             ));
         }
         if self.window < Duration::from_secs(1) {
-            return Err("retry_budget.window must be at least 1s".into());
+            return Err(Invalid::new("window", "must be at least 1s"));
         }
         if !(self.min_per_sec >= 0.0 && self.min_per_sec.is_finite()) {
-            return Err(format!(
-                "retry_budget.min_per_sec must be >= 0, got {}",
-                self.min_per_sec
+            return Err(Invalid::new(
+                "min_per_sec",
+                format!("must be a number >= 0, got {}", self.min_per_sec),
             ));
         }
         Ok(())
@@ -209,11 +211,11 @@ mod tests {
             ratio: -1.0,
             ..RetryBudgetConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("retry_budget.ratio"));
+        assert_eq!(bad.validate().unwrap_err().field, "ratio");
         let bad = RetryBudgetConfig {
             window: Duration::from_millis(10),
             ..RetryBudgetConfig::default()
         };
-        assert!(bad.validate().unwrap_err().contains("retry_budget.window"));
+        assert_eq!(bad.validate().unwrap_err().field, "window");
     }
 }

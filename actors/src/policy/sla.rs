@@ -15,6 +15,8 @@ use hdrhistogram::Histogram;
 
 use super::classify::Class;
 
+use crate::policy::invalid::Invalid;
+
 /// How one outcome counts toward a subject's SLA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SlaOutcome {
@@ -46,15 +48,18 @@ impl Default for SlaConfig {
 }
 
 impl SlaConfig {
-    /// Check the settings; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Check the settings.
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.buckets == 0 {
-            return Err("sla.buckets must be at least 1".into());
+            return Err(Invalid::new("buckets", "must be at least 1"));
         }
         if self.window < Duration::from_millis(u64::from(self.buckets)) {
-            return Err(format!(
-                "sla.window ({:?}) must be at least 1 ms per bucket ({} buckets)",
-                self.window, self.buckets
+            return Err(Invalid::new(
+                "window",
+                format!(
+                    "({:?}) must be at least 1 ms per bucket ({} buckets)",
+                    self.window, self.buckets
+                ),
             ));
         }
         Ok(())
@@ -91,17 +96,20 @@ impl Default for SlaTarget {
 }
 
 impl SlaTarget {
-    /// Check the settings; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Check the settings.
+    pub fn validate(&self) -> Result<(), Invalid> {
         // Written so that NaN fails too.
         if !(self.availability >= 0.0 && self.availability <= 100.0) {
-            return Err(format!(
-                "availability must be a percentage in [0, 100], got {}",
-                self.availability
+            return Err(Invalid::new(
+                "availability",
+                format!(
+                    "must be a percentage in [0, 100], got {}",
+                    self.availability
+                ),
             ));
         }
         if self.p99.is_zero() {
-            return Err("p99 must be longer than zero".into());
+            return Err(Invalid::new("p99", "must be longer than zero"));
         }
         Ok(())
     }
@@ -608,19 +616,15 @@ mod tests {
 
     #[test]
     fn bad_settings_are_named() {
-        assert!(SlaConfig {
+        let bad = SlaConfig {
             buckets: 0,
             ..SlaConfig::default()
-        }
-        .validate()
-        .unwrap_err()
-        .contains("buckets"));
-        assert!(SlaTarget {
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "buckets");
+        let bad = SlaTarget {
             availability: f64::NAN,
             ..SlaTarget::default()
-        }
-        .validate()
-        .unwrap_err()
-        .contains("availability"));
+        };
+        assert_eq!(bad.validate().unwrap_err().field, "availability");
     }
 }

@@ -389,7 +389,9 @@ impl Builder {
         }
         let queue = self.queue.clone();
         if let Some((_, config)) = &queue {
-            config.validate().map_err(Error::Config)?;
+            config
+                .validate()
+                .map_err(|e| Error::Config(format!("queue {e}")))?;
         }
         let plan = self.plan()?;
         if queue.is_none() {
@@ -580,11 +582,13 @@ impl Builder {
         self.policy
             .validate()
             .map_err(|e| cfg(format!("retry policy: {e}")))?;
-        self.retry_budget.validate().map_err(cfg)?;
+        self.retry_budget
+            .validate()
+            .map_err(|e| cfg(format!("retry_budget.{e}")))?;
         if let Some(c) = &self.idempotency {
-            c.validate().map_err(cfg)?;
+            c.validate().map_err(|e| cfg(format!("idempotency {e}")))?;
         }
-        self.pins.validate().map_err(cfg)?;
+        self.pins.validate().map_err(|e| cfg(format!("pins {e}")))?;
 
         let mut models: Vec<ModelInfo> = Vec::new();
         let mut breakers: Vec<BreakerConfig> = Vec::new();
@@ -734,7 +738,9 @@ impl Builder {
         let mut probes: Vec<Option<ProbeConfig>> = vec![None; models.len()];
         let mut all_probe = None;
         for (model, probe) in self.probes {
-            probe.validate().map_err(|e| cfg(format!("probe: {e}")))?;
+            probe
+                .validate()
+                .map_err(|e| cfg(format!("probe: probe {e}")))?;
             match model {
                 None => all_probe = Some(probe),
                 Some(model) => {
@@ -750,8 +756,10 @@ impl Builder {
         for p in &mut probes {
             *p = p.or(all_probe);
         }
-        self.sla.validate().map_err(cfg)?;
-        self.alerts.validate().map_err(cfg)?;
+        self.sla.validate().map_err(|e| cfg(format!("sla.{e}")))?;
+        self.alerts
+            .validate()
+            .map_err(|e| cfg(format!("alerts.{e}")))?;
         self.sla_target
             .validate()
             .map_err(|e| cfg(format!("sla target: {e}")))?;
@@ -842,12 +850,8 @@ impl Builder {
                 return Err(cfg(format!("bulkhead {name:?} is declared twice")));
             }
         }
-        if !(0.0..1.0).contains(&self.interactive_reserve) {
-            return Err(cfg(format!(
-                "interactive_reserve must be in [0, 1), got {}",
-                self.interactive_reserve
-            )));
-        }
+        crate::policy::lanes::validate_interactive_reserve(self.interactive_reserve)
+            .map_err(|e| cfg(e.to_string()))?;
         Ok(Plan {
             upstream_names: self.upstreams.iter().map(|(n, _)| n.clone()).collect(),
             upstreams: self.upstreams.into_iter().map(|(_, u)| u).collect(),

@@ -42,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use crate::call::Lane;
 use crate::policy::bucket::{Buckets, Dimension, Level, Limits, Reservation};
+use crate::policy::invalid::Invalid;
 use crate::wire::{Cost, Headers};
 
 /// One upstream as the governor sees it.
@@ -71,17 +72,33 @@ pub struct Bulkhead {
 }
 
 impl Bulkhead {
-    /// Check the settings; the message names the field.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Check the settings.
+    pub fn validate(&self) -> Result<(), Invalid> {
         if self.max_concurrent == Some(0) {
-            return Err("max_concurrent must be at least 1".into());
+            return Err(Invalid::new("max_concurrent", "must be at least 1"));
         }
         if let Some(s) = self.budget_share {
             if !(s > 0.0 && s <= 1.0) {
-                return Err(format!("budget_share must be in (0, 1], got {s}"));
+                return Err(Invalid::new(
+                    "budget_share",
+                    format!("must be in (0, 1], got {s}"),
+                ));
             }
         }
         Ok(())
+    }
+}
+
+/// Check an interactive reserve: the share (in `[0, 1)`) of every bucket background calls may
+/// not use.
+pub fn validate_interactive_reserve(share: f64) -> Result<(), Invalid> {
+    if (0.0..1.0).contains(&share) {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            "interactive_reserve",
+            format!("must be in [0, 1), got {share}"),
+        ))
     }
 }
 
