@@ -3,7 +3,7 @@
 //!
 //! `send_after` is a task that sleeps holding a reference to the actor: a timer that is
 //! re-armed or whose actor stops aborts it, or a request actor's cell (its mailboxes and what
-//! they hold) would outlive the call until its deadline passed (issue 14: ~16 KB per call kept
+//! they hold) would outlive the call until its deadline passed (BENCHMARKS.md: ~16 KB per call kept
 //! for minutes after a burst).
 
 use std::time::Instant;

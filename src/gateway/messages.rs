@@ -196,7 +196,7 @@ pub(crate) async fn messages(
         return reply::error(&e, &state.ids);
     }
     // The head and body are slices of the connection's read buffer: holding them for the whole
-    // call kept that buffer (8 KiB) alive per call in flight (issue 14). The call owns copies.
+    // call kept that buffer (8 KiB) alive per call in flight (BENCHMARKS.md). The call owns copies.
     drop(headers);
     drop(body);
     let requested = call.model().to_owned();

@@ -6,7 +6,7 @@
 //! last trim (a burst has passed),
 //! and at least every [`EVERY`], the gateway asks glibc to return its free pages
 //! (`malloc_trim(0)`, which walks the arenas: well under a millisecond for a heap of this size).
-//! With it, RSS came back to 1.5x idle two seconds after such a burst (BENCHMARKS.md, issue 14).
+//! With it, RSS came back to 1.5x idle two seconds after such a burst (BENCHMARKS.md, memory).
 //! Other allocators and platforms return memory on their own terms: nothing to do there.
 
 use std::time::Duration;

@@ -1,7 +1,6 @@
 //! How long to wait before retrying the same model, and whether to retry it at all.
 //!
-//! Hand-written: the retry decision is the product itself, not glue. The baseline is the official
-//! SDK's rule (`min(0.5 s x 2^n, 8 s)` with a server hint winning), and the one thing we add is the
+//! The baseline is the official SDK's rule (`min(0.5 s x 2^n, 8 s)` with a server hint winning), and the one thing we add is the
 //! caller's deadline: a wait that would leave no time for the attempt itself is reported as
 //! [`Step::BeyondDeadline`] so the chain walker moves to the next model instead of sleeping in vain.
 //!

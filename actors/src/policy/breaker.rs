@@ -1,9 +1,6 @@
 //! The circuit breaker of one model: closed, open, half-open, with resilience4j's semantics and a
 //! consecutive-failures preset.
 //!
-//! Hand-written, not generated: the breaker is the product itself, so every rule here is
-//! deliberate and tested with hand-set times.
-//!
 //! Sans-IO in the quinn-proto way. The driver (the breaker actor) asks [`Breaker::try_acquire`]
 //! before a call and reports it with [`Breaker::record`] (or [`Breaker::release`] if the call was
 //! never made), wakes [`Breaker::handle_timeout`] at [`Breaker::poll_timeout`], and publishes what

@@ -1,8 +1,7 @@
 //! Client-side rate limiting with the API's own algorithm: continuous-refill token buckets for
 //! requests, input tokens and output tokens per minute, checked all at once.
 //!
-//! Hand-written: pacing calls so they are not refused is the product itself, not glue. The API
-//! replenishes each limit continuously up to its capacity (not in fixed windows), so we model it
+//! The API replenishes each limit continuously up to its capacity (not in fixed windows), so we model it
 //! the same way and can say *when* a call will fit instead of only *whether* it fits now.
 //!
 //! A reservation that does not fit yet still takes its tokens, driving the level below zero (a

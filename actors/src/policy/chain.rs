@@ -1,7 +1,7 @@
 //! The chain walk as a pure state machine: which model of a fallback chain to try, when, and
 //! what the call's answer is.
 //!
-//! Hand-written: chain walking is the product. [`ChainWalk`] is sans-IO in the style of
+//! [`ChainWalk`] is sans-IO in the style of
 //! quinn-proto's `Connection`: the driver (the request actor) feeds it [`Event`]s (a breaker's
 //! admission, the governor's decision, an attempt's classified outcome) with the time they
 //! happened, drains [`Step`]s with [`ChainWalk::poll`] and arms a timer for

@@ -1,7 +1,7 @@
 //! What an upstream answer means for the runtime: success, a transient failure worth retrying
 //! (with the server's retry hint), or a permanent one that must never be retried.
 //!
-//! Hand-written: classification is the product. Rules follow the API's documented statuses and
+//! Rules follow the API's documented statuses and
 //! `error.type` / `error.details.error_code` (never the human `message`, whose wording changes),
 //! and the official SDK's override header `x-should-retry`.
 

@@ -1,7 +1,7 @@
 //! Conversation pins: which later hop of a chain a conversation stays on while the chain's
 //! primary is not healthy (no flapping between models mid-task).
 //!
-//! Hand-written: pinning is part of the chain walk. The table is keyed by fixed-size digests of
+//! The table is keyed by fixed-size digests of
 //! (tenant, conversation key), so an entry costs the same whatever a client sends, and it is
 //! bounded twice: at most `max_pins` pins (the oldest go first: those conversations may move
 //! back early, nothing worse), and at most `max_per_tenant` pins of one tenant (past it, the

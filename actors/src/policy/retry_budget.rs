@@ -1,7 +1,7 @@
 //! Retry budget: same-model re-attempts are limited to a fraction of recent first attempts, the
 //! way Finagle's `RetryBudget` and Envoy's retry budgets bound retry storms.
 //!
-//! Hand-written: bounding retries is the product. Over a sliding window of `window` (whole
+//! Over a sliding window of `window` (whole
 //! seconds, per-second buckets), retries may be at most `ratio` × first attempts plus a floor of
 //! `min_per_sec` × window seconds. When an outage makes every first attempt fail, the retries it
 //! triggers stay a fraction of the offered load instead of multiplying it.

@@ -1,7 +1,6 @@
 //! Sliding windows over call outcomes: the last N calls, or the last N seconds.
 //!
-//! Hand-written, not generated: the breaker is the product itself, and these windows are what it
-//! judges a model's health on. Semantics follow resilience4j's `COUNT_BASED` and `TIME_BASED`
+//! These windows are what the breaker judges a model's health on. Semantics follow resilience4j's `COUNT_BASED` and `TIME_BASED`
 //! sliding windows. Pure: time is an argument, never read from a clock.
 
 use std::collections::VecDeque;

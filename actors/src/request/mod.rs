@@ -61,7 +61,7 @@ use report::{CallEnd, Report};
 /// (`post_stop` marks a clean stop; ractor skips it when a handler panics or errs).
 ///
 /// Request actors are not linked to the supervisor: linking cost two supervision messages to
-/// one shared actor per call, ~9 µs of CPU of a ~28 µs call (issue 14, `call/complete` on a
+/// one shared actor per call, ~9 µs of CPU of a ~28 µs call (BENCHMARKS.md, `call/complete` on a
 /// current-thread runtime, 28.8 -> 19.3 µs median). The supervisor never restarted a request
 /// actor anyway (its call is over); what it did, counting and logging the failure, is done here.
 struct FailureWatch {
@@ -669,7 +669,7 @@ impl RequestState {
                 Step::Finish(f) => {
                     // Boxed: degrading awaits caches, the fleet and the queue, and inline that
                     // state would size every message's future, which ractor keeps boxed for
-                    // the actor's life (issue 14).
+                    // the actor's life (BENCHMARKS.md, memory).
                     Box::pin(self.finish(f)).await;
                     return true;
                 }

@@ -81,7 +81,7 @@ impl Seawall {
         let table = self.inner.shared.directory.idempotency();
         match (call.idempotency_digest(), table) {
             // Boxed: a caller holds this future for the whole call, and the idempotent path's
-            // state would make every call's future as large as its own (issue 14).
+            // state would make every call's future as large as its own (BENCHMARKS.md, memory).
             (Some(key), Some(table)) => Box::pin(self.complete_once(call, key, table)).await,
             _ => self.complete_now(call).await,
         }

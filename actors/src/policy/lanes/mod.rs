@@ -1,6 +1,6 @@
 //! The governor's rules, sans I/O: who gets budget, when, and with which key.
 //!
-//! Hand-written: rate governance is the product. [`Lanes`] owns every token bucket, the key pool,
+//! [`Lanes`] owns every token bucket, the key pool,
 //! the priority lanes and the bulkheads; it deals in waiter ids, never in reply ports, so the
 //! actor that drives it (`GovernorActor`) keeps only the id -> port map, the timer and the
 //! metrics. Time is an argument.
