@@ -18,7 +18,7 @@ use ractor::ActorRef;
 use seawall::core::policy::breaker::{Acquire, Admission, Breaker};
 use seawall::core::policy::bucket::Buckets;
 use seawall::core::policy::lanes::{Decision, ReserveRequest, ServerLimits, Settlement};
-use seawall::core::protocol::{BreakerMsg, GovernorMsg, Reply, SupervisorMsg};
+use seawall::core::protocol::{BreakerMsg, GovernorMsg, Responder, SupervisorMsg};
 use seawall::core::scripted::ok_response;
 use seawall::core::{
     Attempt, BreakerConfig, Call, Class, Cost, Job, JobState, JobStore, Lane, Limits,
@@ -77,7 +77,7 @@ async fn breaker_ref(sw: &Seawall) -> ActorRef<BreakerMsg> {
             |reply| SupervisorMsg::BreakerRef {
                 model: 0,
                 stale: None,
-                reply: Reply::port(reply),
+                reply: Responder::port(reply),
             },
             None,
         )
@@ -94,7 +94,7 @@ async fn governor_ref(sw: &Seawall) -> ActorRef<GovernorMsg> {
         .call(
             |reply| SupervisorMsg::GovernorRef {
                 stale: None,
-                reply: Reply::port(reply),
+                reply: Responder::port(reply),
             },
             None,
         )
@@ -118,7 +118,7 @@ async fn reserve_settle(g: &ActorRef<GovernorMsg>) {
                         feature: None,
                         max_wait: Duration::ZERO,
                     },
-                    Reply::port(reply),
+                    Responder::port(reply),
                 )
             },
             None,
@@ -142,7 +142,7 @@ async fn acquire_record(b: &ActorRef<BreakerMsg>) {
         .call(
             |reply| BreakerMsg::Acquire {
                 retry: false,
-                reply: Reply::port(reply),
+                reply: Responder::port(reply),
             },
             None,
         )

@@ -36,7 +36,7 @@ use crate::wire::{Attempt, Headers, SseEvent, TransportError, UpstreamResponse};
 pub(crate) type Events = tokio::sync::mpsc::Receiver<Result<SseEvent, TransportError>>;
 
 /// What an attempt needs to run.
-pub(crate) struct Job {
+pub(crate) struct Spec {
     /// The transport.
     pub upstream: Arc<dyn Upstream>,
     /// What to send.
@@ -221,12 +221,12 @@ pub(crate) struct Done {
 
 /// An attempt in flight's holds: booked as abandoned if the attempt is dropped before it
 /// finishes (a cancelled hedge, a caller gone).
-struct InFlight {
+struct Unfinished {
     holds: Holds,
     armed: bool,
 }
 
-impl Drop for InFlight {
+impl Drop for Unfinished {
     fn drop(&mut self) {
         if self.armed {
             self.holds.book(
@@ -267,8 +267,8 @@ fn settle(governor: &Option<ActorRef<GovernorMsg>>, settlement: Settlement) {
 }
 
 /// Run one attempt to its end (a stream: to its first content event).
-pub(crate) async fn run(job: Job) -> Done {
-    let Job {
+pub(crate) async fn run(spec: Spec) -> Done {
+    let Spec {
         upstream,
         attempt,
         stream,
@@ -276,8 +276,8 @@ pub(crate) async fn run(job: Job) -> Done {
         retry,
         holds,
         span,
-    } = job;
-    let mut guard = InFlight { holds, armed: true };
+    } = spec;
+    let mut guard = Unfinished { holds, armed: true };
     let start = clock::now();
     let budget = attempt.timeout;
     let result = if stream {

@@ -27,7 +27,7 @@ use crate::policy::lanes::{
     Answer, Decision, FleetMode, GovernorArgs, Group, KeyCheck, Lanes, ReserveRequest, Reserved,
     ServerLimits, Settlement, WaiterId,
 };
-use crate::protocol::{GovernorMsg, Reply};
+use crate::protocol::{GovernorMsg, Responder};
 use crate::timer::Timer;
 use crate::upstream::Upstream;
 use crate::wire::{Attempt, TransportError};
@@ -67,7 +67,7 @@ pub struct GovernorActor;
 pub struct GovernorState {
     lanes: Lanes,
     /// Parked callers by waiter id.
-    waiting: HashMap<WaiterId, Reply<Decision>>,
+    waiting: HashMap<WaiterId, Responder<Decision>>,
     next_waiter: WaiterId,
     /// Names for the gauges' labels: per upstream, its organizations' and classes' names.
     org_names: Vec<Vec<String>>,
@@ -97,7 +97,7 @@ impl GovernorState {
     /// Count a decision and deliver it; a grant its caller never receives goes back.
     fn answer(
         &mut self,
-        reply: Reply<Decision>,
+        reply: Responder<Decision>,
         decision: Decision,
         req: &ReserveRequest,
         since: Option<Instant>,
@@ -184,7 +184,7 @@ impl GovernorState {
         });
     }
 
-    fn reserve(&mut self, req: ReserveRequest, reply: Reply<Decision>, now: Instant) {
+    fn reserve(&mut self, req: ReserveRequest, reply: Responder<Decision>, now: Instant) {
         let waiter = self.next_waiter;
         self.next_waiter += 1;
         match self.lanes.reserve(req, waiter, now) {

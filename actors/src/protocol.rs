@@ -3,7 +3,7 @@
 //! Every actor imports this file, the policies and the `Directory`, never
 //! another actor's file: the actor modules form no import cycle, and each can be read alone.
 //!
-//! Answers travel on a [`Reply`]: an awaiting caller's port (the facade's queries), or a cast
+//! Answers travel on a [`Responder`]: an awaiting caller's port (the facade's queries), or a cast
 //! back into the asking actor's mailbox (a request actor never blocks on a breaker or the
 //! governor: their answers arrive as messages, like an attempt's result). A reply dropped
 //! unanswered (its actor died holding it) is noticed either way.
@@ -44,9 +44,9 @@ enum Target<T> {
 ///
 /// Dropped without an answer (the answering actor died holding it), it tells the asker: a port
 /// closes, and an actor gets its message with `None`.
-pub struct Reply<T: Send + 'static>(Option<Target<T>>);
+pub struct Responder<T: Send + 'static>(Option<Target<T>>);
 
-impl<T: Send + 'static> Reply<T> {
+impl<T: Send + 'static> Responder<T> {
     /// Answer an awaiting caller.
     pub fn port(port: RpcReplyPort<T>) -> Self {
         Self(Some(Target::Port(port)))
@@ -97,7 +97,7 @@ impl<T: Send + 'static> Reply<T> {
     }
 }
 
-impl<T: Send + 'static> Drop for Reply<T> {
+impl<T: Send + 'static> Drop for Responder<T> {
     fn drop(&mut self) {
         if let Some(Target::Actor { deliver, .. }) = self.0.take() {
             let _ = deliver(None);
@@ -130,11 +130,11 @@ pub enum BreakerMsg {
         /// A re-attempt on the same model.
         retry: bool,
         /// Where the answer goes; a permit it cannot deliver is given back.
-        reply: Reply<Admission>,
+        reply: Responder<Admission>,
     },
     /// May one retry be spent from this model's retry budget (a hedge this model made
     /// necessary)? Answered at once.
-    SpendRetry(Reply<bool>),
+    SpendRetry(Responder<bool>),
     /// The result of a permitted call.
     Record {
         /// The permit the call was made under.
@@ -171,7 +171,7 @@ pub enum BreakerMsg {
         /// The digest of (tenant, conversation key).
         conversation: Digest,
         /// The answer.
-        reply: Reply<PinAnswer>,
+        reply: Responder<PinAnswer>,
     },
     /// Cast the current state to this monitor (a restarted monitor asks).
     ReportTo(ActorRef<MonitorMsg>),
@@ -226,7 +226,7 @@ pub struct BreakerStatus {
 pub enum GovernorMsg {
     /// Take budget for one attempt; answered now, or later from the lane queue. A grant that
     /// cannot be delivered is given back.
-    Reserve(ReserveRequest, Reply<Decision>),
+    Reserve(ReserveRequest, Responder<Decision>),
     /// Correct a reservation after the attempt.
     Settle(Settlement),
     /// A usable key of an upstream (least loaded), for calls that are not attempts (token
@@ -449,14 +449,14 @@ pub enum SupervisorMsg {
         /// The ref the caller found dead, if any: never answer with it again.
         stale: Option<ActorId>,
         /// Where the ref goes.
-        reply: Reply<ActorRef<BreakerMsg>>,
+        reply: Responder<ActorRef<BreakerMsg>>,
     },
     /// The live governor; answered after the restart if it is being restarted.
     GovernorRef {
         /// The ref the caller found dead, if any: never answer with it again.
         stale: Option<ActorId>,
         /// Where the ref goes.
-        reply: Reply<ActorRef<GovernorMsg>>,
+        reply: Responder<ActorRef<GovernorMsg>>,
     },
     /// Total restarts so far.
     Restarts(RpcReplyPort<u64>),
@@ -587,11 +587,11 @@ mod tests {
     async fn a_cast_reply_delivers_once_and_a_dropped_one_says_it_was_lost() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let (sink, handle) = Actor::spawn(None, Sink, tx).await.unwrap();
-        let reply = Reply::cast(&sink, |v: Option<u32>| v, |m| m);
+        let reply = Responder::cast(&sink, |v: Option<u32>| v, |m| m);
         assert!(!reply.is_closed());
         assert_eq!(reply.send(7), None);
         assert_eq!(rx.recv().await, Some(Some(7)));
-        drop(Reply::cast(&sink, |v: Option<u32>| v, |m| m));
+        drop(Responder::cast(&sink, |v: Option<u32>| v, |m| m));
         assert_eq!(
             rx.recv().await,
             Some(None),
@@ -599,7 +599,7 @@ mod tests {
         );
         sink.stop(None);
         handle.await.unwrap();
-        let late = Reply::cast(&sink, |v: Option<u32>| v, |m| m);
+        let late = Responder::cast(&sink, |v: Option<u32>| v, |m| m);
         assert!(late.is_closed());
         assert_eq!(late.send(9), Some(9), "undelivered: given back");
     }
@@ -607,7 +607,7 @@ mod tests {
     #[tokio::test]
     async fn a_port_reply_gives_back_what_nobody_takes() {
         let (tx, rx) = oneshot::channel::<u32>();
-        let reply = Reply::port(RpcReplyPort::from(tx));
+        let reply = Responder::port(RpcReplyPort::from(tx));
         drop(rx);
         assert!(reply.is_closed());
         assert_eq!(reply.send(3), Some(3));

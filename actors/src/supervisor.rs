@@ -23,7 +23,7 @@ use crate::monitor::{MonitorActor, MonitorArgs};
 use crate::policy::breaker::BreakerConfig;
 use crate::policy::pins::PinLimits;
 use crate::policy::retry_budget::RetryBudgetConfig;
-use crate::protocol::{BreakerMsg, GovernorMsg, Reply, SupervisorMsg};
+use crate::protocol::{BreakerMsg, GovernorMsg, Responder, SupervisorMsg};
 use crate::queue::{QueueActor, QueueArgs};
 
 /// How many restarts in what time a supervisor tolerates before failing itself.
@@ -91,8 +91,8 @@ pub struct Supervisor;
 pub struct SupervisorState {
     args: SupervisorArgs,
     children: HashMap<ActorId, Child>,
-    waiting_breaker: Vec<(usize, Reply<ActorRef<BreakerMsg>>)>,
-    waiting_governor: Vec<Reply<ActorRef<GovernorMsg>>>,
+    waiting_breaker: Vec<(usize, Responder<ActorRef<BreakerMsg>>)>,
+    waiting_governor: Vec<Responder<ActorRef<GovernorMsg>>>,
     recent: VecDeque<Instant>,
     total_restarts: u64,
 }

@@ -21,7 +21,9 @@ use crate::fleet::Fleet;
 use crate::policy::classify::{classify_transport, Class};
 use crate::policy::lanes::{Decision, ReserveRequest};
 use crate::policy::sla::SlaOutcome;
-use crate::protocol::{AttemptSample, BreakerMsg, GovernorMsg, MonitorMsg, ProbeAdmission, Reply};
+use crate::protocol::{
+    AttemptSample, BreakerMsg, GovernorMsg, MonitorMsg, ProbeAdmission, Responder,
+};
 use crate::upstream::Upstream;
 use crate::wire::{Attempt, Cost, TransportError};
 
@@ -176,7 +178,7 @@ impl ProbeTask {
         };
         let ticket = match governor
             .call(
-                |reply| GovernorMsg::Reserve(request, Reply::port(reply)),
+                |reply| GovernorMsg::Reserve(request, Responder::port(reply)),
                 Some(ACTOR_CALL_TIMEOUT),
             )
             .await
@@ -184,7 +186,7 @@ impl ProbeTask {
             Ok(CallResult::Success(Decision::Grant { ticket, .. })) => ticket,
             _ => return None,
         };
-        let done = attempt::run(attempt::Job {
+        let done = attempt::run(attempt::Spec {
             upstream: Arc::clone(&self.upstream),
             attempt: self.attempt(ticket.key),
             stream: false,

@@ -2,7 +2,7 @@
 //!
 //! The baseline is the official SDK's rule (`min(0.5 s x 2^n, 8 s)` with a server hint winning), and the one thing we add is the
 //! caller's deadline: a wait that would leave no time for the attempt itself is reported as
-//! [`Step::BeyondDeadline`] so the chain walker moves to the next model instead of sleeping in vain.
+//! [`Wait::BeyondDeadline`] so the chain walker moves to the next model instead of sleeping in vain.
 //!
 //! Pure: no clock, no global RNG. Randomness comes in as an `f64` in `[0, 1)` (see [`SplitMix64`](crate::policy::rng::SplitMix64)).
 
@@ -51,7 +51,7 @@ impl Default for Backoff {
 /// What to do after a failed attempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[must_use]
-pub enum Step {
+pub enum Wait {
     /// Retry the same model after this delay.
     Retry(Duration),
     /// This model has had all its attempts: move on.
@@ -110,10 +110,10 @@ impl Backoff {
 
     /// The whole decision after `failures` failed attempts at one model.
     ///
-    /// `failures >= max_attempts` gives [`Step::Exhausted`]. Otherwise the delay `d` is computed as
+    /// `failures >= max_attempts` gives [`Wait::Exhausted`]. Otherwise the delay `d` is computed as
     /// in [`Backoff::delay`]; if `remaining` (what is left of the caller's deadline) is `Some(r)`
-    /// and `d + min_attempt > r`, the answer is [`Step::BeyondDeadline`]: a hint longer than the
-    /// deadline means leave this model now, never a doomed sleep. Else [`Step::Retry`].
+    /// and `d + min_attempt > r`, the answer is [`Wait::BeyondDeadline`]: a hint longer than the
+    /// deadline means leave this model now, never a doomed sleep. Else [`Wait::Retry`].
     pub fn next(
         &self,
         failures: u32,
@@ -121,15 +121,15 @@ impl Backoff {
         remaining: Option<Duration>,
         min_attempt: Duration,
         rand01: f64,
-    ) -> Step {
+    ) -> Wait {
         if failures >= self.max_attempts {
-            return Step::Exhausted;
+            return Wait::Exhausted;
         }
         let d = self.delay(failures, hint, rand01);
         match remaining {
             // Saturating: a huge hint plus the attempt must still compare as "too long".
-            Some(r) if d.saturating_add(min_attempt) > r => Step::BeyondDeadline { wanted: d },
-            _ => Step::Retry(d),
+            Some(r) if d.saturating_add(min_attempt) > r => Wait::BeyondDeadline { wanted: d },
+            _ => Wait::Retry(d),
         }
     }
 
@@ -308,12 +308,12 @@ mod tests {
             jitter: Jitter::None,
             ..Backoff::default()
         };
-        assert_eq!(b.next(1, None, None, ms(0), 0.0), Step::Retry(ms(500)));
-        assert_eq!(b.next(2, None, None, ms(0), 0.0), Step::Retry(ms(1000)));
-        assert_eq!(b.next(3, None, None, ms(0), 0.0), Step::Exhausted);
-        assert_eq!(b.next(u32::MAX, None, None, ms(0), 0.0), Step::Exhausted);
+        assert_eq!(b.next(1, None, None, ms(0), 0.0), Wait::Retry(ms(500)));
+        assert_eq!(b.next(2, None, None, ms(0), 0.0), Wait::Retry(ms(1000)));
+        assert_eq!(b.next(3, None, None, ms(0), 0.0), Wait::Exhausted);
+        assert_eq!(b.next(u32::MAX, None, None, ms(0), 0.0), Wait::Exhausted);
         // Even a hint cannot buy an attempt beyond the budget.
-        assert_eq!(b.next(3, Some(ms(10)), None, ms(0), 0.0), Step::Exhausted);
+        assert_eq!(b.next(3, Some(ms(10)), None, ms(0), 0.0), Wait::Exhausted);
     }
 
     #[test]
@@ -321,21 +321,21 @@ mod tests {
         let b = Backoff::default();
         assert_eq!(
             b.next(1, Some(ms(20_000)), Some(ms(5_000)), ms(0), 0.3),
-            Step::BeyondDeadline { wanted: ms(20_000) }
+            Wait::BeyondDeadline { wanted: ms(20_000) }
         );
         assert_eq!(
             b.next(1, Some(ms(2_000)), Some(ms(5_000)), ms(0), 0.3),
-            Step::Retry(ms(2_000))
+            Wait::Retry(ms(2_000))
         );
         // No deadline: any hint is honoured.
         assert_eq!(
             b.next(1, Some(ms(600_000)), None, ms(0), 0.3),
-            Step::Retry(ms(600_000))
+            Wait::Retry(ms(600_000))
         );
         // Enormous values saturate instead of overflowing.
         assert_eq!(
             b.next(1, Some(Duration::MAX), Some(ms(1)), Duration::MAX, 0.3),
-            Step::BeyondDeadline {
+            Wait::BeyondDeadline {
                 wanted: Duration::MAX
             }
         );
@@ -347,11 +347,11 @@ mod tests {
         // 500 ms wait + 1 s attempt fits 1.5 s exactly, not 1.4 s.
         assert_eq!(
             b.next(1, None, Some(ms(1500)), ms(1000), 0.0),
-            Step::Retry(ms(500))
+            Wait::Retry(ms(500))
         );
         assert_eq!(
             b.next(1, None, Some(ms(1400)), ms(1000), 0.0),
-            Step::BeyondDeadline { wanted: ms(500) }
+            Wait::BeyondDeadline { wanted: ms(500) }
         );
     }
 

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::call::{AttemptRecord, Outcome};
-use crate::policy::backoff::{Backoff, Step as Backoff_};
+use crate::policy::backoff::{Backoff, Wait};
 use crate::policy::breaker::{Admission, Permit};
 use crate::policy::classify::{Class, Scope, Verdict};
 use crate::policy::invalid::Invalid;
@@ -1133,15 +1133,15 @@ impl ChainWalk {
                     self.min_attempt,
                     r,
                 ) {
-                    Backoff_::Retry(delay) => {
+                    Wait::Retry(delay) => {
                         h.ready_at = now + delay;
                         h.recovers_at = Some(now + delay);
                     }
-                    Backoff_::Exhausted => {
+                    Wait::Exhausted => {
                         h.done = true;
                         h.recovers_at = hint.map(|d| now + d);
                     }
-                    Backoff_::BeyondDeadline { wanted } => {
+                    Wait::BeyondDeadline { wanted } => {
                         h.done = true;
                         h.recovers_at = Some(now + wanted);
                     }

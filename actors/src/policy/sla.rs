@@ -278,8 +278,8 @@ fn micros(d: Duration) -> u64 {
 }
 
 #[derive(Clone, Debug)]
-struct Bucket {
-    /// Bucket `n` covers `[origin + n × width, origin + (n+1) × width)`.
+struct Span {
+    /// Span `n` covers `[origin + n × width, origin + (n+1) × width)`.
     index: u64,
     calls: u64,
     failures: u64,
@@ -289,7 +289,7 @@ struct Bucket {
     latency: Histogram<u64>,
 }
 
-impl Bucket {
+impl Span {
     fn new(index: u64) -> Self {
         Self {
             index,
@@ -309,7 +309,7 @@ pub struct SlaWindow {
     config: SlaConfig,
     origin: Instant,
     /// Oldest first, indexes strictly increasing; only buckets that saw an outcome exist.
-    buckets: VecDeque<Bucket>,
+    buckets: VecDeque<Span>,
     /// The latest bucket index seen: time never runs backwards here.
     latest: u64,
 }
@@ -365,11 +365,11 @@ impl SlaWindow {
         let pos = match self.buckets.iter().rposition(|b| b.index <= index) {
             Some(p) if self.buckets[p].index == index => p,
             Some(p) => {
-                self.buckets.insert(p + 1, Bucket::new(index));
+                self.buckets.insert(p + 1, Span::new(index));
                 p + 1
             }
             None => {
-                self.buckets.push_front(Bucket::new(index));
+                self.buckets.push_front(Span::new(index));
                 0
             }
         };
@@ -522,7 +522,7 @@ mod tests {
         let five_min = Duration::from_secs(300);
         let f = SlaOutcome::Failure;
         let ok = SlaOutcome::Success;
-        // Bucket 0: ok f f ; bucket 1: f f f (all failed) ; bucket 2: f ok f.
+        // Span 0: ok f f ; bucket 1: f f f (all failed) ; bucket 2: f ok f.
         for o in [ok, f, f] {
             w.record(o, None, MS, t0);
         }
@@ -554,7 +554,7 @@ mod tests {
         w.record(SlaOutcome::Failure, None, MS, t0);
         w.record(SlaOutcome::Success, None, MS, t0 + Duration::from_secs(15));
         assert_eq!(w.report(t0 + Duration::from_secs(59)).calls, 2);
-        // Bucket 0 ([0 s, 10 s)) leaves at 60 s; bucket 1 ([10 s, 20 s)) at 70 s.
+        // Span 0 ([0 s, 10 s)) leaves at 60 s; bucket 1 ([10 s, 20 s)) at 70 s.
         let s = w.report(t0 + Duration::from_secs(60));
         assert_eq!((s.calls, s.failures), (1, 0));
         assert_eq!(w.report(t0 + Duration::from_secs(70)).calls, 0);

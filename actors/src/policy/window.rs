@@ -91,16 +91,16 @@ enum Slots {
 #[derive(Clone, Debug)]
 struct TimeSlots {
     span_secs: u64,
-    /// Bucket `n` covers `[origin + n s, origin + n+1 s)`.
+    /// Slot `n` covers `[origin + n s, origin + n+1 s)`.
     origin: Option<Instant>,
     /// The latest second seen: time never runs backwards, even if a caller's `now` does.
     latest: u64,
     /// Oldest first, seconds strictly increasing.
-    buckets: VecDeque<Bucket>,
+    buckets: VecDeque<Slot>,
 }
 
 #[derive(Clone, Copy, Debug)]
-struct Bucket {
+struct Slot {
     second: u64,
     stats: WindowStats,
 }
@@ -175,7 +175,7 @@ impl Window {
                 let second = t.advance(now, &mut self.totals);
                 match t.buckets.back_mut() {
                     Some(bucket) if bucket.second == second => bucket.stats.add(one),
-                    _ => t.buckets.push_back(Bucket { second, stats: one }),
+                    _ => t.buckets.push_back(Slot { second, stats: one }),
                 }
             }
         }

@@ -52,7 +52,7 @@ use crate::policy::classify::{Class, Verdict};
 use crate::policy::lanes::{Decision, ReserveRequest};
 use crate::policy::ledger::Observed;
 use crate::protocol::AttemptSample;
-use crate::protocol::{BreakerMsg, GovernorMsg, PinAnswer, Reply as Answer, SupervisorMsg};
+use crate::protocol::{BreakerMsg, GovernorMsg, PinAnswer, Responder, SupervisorMsg};
 use crate::timer::Timer;
 use crate::wire::Attempt;
 use report::{CallEnd, Report};
@@ -358,7 +358,7 @@ impl RequestState {
             return self.refresh_breaker(myself, Stalled::Acquire { hop, retry });
         };
         self.acquiring.insert(hop, retry);
-        let reply = Answer::cast(
+        let reply = Responder::cast(
             myself,
             move |admission| RequestMsg::Admission { hop, admission },
             |m| match m {
@@ -375,7 +375,7 @@ impl RequestState {
             return self.refresh_governor(myself, Stalled::Reserve { hop, request });
         };
         self.reserving.insert(hop, request);
-        let reply = Answer::cast(
+        let reply = Responder::cast(
             myself,
             move |decision| RequestMsg::Budget { hop, decision },
             |m| match m {
@@ -402,7 +402,7 @@ impl RequestState {
             );
         }
         let stale = self.breakers[hop].take().map(|b| b.get_id());
-        let reply = Answer::cast(
+        let reply = Responder::cast(
             myself,
             move |breaker| RequestMsg::BreakerRef { hop, breaker },
             |_| None,
@@ -432,7 +432,7 @@ impl RequestState {
             );
         }
         let stale = self.governor.take().map(|g| g.get_id());
-        let reply = Answer::cast(myself, RequestMsg::GovernorRef, |_| None);
+        let reply = Responder::cast(myself, RequestMsg::GovernorRef, |_| None);
         if self
             .shared
             .supervisor
@@ -498,7 +498,7 @@ impl RequestState {
             s.hedge,
             s.ticket.key,
         );
-        let job = attempt::Job {
+        let job = attempt::Spec {
             upstream,
             attempt: Attempt {
                 model: info.name.clone(),
@@ -582,7 +582,7 @@ impl RequestState {
                     let conversation = self.call.conversation_digest();
                     match (self.breaker(0), conversation) {
                         (Some(primary), Some(conversation)) => {
-                            let reply = Answer::cast(myself, RequestMsg::Pinned, |_| None);
+                            let reply = Responder::cast(myself, RequestMsg::Pinned, |_| None);
                             let _ = primary.cast(BreakerMsg::Pinned {
                                 conversation,
                                 reply,
@@ -594,7 +594,7 @@ impl RequestState {
                 Step::Acquire { hop, retry } => self.acquire(myself, hop, retry),
                 Step::SpendRetry { hop } => match self.breaker(hop) {
                     Some(breaker) => {
-                        let reply = Answer::cast(
+                        let reply = Responder::cast(
                             myself,
                             move |granted| RequestMsg::RetryBudget { hop, granted },
                             |_| None,

@@ -441,7 +441,7 @@ impl Seawall {
                 |reply| SupervisorMsg::BreakerRef {
                     model: id,
                     stale: None,
-                    reply: crate::protocol::Reply::port(reply),
+                    reply: crate::protocol::Responder::port(reply),
                 },
                 Some(Duration::from_secs(5)),
             )
@@ -459,7 +459,7 @@ impl Seawall {
             .call(
                 |reply| SupervisorMsg::GovernorRef {
                     stale: None,
-                    reply: crate::protocol::Reply::port(reply),
+                    reply: crate::protocol::Responder::port(reply),
                 },
                 Some(Duration::from_secs(5)),
             )

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use proptest::prelude::*;
 
-use super::backoff::{Backoff, Jitter, Step as Backoff_};
+use super::backoff::{Backoff, Jitter, Wait};
 use super::breaker::{Acquire, Admission, Breaker, BreakerConfig, Permit, StateKind, Trip};
 use super::bucket::{Buckets, Limits, Reservation};
 use super::chain::{
@@ -353,7 +353,7 @@ proptest! {
         let remaining = remaining_ms.map(ms);
         let min_attempt = ms(min_attempt_ms);
         match b.next(failures, hint, remaining, min_attempt, r) {
-            Backoff_::Retry(d) => {
+            Wait::Retry(d) => {
                 prop_assert!(failures < b.max_attempts);
                 if hint.is_none_or(|h| h.is_zero()) {
                     prop_assert!(d <= b.cap);
@@ -362,8 +362,8 @@ proptest! {
                     prop_assert!(d + min_attempt <= rem, "{d:?} + {min_attempt:?} > {rem:?}");
                 }
             }
-            Backoff_::Exhausted => prop_assert!(failures >= b.max_attempts),
-            Backoff_::BeyondDeadline { wanted } => {
+            Wait::Exhausted => prop_assert!(failures >= b.max_attempts),
+            Wait::BeyondDeadline { wanted } => {
                 let rem = remaining.expect("only a deadline makes a retry too late");
                 prop_assert!(wanted.saturating_add(min_attempt) > rem);
             }
