@@ -1,8 +1,10 @@
 //! The chain walk's rules, each with hand-set instants and no runtime.
 
 use super::*;
-use crate::policy::backoff::Jitter;
+use crate::policy::backoff::{Backoff, Jitter};
 use crate::policy::bucket::Dimension;
+use crate::policy::classify::Class;
+use crate::wire::SseEvent;
 
 const MS: Duration = Duration::from_millis(1);
 const S: Duration = Duration::from_secs(1);
