@@ -112,13 +112,23 @@ pub enum FleetClaim {
     Conflict,
 }
 
-/// A fleet of seawall instances, as the core needs it. Every method is one short exchange with
-/// the fleet's store; an implementation bounds each in time (milliseconds when the store is
-/// gone), never hangs.
-pub trait Fleet: Send + Sync + 'static {
+/// A fleet of seawall instances, as the core needs it: one small trait per concern (budget
+/// leases, health and elections, conversation pins, idempotency claims, the shared response
+/// cache), each used by the actor that needs it. Every method is one short exchange with the
+/// fleet's store; an implementation bounds each in time (milliseconds when the store is gone),
+/// never hangs.
+pub trait Fleet:
+    FleetLeases + FleetHealth + FleetPins + FleetIdempotency + FleetCache + Send + Sync + 'static
+{
     /// This instance's id in the fleet.
     fn instance(&self) -> &str;
 
+    /// Exchanges with the fleet's store so far (for benchmarks and status).
+    fn round_trips(&self) -> u64;
+}
+
+/// The fleet's shared budget, leased in slices (the governor's).
+pub trait FleetLeases {
     /// Take as much of `want` as the shared bucket of `group` holds, provided that covers `min`
     /// in every dimension and is not nothing (one change: all dimensions or none); else take
     /// nothing and say when `min` (at least one unit of what is wanted) fits. The bucket
@@ -143,7 +153,11 @@ pub trait Fleet: Send + Sync + 'static {
         limits: Limits,
         server: ServerLimits,
     ) -> FleetFuture<'_, ()>;
+}
 
+/// Liveness, breaker news and elections (the governor's count, the breakers' news and trials,
+/// the monitor's probes).
+pub trait FleetHealth {
     /// Announce this instance alive (for a few seconds) and count the live ones.
     fn heartbeat(&self) -> FleetFuture<'_, usize>;
 
@@ -157,7 +171,10 @@ pub trait Fleet: Send + Sync + 'static {
     /// Elect one instance for `what` (a model's trials or probes) for `ttl`: true when this
     /// instance won (or already holds it).
     fn elect(&self, what: &str, ttl: Duration) -> FleetFuture<'_, bool>;
+}
 
+/// Conversation pins, fleet-wide (the request actors').
+pub trait FleetPins {
     /// Pin a conversation to a model fleet-wide for `ttl`.
     fn pin(&self, conversation: Digest, model: &str, ttl: Duration) -> FleetFuture<'_, ()>;
 
@@ -166,7 +183,10 @@ pub trait Fleet: Send + Sync + 'static {
 
     /// Where a conversation is pinned fleet-wide.
     fn pinned(&self, conversation: Digest) -> FleetFuture<'_, Option<String>>;
+}
 
+/// Idempotency claims, fleet-wide (the facade's keyed calls).
+pub trait FleetIdempotency {
     /// Claim an idempotency key for a request with `fingerprint`, for `ttl`; asked again by an
     /// instance waiting on another's call, until it is `Done` (or released: then `Lead`).
     fn claim(&self, key: Digest, fingerprint: Digest, ttl: Duration)
@@ -180,15 +200,15 @@ pub trait Fleet: Send + Sync + 'static {
         answer: Option<StoredAnswer>,
         ttl: Duration,
     ) -> FleetFuture<'_, ()>;
+}
 
+/// The shared response cache (the request actors' degradation).
+pub trait FleetCache {
     /// The shared response cache's answer for `key`, with its age.
     fn cache_get(&self, key: &str) -> FleetFuture<'_, Option<(StoredAnswer, Duration)>>;
 
     /// Keep a live answer in the shared response cache for `ttl`.
     fn cache_put(&self, key: &str, answer: StoredAnswer, ttl: Duration) -> FleetFuture<'_, ()>;
-
-    /// Exchanges with the fleet's store so far (for benchmarks and status).
-    fn round_trips(&self) -> u64;
 }
 
 impl StoredAnswer {

@@ -41,7 +41,10 @@ pub mod wire;
 pub use call::{AttemptRecord, Call, CountMiss, Lane, Outcome, Reply, Source, TokenCount};
 pub use error::Error;
 pub use events::{AlertKind, Event};
-pub use fleet::{Fleet, FleetError, HealthNews};
+pub use fleet::{
+    Fleet, FleetCache, FleetError, FleetHealth, FleetIdempotency, FleetLeases, FleetPins,
+    HealthNews,
+};
 pub use idempotency::IdempotencyConfig;
 pub use job::{Finished, Job, JobState, JobStore, MemoryJobStore, QueueConfig, StoreFuture};
 pub use monitor::{ProbeConfig, ProbeKind};

@@ -27,7 +27,8 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, RedisResult, Script};
 use seawall_actors::digest::Digest;
 use seawall_actors::fleet::{
-    Fleet, FleetClaim, FleetError, FleetFuture, GroupKey, HealthNews, Lease, StoredAnswer,
+    Fleet, FleetCache, FleetClaim, FleetError, FleetFuture, FleetHealth, FleetIdempotency,
+    FleetLeases, FleetPins, GroupKey, HealthNews, Lease, StoredAnswer,
 };
 use seawall_actors::policy::bucket::Limits;
 use seawall_actors::policy::lanes::ServerLimits;
@@ -418,6 +419,12 @@ impl Fleet for RedisCluster {
         &self.inner.instance
     }
 
+    fn round_trips(&self) -> u64 {
+        self.inner.round_trips.load(Ordering::Relaxed)
+    }
+}
+
+impl FleetLeases for RedisCluster {
     fn lease(
         &self,
         group: &GroupKey,
@@ -484,7 +491,9 @@ impl Fleet for RedisCluster {
                 .map(|_| ())
         })
     }
+}
 
+impl FleetHealth for RedisCluster {
     fn heartbeat(&self) -> FleetFuture<'_, usize> {
         Box::pin(async move {
             self.inner.round_trips.fetch_add(1, Ordering::Relaxed);
@@ -560,7 +569,9 @@ impl Fleet for RedisCluster {
             Ok(holder.as_deref() == Some(self.inner.instance.as_str()))
         })
     }
+}
 
+impl FleetPins for RedisCluster {
     fn pin(&self, conversation: Digest, model: &str, ttl: Duration) -> FleetFuture<'_, ()> {
         let key = self.key(&format!("pin:{}", key_hex(&conversation)));
         let model = model.to_owned();
@@ -597,7 +608,9 @@ impl Fleet for RedisCluster {
                 .await
         })
     }
+}
 
+impl FleetIdempotency for RedisCluster {
     fn claim(
         &self,
         key: Digest,
@@ -661,7 +674,9 @@ impl Fleet for RedisCluster {
             .await
         })
     }
+}
 
+impl FleetCache for RedisCluster {
     fn cache_get(&self, key: &str) -> FleetFuture<'_, Option<(StoredAnswer, Duration)>> {
         let key = self.key(&format!("cache:{}", part(key)));
         Box::pin(async move {
@@ -697,10 +712,6 @@ impl Fleet for RedisCluster {
             })
             .await
         })
-    }
-
-    fn round_trips(&self) -> u64 {
-        self.inner.round_trips.load(Ordering::Relaxed)
     }
 }
 
