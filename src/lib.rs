@@ -11,6 +11,7 @@ pub mod secret;
 pub mod sim;
 pub mod sse;
 mod toml_keyed;
+pub mod translate;
 pub mod transport;
 
 pub use secret::ApiKey;

@@ -452,38 +452,19 @@ async fn untranslatable_requests_are_refused_naming_the_field_and_nothing_is_sen
         }
         b
     };
-    let tool = json!([{"name": "get_weather", "input_schema": {"type": "object"}}]);
+    // Tools, tool_use / tool_result blocks, images, thinking and streams are translated now
+    // (tests below); what no OpenAI-compatible provider can take is still refused.
     let image = json!({"type": "base64", "media_type": "image/png", "data": "iVBORw0KGgo="});
     let cases = [
-        (base(json!({"tools": tool})), "tools"),
-        (
-            base(json!({"tool_choice": {"type": "auto"}})),
-            "tool_choice",
-        ),
-        (
-            base(json!({"thinking": {"type": "enabled", "budget_tokens": 1024}})),
-            "thinking",
-        ),
-        (base(json!({"stream": true})), "stream"),
         (base(json!({"mcp_servers": []})), "mcp_servers"),
         (
-            base(json!({"messages": [
-                {"role": "user", "content": "weather?"},
-                {"role": "assistant", "content": [
-                    {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {}}]},
-            ]})),
-            "messages[1].content[0] (tool_use)",
+            base(json!({"tools": [{"type": "web_search_20250305", "name": "web_search"}]})),
+            "tools[0].type",
         ),
         (
             base(json!({"messages": user(json!([
-                {"type": "tool_result", "tool_use_id": "toolu_1", "content": "sunny"}]))})),
-            "messages[0].content[0] (tool_result)",
-        ),
-        (
-            base(json!({"messages": user(json!([
-                {"type": "text", "text": "what is this?"},
-                {"type": "image", "source": image}]))})),
-            "messages[0].content[1] (image)",
+                {"type": "image", "source": {"type": "file", "file_id": "file_1"}}]))})),
+            "messages[0].content[0].source",
         ),
         (
             base(json!({"messages": user(json!([{"type": "document", "source": {}}]))})),
@@ -664,19 +645,20 @@ async fn insufficient_quota_is_a_429_that_must_not_be_retried() {
     let v = json_of(&resp);
     assert_eq!(v["error"]["type"], "rate_limit_error");
     assert_eq!(
-        v["error"].get("details"),
-        None,
-        "no invented Anthropic code"
+        v["error"]["details"],
+        json!({"error_code": "insufficient_quota"}),
+        "the provider's own code, where the classifier reads spend caps"
     );
     assert!(v["error"]["message"]
         .as_str()
         .unwrap()
         .contains("exceeded your current quota"));
+    // A spend cap: the organization cannot pay, so nothing on this upstream is tried again.
     assert_eq!(
         verdict(&resp),
         Verdict::Permanent {
-            class: Class::RateLimited,
-            scope: Scope::Model
+            class: Class::Billing,
+            scope: Scope::Organization
         }
     );
 }
@@ -908,6 +890,8 @@ async fn an_overloaded_anthropic_model_falls_back_to_an_openai_model() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_openai_model_out_of_quota_is_not_retried_and_the_chain_moves_on() {
+    // A spend cap is the organization's: no model of that upstream is tried again for the
+    // call, and the chain moves on to another upstream (another organization, another key).
     let sim = sim(r#"
         [[models]]
         name = "gpt-broke"
@@ -916,13 +900,19 @@ async fn an_openai_model_out_of_quota_is_not_retried_and_the_chain_moves_on() {
         status = 429
         error_code = "insufficient_quota"
         [[models]]
+        name = "gpt-same-org"
+        [[models]]
         name = "gpt-ok"
     "#)
     .await;
     init_logs();
     let sw = Seawall::builder()
         .upstream("openai", openai(sim.base_url()))
-        .chain("gpt-broke", ["gpt-broke", "gpt-ok"])
+        .upstream("openai-b", openai(sim.base_url()))
+        .model_on("gpt-broke", "openai", None)
+        .model_on("gpt-same-org", "openai", None)
+        .model_on("gpt-ok", "openai-b", None)
+        .chain("gpt-broke", ["gpt-broke", "gpt-same-org", "gpt-ok"])
         .spawn()
         .await
         .unwrap();
@@ -933,8 +923,24 @@ async fn an_openai_model_out_of_quota_is_not_retried_and_the_chain_moves_on() {
             .unwrap();
         assert_eq!(reply.model, "gpt-ok");
         assert_eq!(reply.attempts, 2, "one try each: {:?}", reply.trail);
+        assert!(matches!(
+            reply.trail[0].outcome,
+            Outcome::Attempted {
+                status: Some(429),
+                class: Class::Billing,
+                ..
+            }
+        ));
     }
     assert_eq!(sim.count("gpt-broke"), 2, "never retried within a call");
+    assert_eq!(
+        sim.count("gpt-same-org"),
+        0,
+        "nothing else of the capped organization is tried"
+    );
+    // A spend cap says nothing about the model's health: its breaker stays closed.
+    let status = sw.breaker_status("gpt-broke").await.unwrap();
+    assert_eq!(status.stats.failures, 0, "{status:?}");
     sw.shutdown(Duration::from_secs(1)).await;
 }
 
@@ -1021,7 +1027,7 @@ async fn attempt_logs_show_the_tail_and_the_dropped_features_never_the_key() {
     lossy["top_k"] = json!(3);
     up.send(attempt(&lossy, BUDGET)).await.unwrap();
     let mut refused = conversation("gpt-log-probe-refused", 10);
-    refused["tools"] = json!([]);
+    refused["mcp_servers"] = json!([]);
     let mut a = attempt(&refused, BUDGET);
     a.key = 1;
     up.send(a).await.unwrap_err();
@@ -1047,7 +1053,7 @@ async fn attempt_logs_show_the_tail_and_the_dropped_features_never_the_key() {
         .unwrap_or_else(|| panic!("no line for the refused attempt in:\n{text}"));
     assert!(failed.contains("openai attempt failed"), "{failed}");
     assert!(
-        failed.contains("…bbbb") && failed.contains("tools"),
+        failed.contains("…bbbb") && failed.contains("mcp_servers"),
         "{failed}"
     );
 }

@@ -17,7 +17,7 @@ use seawall_actors::{
 use crate::cluster::jobs::{RedisJobStore, RedisStoreOptions};
 use crate::cluster::{ClusterBuilder, RedisCluster};
 use crate::transport::anthropic::{AnthropicOptions, AnthropicUpstream, AuthStyle};
-use crate::transport::openai::{OpenAiOptions, OpenAiUpstream};
+use crate::transport::openai::{Azure, MaxTokensField, OpenAiOptions, OpenAiUpstream};
 use crate::transport::TransportSetupError;
 
 use super::env::{process_env, read_key};
@@ -25,10 +25,10 @@ use super::error::invalid;
 use super::webhook::AlertWebhook;
 use super::{
     AlertsSection, AuthHeader, BackoffSection, BreakerSection, ClientToken, Config, ConfigError,
-    DegradeKind, EstimateKind, FallbackEntry, JitterKind, LimitsConfig, ModelConfig, PriceConfig,
-    ProbeKindConfig, QueueSection, RateLimits, RetryBudgetSection, RetrySection, SlaTargetSection,
-    Threshold, UpstreamKind, DEFAULT_CACHE_ENTRIES, DEFAULT_CACHE_TTL, DEFAULT_PROBE_INTERVAL,
-    DEFAULT_PROBE_TIMEOUT,
+    DegradeKind, EstimateKind, FallbackEntry, JitterKind, LimitsConfig, MaxTokensFieldConfig,
+    ModelConfig, PriceConfig, ProbeKindConfig, QueueSection, RateLimits, RetryBudgetSection,
+    RetrySection, SlaTargetSection, Threshold, UpstreamKind, DEFAULT_CACHE_ENTRIES,
+    DEFAULT_CACHE_TTL, DEFAULT_PROBE_INTERVAL, DEFAULT_PROBE_TIMEOUT,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -518,7 +518,8 @@ impl Config {
             let at = |k: &str| format!("upstreams[{i}].{k}");
             let setup = |e: TransportSetupError| match e {
                 TransportSetupError::BaseUrl(m) => invalid(at("base_url"), m),
-                TransportSetupError::HeaderValue { field } => invalid(at(field), e.to_string()),
+                TransportSetupError::HeaderValue { field }
+                | TransportSetupError::QueryValue { field } => invalid(at(field), e.to_string()),
                 other => invalid(format!("upstreams[{i}]"), other.to_string()),
             };
             let upstream: Arc<dyn Upstream> = match u.kind {
@@ -537,13 +538,22 @@ impl Config {
                     };
                     Arc::new(AnthropicUpstream::new(keys, options).map_err(setup)?)
                 }
-                UpstreamKind::Openai => {
+                UpstreamKind::Openai | UpstreamKind::AzureOpenai => {
                     let d = OpenAiOptions::default();
                     let options = OpenAiOptions {
                         base_url: u.base_url.clone().unwrap_or(d.base_url),
                         connect_timeout: u.connect_timeout.unwrap_or(d.connect_timeout),
                         pool_idle_timeout: u.pool_idle_timeout.unwrap_or(d.pool_idle_timeout),
                         organization: u.organization.clone(),
+                        azure: (u.kind == UpstreamKind::AzureOpenai).then(|| Azure {
+                            api_version: u.api_version.clone(),
+                        }),
+                        max_tokens_field: u.max_tokens_field.map(|f| match f {
+                            MaxTokensFieldConfig::MaxTokens => MaxTokensField::MaxTokens,
+                            MaxTokensFieldConfig::MaxCompletionTokens => {
+                                MaxTokensField::MaxCompletionTokens
+                            }
+                        }),
                     };
                     Arc::new(OpenAiUpstream::new(keys, options).map_err(setup)?)
                 }

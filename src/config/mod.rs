@@ -458,6 +458,18 @@ pub enum UpstreamKind {
     Anthropic,
     /// An OpenAI-compatible chat completions API (requests are translated).
     Openai,
+    /// Azure OpenAI: the same translation, the `api-key` header, the deployment in the path.
+    AzureOpenai,
+}
+
+/// The field an OpenAI-compatible upstream takes the answer's length limit in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensFieldConfig {
+    /// `max_tokens` (most compatible servers).
+    MaxTokens,
+    /// `max_completion_tokens` (OpenAI's newer models, Azure).
+    MaxCompletionTokens,
 }
 
 /// How an Anthropic upstream sends its key.
@@ -477,7 +489,7 @@ pub enum AuthHeader {
 pub struct UpstreamConfig {
     /// The name models and limits refer to.
     pub name: String,
-    /// `"anthropic"` (default) or `"openai"`.
+    /// `"anthropic"` (default), `"openai"` or `"azure_openai"`.
     #[serde(default)]
     pub kind: UpstreamKind,
     /// Scheme, host and optional path prefix. Default: the provider's public API.
@@ -495,6 +507,14 @@ pub struct UpstreamConfig {
     pub auth: Option<AuthHeader>,
     /// `OpenAI-Organization` sent upstream (openai only).
     pub organization: Option<String>,
+    /// Azure's `api-version` (azure_openai only): the deployment path
+    /// `/openai/deployments/{id}/chat/completions?api-version=V`. Default: the v1 API
+    /// (`/openai/v1/chat/completions`, the deployment named by the body's model).
+    pub api_version: Option<String>,
+    /// The field `max_tokens` is sent in (openai and azure_openai): `"max_tokens"` or
+    /// `"max_completion_tokens"`. Default: `max_completion_tokens` for OpenAI's own API and
+    /// Azure, `max_tokens` for any other `base_url`.
+    pub max_tokens_field: Option<MaxTokensFieldConfig>,
     /// Time allowed to connect. Default 5 s.
     #[serde(default, deserialize_with = "de_opt_duration")]
     pub connect_timeout: Option<Duration>,

@@ -116,13 +116,25 @@ impl Config {
             };
             match u.kind {
                 UpstreamKind::Anthropic => {
-                    only(u.organization.is_some(), "organization", "openai")?
+                    only(u.organization.is_some(), "organization", "openai")?;
+                    only(u.api_version.is_some(), "api_version", "azure_openai")?;
+                    only(u.max_tokens_field.is_some(), "max_tokens_field", "openai")?;
                 }
-                UpstreamKind::Openai => {
+                UpstreamKind::Openai | UpstreamKind::AzureOpenai => {
                     only(u.version.is_some(), "version", "anthropic")?;
                     only(u.beta.is_some(), "beta", "anthropic")?;
                     only(u.auth.is_some(), "auth", "anthropic")?;
                 }
+            }
+            if u.kind == UpstreamKind::Openai {
+                only(u.api_version.is_some(), "api_version", "azure_openai")?;
+            }
+            if u.kind == UpstreamKind::AzureOpenai && u.base_url.is_none() {
+                return Err(invalid(
+                    at("base_url"),
+                    "missing: an azure_openai upstream needs its resource's endpoint \
+                     (base_url = \"https://RESOURCE.openai.azure.com\")",
+                ));
             }
             for (key, d) in [
                 ("connect_timeout", u.connect_timeout),

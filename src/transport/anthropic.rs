@@ -523,7 +523,7 @@ async fn pump(
 }
 
 /// Response headers as [`Headers`], names lower-cased (http already keeps them so).
-fn capture_headers(map: &reqwest::header::HeaderMap) -> Headers {
+pub(crate) fn capture_headers(map: &reqwest::header::HeaderMap) -> Headers {
     let mut headers = Headers::default();
     for (name, value) in map {
         // `to_str` would also drop valid UTF-8 outside ASCII; only skip what is not text.
@@ -535,7 +535,7 @@ fn capture_headers(map: &reqwest::header::HeaderMap) -> Headers {
 }
 
 /// Whether the content-type is `text/event-stream` (parameters such as `charset` allowed).
-fn is_event_stream(map: &reqwest::header::HeaderMap) -> bool {
+pub(crate) fn is_event_stream(map: &reqwest::header::HeaderMap) -> bool {
     map.get(CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())

@@ -37,6 +37,12 @@ pub enum TransportSetupError {
         /// (openai), or `"keys (an ApiKey)"`, which validated keys cannot reach.
         field: &'static str,
     },
+    /// A URL option (`api_version`) cannot be sent in a query string.
+    #[error("{field} must be letters, digits, '-', '.' or '_' (like 2024-10-21)")]
+    QueryValue {
+        /// The offending option field.
+        field: &'static str,
+    },
     /// reqwest refused to build the HTTP client (for example, no TLS backend available).
     #[error("the HTTP client could not be built: {0}")]
     Client(String),

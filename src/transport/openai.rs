@@ -1,76 +1,65 @@
 //! [`Upstream`] for OpenAI-compatible chat completions over HTTP (reqwest, rustls): the other
-//! provider of a cross-provider fallback chain.
+//! vendor of a cross-provider fallback chain, at agent fidelity (tools, images, streams).
 //!
 //! The runtime speaks the Anthropic Messages API everywhere above the seam, so this transport
-//! translates both ways: an [`Attempt`]'s Messages request body becomes
-//! `POST {base_url}/v1/chat/completions` (`Authorization: Bearer KEY`), and the answer comes back
-//! as a Messages-API-shaped [`UpstreamResponse`]. Classification, usage settlement, the governor
-//! and [`Reply::text`](seawall_actors::Reply::text) then work unchanged.
+//! translates both ways through [`crate::translate`]: an [`Attempt`]'s Messages request becomes
+//! a chat request ([`to_chat::request`](crate::translate::to_chat::request), whose table says
+//! what is sent, dropped and refused), and the answer comes back Messages-shaped: a whole
+//! answer through [`from_chat::message`], a stream as Messages events through
+//! [`from_chat::Events`]. Classification, usage settlement, the governor, the gateway's stream
+//! rules and [`Reply::text`](seawall_actors::Reply::text) then work unchanged.
 //!
-//! # Request: Messages → chat completions
+//! # Providers
 //!
-//! | Messages request field             | sent as                                                          |
-//! |------------------------------------|------------------------------------------------------------------|
-//! | `model`, `max_tokens`              | `model`, `max_tokens`                                            |
-//! | `temperature`, `top_p`             | `temperature`, `top_p` (values unchanged)                        |
-//! | `stop_sequences`                   | `stop`                                                           |
-//! | `system` (string or text blocks)   | a leading `{"role":"system","content":TEXT}`                     |
-//! | `messages[]` (string or text blocks) | `{"role":"user"\|"assistant","content":TEXT}`                  |
-//! | `metadata`, `stream: false`        | dropped: they do not change the answer                           |
-//! | `top_k`, `service_tier`, `cache_control` (top level or on a block), `citations` on a text block | dropped **and reported** (below) |
-//! | `tools`, `tool_choice`             | refused                                                          |
-//! | `thinking`                         | refused                                                          |
-//! | `stream: true`                     | refused (this transport reads whole answers)                     |
-//! | `tool_use`, `tool_result`, `image`, `document`, `thinking`, ... blocks | refused            |
-//! | any other field                    | refused (it may change the answer; seawall cannot know)          |
+//! | provider | `base_url` | path | key header | length field |
+//! |---|---|---|---|---|
+//! | OpenAI (default) | `https://api.openai.com` | `/v1/chat/completions` | `Authorization: Bearer` | `max_completion_tokens` |
+//! | Azure OpenAI ([`Azure`]) | `https://RESOURCE.openai.azure.com` | `/openai/deployments/{model}/chat/completions?api-version=V`, or `/openai/v1/chat/completions` without a version | `api-key` | `max_completion_tokens` |
+//! | any other (vLLM, Ollama, Gemini's, Groq, ...) | theirs, the part before `/v1/chat/completions` | `/v1/chat/completions` | `Authorization: Bearer` | `max_tokens` |
 //!
-//! A field whose value is `null` counts as absent. Text blocks are joined with `"\n"`.
+//! [`OpenAiOptions::max_tokens_field`] overrides the length field.
 //!
-//! Lossy-but-answerable features are dropped and named, first occurrence first, in the response
-//! header [`DROPPED_HEADER`] (`seawall-translation-dropped: top_k,cache_control`), so the reply
-//! says what the provider never saw. Whatever cannot be translated without changing what the
-//! request asks for is refused before anything is sent, with
-//! [`TransportError::Invalid`]`("… cannot be sent to an OpenAI-compatible provider: FIELD")`.
-//! The runtime classifies `Invalid` as a request-scoped permanent failure: the call ends there,
-//! so put OpenAI-compatible hops only in chains whose calls are plain text conversations.
+//! # Answers
 //!
-//! # Response: chat completion → Messages
-//!
-//! - **2xx with a chat completion**: `{"id":ID,"type":"message","role":"assistant","model":M,
-//!   "content":[{"type":"text","text":T}],"stop_reason":R,"stop_sequence":null,
-//!   "usage":{"input_tokens":prompt_tokens,"output_tokens":completion_tokens}}`, where `M` is the
-//!   response's `model` (else the requested one), `content` is `[]` when the text is empty (an
-//!   empty text block is not valid in a later request), and `R` maps `finish_reason`: `stop` →
-//!   `end_turn` (a stop sequence cannot be told apart from a natural end), `length` →
-//!   `max_tokens`, `content_filter` → `refusal`, `tool_calls`/`function_call` → `tool_use`,
-//!   `null` → `end_turn`; any other value is passed on unchanged. A message with no content but
-//!   a `refusal` gives the refusal text with `stop_reason: refusal`.
+//! - **2xx chat completion**: the Messages answer (text and `tool_use` blocks; `finish_reason`
+//!   as `stop_reason`; usage with cached prompt tokens as `cache_read_input_tokens`).
 //! - **2xx whose body is not JSON**: passed through unchanged; the classifier treats it as a
 //!   broken answer and retries.
-//! - **2xx JSON that is not a chat completion** (no `choices[0].message`, such as an error
-//!   object some gateways send with a 200): answered as `502` with an `api_error` body carrying
-//!   the provider's message, so it is retried rather than served as an empty success.
+//! - **2xx JSON that is no chat completion** (an error object some gateways send with a 200),
+//!   or one with a tool call whose `arguments` are not a JSON object: `502` with an `api_error`
+//!   body quoting the provider, so it is retried rather than served broken.
 //! - **4xx/5xx**: the status is kept; the body becomes
 //!   `{"type":"error","error":{"type":T,"message":PROVIDER_MESSAGE},"request_id":ID}` with `T`
-//!   from the status (400 `invalid_request_error`, 401 `authentication_error`, 402
-//!   `billing_error`, 403 `permission_error`, 404 `not_found_error`, 413 `request_too_large`, 429
-//!   `rate_limit_error`, 504 `gateway_timeout_error`, 529 `overloaded_error`, other 5xx
-//!   `api_error`, other 4xx `invalid_request_error`). No Anthropic `error.details.error_code` is
-//!   ever invented.
+//!   from the status ([`seawall_actors::wire::error_type_of`]).
 //! - **429 `insufficient_quota`** (OpenAI's "out of credit", in `error.code` or `error.type`):
-//!   retrying does not help, but it is not an Anthropic spend cap either, so the status stays 429
-//!   and the header `x-should-retry: false` is set (replacing any the provider sent). The
-//!   classifier then ends that model's hop as a permanent, model-scoped failure; the chain moves
-//!   on.
+//!   a spend cap. The body carries the provider's code as `error.details.error_code`, which the
+//!   classifier reads as a billing failure of the whole upstream: never retried, nothing else on
+//!   this upstream is tried for the call, the breaker does not count it (the model is not sick),
+//!   and other upstreams of the chain go on. `x-should-retry: false` is set too.
+//! - **429 rate limit** without `retry-after`/`retry-after-ms`: `retry-after-ms` from
+//!   `x-ratelimit-reset-requests` / `-tokens` (`"1s"`, `"6m0s"`, `"20ms"`): the one whose
+//!   `remaining` is 0, else the longer.
 //! - Other statuses (3xx) are passed through unchanged.
 //!
-//! Headers: all of the provider's headers are kept (`retry-after`, `retry-after-ms` and
-//! `x-should-retry` included), except `content-length` when the body was rewritten. Added:
-//! `request-id` from `x-request-id` (when the provider sent no `request-id`),
+//! Headers: all of the provider's headers are kept, except `content-length` when the body was
+//! rewritten. Added: `request-id` from `x-request-id`,
 //! `anthropic-ratelimit-requests-{limit,remaining}` from `x-ratelimit-{limit,remaining}-requests`
-//! (the governor reads these), and `anthropic-ratelimit-tokens-{limit,remaining}` from
-//! `x-ratelimit-{limit,remaining}-tokens` (OpenAI counts input and output tokens together, so
-//! they are informational: the governor reads only the input and output dimensions).
+//! (the governor reads these), `anthropic-ratelimit-tokens-{limit,remaining}` from
+//! `x-ratelimit-{limit,remaining}-tokens` (OpenAI counts input and output together, so they are
+//! informational), and [`DROPPED_HEADER`].
+//!
+//! # Streams
+//!
+//! `stream: true` is sent with `stream_options: {"include_usage": true}`. A 2xx event stream is
+//! read chunk by chunk (the SSE parser of the Anthropic transport), each chunk translated as it
+//! arrives: the first text piece is the first content, so the core's stream rules (fallback
+//! before the first content, an `error` event after it) hold for this hop as for any other.
+//! `data: [DONE]` (or the end of a body that said how it finished) closes the message with
+//! `message_delta` (stop reason, usage) and `message_stop`. An in-stream `{"error":…}`, a chunk
+//! that is not JSON, or a body cut before the answer finished ends the events with
+//! [`TransportError::Truncated`] quoting the provider, so the core falls back (before content)
+//! or ends the client's stream with an `error` event (after).
+//! Anything but a 2xx event stream is read whole and translated as above.
 //!
 //! # Transport failures
 //!
@@ -87,41 +76,57 @@
 //! Keys go on the wire and nowhere else: header values are marked sensitive, errors are built
 //! from reqwest errors (which carry the URL, never headers), and logs show the key's tail only.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::Url;
 use seawall_actors::upstream::{
-    Attempt, Headers, TransportError, Upstream, UpstreamFuture, UpstreamResponse,
+    Attempt, Headers, SseEvent, StreamBody, StreamFuture, StreamResponse, TransportError, Upstream,
+    UpstreamFuture, UpstreamResponse,
 };
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
 
-use super::anthropic;
-use super::http::{body_error, http_client, send_error, IDEMPOTENCY_KEY};
+use super::anthropic::{self, capture_headers, is_event_stream};
+use super::http::{body_error, http_client, send_error, stream_body_error, IDEMPOTENCY_KEY};
 pub use super::TransportSetupError;
 use crate::secret::{ApiKey, Redactor};
+use crate::sse::SseParser;
+pub use crate::translate::to_chat::MaxTokensField;
+pub use crate::translate::DROPPED_HEADER;
+use crate::translate::{from_chat, to_chat, Dropped};
 
 /// OpenAI's own base URL. Other OpenAI-compatible providers need their own: give the part
 /// before `/v1/chat/completions` (for example `https://api.groq.com/openai`).
 pub const DEFAULT_BASE_URL: &str = "https://api.openai.com";
 
-/// The response header naming the request features that were dropped in translation
-/// (comma-separated, e.g. `top_k,cache_control`). Absent when nothing was dropped.
-pub const DROPPED_HEADER: &str = "seawall-translation-dropped";
-
 const PATH: &str = "/v1/chat/completions";
 const OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
+const API_KEY: HeaderName = HeaderName::from_static("api-key");
 /// The longest piece of a non-JSON error body quoted in a translated error message.
 const MAX_QUOTED: usize = 500;
+/// Events buffered between the stream reader and the caller (as the Anthropic transport).
+const STREAM_CHANNEL: usize = 64;
+
+/// Azure OpenAI's wire: the `api-key` header, and the deployment in the path.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Azure {
+    /// `api-version` of the deployment path
+    /// (`/openai/deployments/{model}/chat/completions?api-version=V`, the model being the
+    /// deployment's name). `None`: the v1 API (`/openai/v1/chat/completions`, the deployment
+    /// named in the body's `model`).
+    pub api_version: Option<String>,
+}
 
 /// Settings for an [`OpenAiUpstream`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenAiOptions {
-    /// Scheme, host and optional path prefix; `/v1/chat/completions` is appended (a trailing
-    /// slash is fine, a trailing `/v1` is refused because it would be doubled). Must be `http`
-    /// or `https`, without credentials, query or fragment. Default [`DEFAULT_BASE_URL`], which
-    /// is right for OpenAI only: set it for any other provider.
+    /// Scheme, host and optional path prefix; the path is appended (a trailing slash is fine, a
+    /// trailing `/v1` is refused because it would be doubled). Must be `http` or `https`,
+    /// without credentials, query or fragment. Default [`DEFAULT_BASE_URL`], which is right for
+    /// OpenAI only: set it for any other provider.
     pub base_url: String,
     /// Time allowed to establish a connection (TCP and TLS). Default 5 s. The whole attempt is
     /// additionally bounded by [`Attempt::timeout`].
@@ -130,6 +135,11 @@ pub struct OpenAiOptions {
     pub pool_idle_timeout: Duration,
     /// Sent as `OpenAI-Organization` when set. Default `None`.
     pub organization: Option<String>,
+    /// Azure OpenAI instead of OpenAI's wire. Default `None`.
+    pub azure: Option<Azure>,
+    /// The field `max_tokens` is sent in. Default `None`: `max_completion_tokens` for OpenAI's
+    /// own API and Azure, `max_tokens` for every other provider.
+    pub max_tokens_field: Option<MaxTokensField>,
 }
 
 impl Default for OpenAiOptions {
@@ -139,6 +149,8 @@ impl Default for OpenAiOptions {
             connect_timeout: Duration::from_secs(5),
             pool_idle_timeout: Duration::from_secs(90),
             organization: None,
+            azure: None,
+            max_tokens_field: None,
         }
     }
 }
@@ -153,9 +165,10 @@ pub struct OpenAiUpstream {
     keys: Vec<ApiKey>,
     /// Takes the keys (and `sk-` tokens) out of error bodies.
     redactor: Redactor,
-    /// One ready-made, sensitive-marked `Bearer KEY` value per key slot.
+    /// One ready-made, sensitive-marked key header value per key slot.
     auth_values: Vec<HeaderValue>,
     organization: Option<HeaderValue>,
+    wire: to_chat::Wire,
     options: OpenAiOptions,
 }
 
@@ -168,13 +181,14 @@ impl OpenAiUpstream {
     /// # Errors
     ///
     /// [`TransportSetupError`] when `keys` is empty, `base_url` is not an `http`/`https` URL (or
-    /// carries credentials, a query or a fragment, or ends in `/v1`), `organization` is not a
-    /// valid header value (`field: "organization"`), or the HTTP client cannot be built.
+    /// carries credentials, a query or a fragment, or ends in `/v1`), `organization` or the
+    /// Azure `api_version` is not a valid header or query value, or the HTTP client cannot be
+    /// built.
     pub fn new(keys: Vec<ApiKey>, options: OpenAiOptions) -> Result<Self, TransportSetupError> {
         if keys.is_empty() {
             return Err(TransportSetupError::NoKeys);
         }
-        let endpoint = endpoint(&options.base_url)?;
+        let endpoint = endpoint(&options.base_url, options.azure.as_ref())?;
         let organization = options
             .organization
             .as_deref()
@@ -183,20 +197,30 @@ impl OpenAiUpstream {
             .map_err(|_| TransportSetupError::HeaderValue {
                 field: "organization",
             })?;
+        let azure = options.azure.is_some();
         let auth_values = keys
             .iter()
             .map(|k| {
+                let text = if azure {
+                    k.expose().to_owned()
+                } else {
+                    format!("Bearer {}", k.expose())
+                };
                 // An ApiKey is visible ASCII, so this cannot fail; say so without the key if it does.
                 let mut v =
-                    HeaderValue::from_str(&format!("Bearer {}", k.expose())).map_err(|_| {
-                        TransportSetupError::HeaderValue {
-                            field: "keys (an ApiKey)",
-                        }
+                    HeaderValue::from_str(&text).map_err(|_| TransportSetupError::HeaderValue {
+                        field: "keys (an ApiKey)",
                     })?;
                 v.set_sensitive(true);
                 Ok(v)
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let official = azure || endpoint.host_str() == Some("api.openai.com");
+        let max_tokens = options.max_tokens_field.unwrap_or(if official {
+            MaxTokensField::MaxCompletionTokens
+        } else {
+            MaxTokensField::MaxTokens
+        });
         let client = http_client(options.connect_timeout, options.pool_idle_timeout)?;
         Ok(Self {
             client,
@@ -205,11 +229,13 @@ impl OpenAiUpstream {
             keys,
             auth_values,
             organization,
+            wire: to_chat::Wire { max_tokens },
             options,
         })
     }
 
-    /// The full URL attempts are posted to.
+    /// The URL attempts are posted to (for Azure's deployment path, with `{model}` standing for
+    /// the deployment).
     pub fn endpoint(&self) -> &str {
         self.endpoint.as_str()
     }
@@ -217,6 +243,31 @@ impl OpenAiUpstream {
     /// The options this upstream was built with.
     pub fn options(&self) -> &OpenAiOptions {
         &self.options
+    }
+
+    /// The URL for one attempt: Azure's deployment path names the model.
+    fn url_for(&self, model: &str) -> Url {
+        if !matches!(
+            &self.options.azure,
+            Some(Azure {
+                api_version: Some(_)
+            })
+        ) {
+            return self.endpoint.clone();
+        }
+        let mut url = self.endpoint.clone();
+        if let Ok(mut segments) = url.path_segments_mut() {
+            // `{base}/openai/deployments/{model}/chat/completions`: the endpoint ends in
+            // `deployments/_/chat/completions`; the model replaces the placeholder, encoded.
+            segments
+                .pop()
+                .pop()
+                .pop()
+                .push(model)
+                .push("chat")
+                .push("completions");
+        }
+        url
     }
 
     async fn send_attempt(&self, attempt: Attempt) -> Result<UpstreamResponse, TransportError> {
@@ -247,7 +298,11 @@ impl OpenAiUpstream {
         result
     }
 
-    async fn exchange(&self, attempt: &Attempt) -> Result<UpstreamResponse, TransportError> {
+    /// The request for an attempt, translated; nothing is sent yet.
+    fn request(
+        &self,
+        attempt: &Attempt,
+    ) -> Result<(reqwest::RequestBuilder, to_chat::ChatRequest), TransportError> {
         let Some(auth) = self.auth_values.get(attempt.key) else {
             return Err(TransportError::Invalid(format!(
                 "key slot {} is out of range: this upstream holds {} key(s), slots 0..{}",
@@ -256,13 +311,17 @@ impl OpenAiUpstream {
                 self.keys.len()
             )));
         };
-        let translated = translate_request(&attempt.body, &attempt.model)?;
+        let mut translated = to_chat::request(&attempt.body, &attempt.model, self.wire)?;
+        let auth_header = if self.options.azure.is_some() {
+            API_KEY
+        } else {
+            AUTHORIZATION
+        };
         let mut request = self
             .client
-            .post(self.endpoint.clone())
-            .timeout(attempt.timeout)
+            .post(self.url_for(&translated.model))
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
-            .header(AUTHORIZATION, auth.clone());
+            .header(auth_header, auth.clone());
         if let Some(org) = &self.organization {
             request = request.header(OPENAI_ORGANIZATION, org.clone());
         }
@@ -276,46 +335,187 @@ impl OpenAiUpstream {
             })?;
             request = request.header(IDEMPOTENCY_KEY, value);
         }
+        let body = std::mem::take(&mut translated.body);
+        Ok((request.body(body), translated))
+    }
+
+    async fn exchange(&self, attempt: &Attempt) -> Result<UpstreamResponse, TransportError> {
+        let (request, translated) = self.request(attempt)?;
+        if translated.stream {
+            return Err(TransportError::Invalid(
+                "a streaming request was sent as a whole answer: use send_stream".to_owned(),
+            ));
+        }
         let response = request
-            .body(translated.body)
+            .timeout(attempt.timeout)
             .send()
             .await
             .map_err(|e| send_error(&e, attempt.timeout))?;
-
         let status = response.status().as_u16();
-        let mut headers = Vec::with_capacity(response.headers().len() + 8);
-        for (name, value) in response.headers() {
-            // `to_str` would also drop valid UTF-8 outside ASCII; only skip what is not text.
-            if let Ok(value) = std::str::from_utf8(value.as_bytes()) {
-                headers.push((name.as_str().to_owned(), value.to_owned()));
-            }
-        }
+        let headers = capture_headers(response.headers());
         let body = response
             .bytes()
             .await
             .map_err(|e| body_error(&e, attempt.timeout))?;
-        let mut answer = translate_response(
+        Ok(self.answer(
             status,
-            headers,
+            &headers,
             body,
             &translated.model,
             &translated.dropped,
-        );
+        ))
+    }
+
+    /// The Messages-shaped answer for a whole chat answer, with keys out of any error.
+    fn answer(
+        &self,
+        status: u16,
+        headers: &Headers,
+        body: bytes::Bytes,
+        model: &str,
+        dropped: &Dropped,
+    ) -> UpstreamResponse {
+        let mut answer = translate_response(status, headers, body, model, dropped);
         // An answer that is not a success passes on what the provider said (a 2xx without a
         // completion becomes a 502 quoting it): a key echoed there (or anything shaped like
         // one) loses it here, after translation, so the quote is checked as the client gets it.
         if !(200..300).contains(&answer.status) {
-            if let std::borrow::Cow::Owned(clean) = self.redactor.redact(&answer.body) {
+            if let Cow::Owned(clean) = self.redactor.redact(&answer.body) {
                 answer.body = bytes::Bytes::from(clean);
             }
         }
-        Ok(answer)
+        answer
+    }
+
+    /// One streaming attempt: the head within `attempt.timeout`, then either the translated
+    /// events (read by a spawned [`pump`]) or the whole, translated, answer.
+    async fn stream_attempt(&self, attempt: Attempt) -> Result<StreamResponse, TransportError> {
+        let budget = attempt.timeout;
+        let deadline = tokio::time::Instant::now() + budget;
+        let key = self.key_label(attempt.key);
+        let (request, translated) = self.request(&attempt)?;
+        // No reqwest timeout: it would cover the body too and cut a healthy long stream.
+        let response = match tokio::time::timeout_at(deadline, request.send()).await {
+            Ok(r) => r.map_err(|e| send_error(&e, budget))?,
+            Err(_) => return Err(TransportError::Timeout(budget)),
+        };
+        let status = response.status().as_u16();
+        let raw = capture_headers(response.headers());
+        let streaming = response.status().is_success() && is_event_stream(response.headers());
+        tracing::debug!(
+            model = %attempt.model,
+            key = %key,
+            retry_count = attempt.retry_count,
+            status,
+            streaming,
+            dropped = translated.dropped.header(),
+            "openai stream answered"
+        );
+        if !streaming {
+            let body = match tokio::time::timeout_at(deadline, response.bytes()).await {
+                Ok(body) => body.map_err(|e| body_error(&e, budget))?,
+                Err(_) => return Err(TransportError::Timeout(budget)),
+            };
+            let answer = self.answer(status, &raw, body, &translated.model, &translated.dropped);
+            return Ok(StreamResponse {
+                status: answer.status,
+                headers: answer.headers,
+                body: StreamBody::Complete(answer.body),
+            });
+        }
+        let headers = stream_headers(&raw, &translated.dropped);
+        let (tx, rx) = mpsc::channel(STREAM_CHANNEL);
+        let events = from_chat::Events::new(&translated.model);
+        tokio::spawn(pump(response, tx, budget, events, self.redactor.clone()));
+        Ok(StreamResponse {
+            status,
+            headers,
+            body: StreamBody::Events(rx),
+        })
+    }
+}
+
+/// Read a 2xx chat completion stream and send its translation into `tx`, until `[DONE]`, the
+/// end of the body, a break (one last `Err`), or the receiver is dropped.
+async fn pump(
+    mut response: reqwest::Response,
+    tx: mpsc::Sender<Result<SseEvent, TransportError>>,
+    budget: Duration,
+    mut events: from_chat::Events,
+    redactor: Redactor,
+) {
+    let mut parser = SseParser::new();
+    let fail = |tx: mpsc::Sender<Result<SseEvent, TransportError>>, err: TransportError| async move {
+        let _ = tx.send(Err(err)).await;
+    };
+    loop {
+        let chunk = tokio::select! {
+            biased;
+            () = tx.closed() => return,
+            chunk = response.chunk() => chunk,
+        };
+        let bytes = match chunk {
+            Ok(Some(bytes)) => bytes,
+            Ok(None) => {
+                if events.finished() {
+                    for ev in events.done() {
+                        if tx.send(Ok(ev)).await.is_err() {
+                            return;
+                        }
+                    }
+                } else {
+                    let why = "the stream ended before the answer finished".to_owned();
+                    fail(tx, TransportError::Truncated(why)).await;
+                }
+                return;
+            }
+            Err(e) => return fail(tx, stream_body_error(&e, budget)).await,
+        };
+        for item in parser.push(&bytes) {
+            let event = match item {
+                Ok(event) => event,
+                Err(too_long) => {
+                    return fail(tx, TransportError::Truncated(too_long.to_string())).await
+                }
+            };
+            let data = event.data.trim();
+            let out = if data == "[DONE]" {
+                Ok(events.done())
+            } else {
+                match serde_json::from_str::<Value>(data) {
+                    Ok(chunk) => events.push(&chunk),
+                    Err(e) => Err(format!("a chunk that is not JSON ({e})")),
+                }
+            };
+            let out = match out {
+                Ok(out) => out,
+                Err(why) => {
+                    let why = redactor.redact_str(&why).into_owned();
+                    return fail(tx, TransportError::Truncated(why)).await;
+                }
+            };
+            for mut ev in out {
+                if ev.event == "error" {
+                    if let Cow::Owned(clean) = redactor.redact_str(&ev.data) {
+                        ev.data = clean;
+                    }
+                }
+                let last = ev.event == "message_stop" || ev.event == "error";
+                if tx.send(Ok(ev)).await.is_err() || last {
+                    return;
+                }
+            }
+        }
     }
 }
 
 impl Upstream for OpenAiUpstream {
     fn send(&self, attempt: Attempt) -> UpstreamFuture<'_> {
         Box::pin(self.send_attempt(attempt))
+    }
+
+    fn send_stream(&self, attempt: Attempt) -> StreamFuture<'_> {
+        Box::pin(self.stream_attempt(attempt))
     }
 
     fn key_count(&self) -> usize {
@@ -341,8 +541,9 @@ impl fmt::Debug for OpenAiUpstream {
     }
 }
 
-/// `{base_url}/v1/chat/completions`, after the Anthropic transport's checks of `base_url`.
-fn endpoint(base_url: &str) -> Result<Url, TransportSetupError> {
+/// The URL chat requests go to, after the Anthropic transport's checks of `base_url`:
+/// `{base}/v1/chat/completions`, or Azure's paths (with `_` standing for the deployment).
+fn endpoint(base_url: &str, azure: Option<&Azure>) -> Result<Url, TransportSetupError> {
     let messages = anthropic::endpoint(base_url).map_err(|e| match e {
         // Its "expected something like" example is the Anthropic URL; show ours.
         TransportSetupError::BaseUrl(why) => {
@@ -362,271 +563,40 @@ fn endpoint(base_url: &str) -> Result<Url, TransportSetupError> {
             base.trim_end_matches("/v1")
         )));
     }
-    let full = format!("{base}{PATH}");
+    let full = match azure {
+        None => format!("{base}{PATH}"),
+        Some(Azure { api_version: None }) => format!("{base}/openai/v1/chat/completions"),
+        Some(Azure {
+            api_version: Some(v),
+        }) => {
+            let ok = !v.is_empty()
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+            if !ok {
+                return Err(TransportSetupError::QueryValue {
+                    field: "api_version",
+                });
+            }
+            format!("{base}/openai/deployments/_/chat/completions?api-version={v}")
+        }
+    };
     Url::parse(&full).map_err(|e| bad(format!("{full:?} is not a URL ({e})")))
-}
-
-// ---------------------------------------------------------------------------------------------
-// request translation
-
-/// A Messages request rewritten for chat completions.
-struct Translated {
-    body: Vec<u8>,
-    /// The model asked for, for the response when the provider names none.
-    model: String,
-    /// Lossy-but-answerable features left out, first occurrence first, no repeats.
-    dropped: Vec<&'static str>,
-}
-
-/// Refuse what cannot be translated without changing what the request asks for.
-fn refuse(what: &str, field: &str) -> TransportError {
-    TransportError::Invalid(format!(
-        "{what} cannot be sent to an OpenAI-compatible provider: {field}"
-    ))
-}
-
-fn note(dropped: &mut Vec<&'static str>, feature: &'static str) {
-    if !dropped.contains(&feature) {
-        dropped.push(feature);
-    }
-}
-
-fn translate_request(body: &[u8], attempt_model: &str) -> Result<Translated, TransportError> {
-    let value: Value = serde_json::from_slice(body)
-        .map_err(|e| TransportError::Invalid(format!("the request body is not valid JSON: {e}")))?;
-    let Value::Object(fields) = value else {
-        return Err(TransportError::Invalid(
-            "the request body must be a JSON object".to_owned(),
-        ));
-    };
-    let mut dropped = Vec::new();
-    let mut system = None;
-    let mut messages = None;
-    let mut out = Map::new();
-    for (key, value) in &fields {
-        if value.is_null() {
-            continue;
-        }
-        match key.as_str() {
-            "model" | "max_tokens" | "temperature" | "top_p" | "stop_sequences" => {}
-            "system" => system = Some(text_of(value, "system", &mut dropped)?),
-            "messages" => messages = Some(translate_messages(value, &mut dropped)?),
-            "metadata" => {}
-            "stream" => {
-                if value.as_bool() != Some(false) {
-                    return Err(refuse("streaming (only `stream: false`)", "stream"));
-                }
-            }
-            "top_k" => note(&mut dropped, "top_k"),
-            "service_tier" => note(&mut dropped, "service_tier"),
-            "cache_control" => note(&mut dropped, "cache_control"),
-            "tools" | "tool_choice" => return Err(refuse("tool use", key)),
-            "thinking" => return Err(refuse("extended thinking", key)),
-            other => {
-                return Err(refuse(
-                    "a field seawall does not know how to translate",
-                    other,
-                ))
-            }
-        }
-    }
-    let model = match fields.get("model") {
-        Some(Value::String(m)) => m.clone(),
-        _ => attempt_model.to_owned(),
-    };
-    out.insert("model".into(), Value::from(model.clone()));
-    let mut chat = Vec::new();
-    if let Some(text) = system {
-        chat.push(json!({"role": "system", "content": text}));
-    }
-    chat.extend(messages.unwrap_or_default());
-    out.insert("messages".into(), Value::Array(chat));
-    for (from, to) in [
-        ("max_tokens", "max_tokens"),
-        ("temperature", "temperature"),
-        ("top_p", "top_p"),
-        ("stop_sequences", "stop"),
-    ] {
-        if let Some(v) = fields.get(from).filter(|v| !v.is_null()) {
-            out.insert(to.into(), v.clone());
-        }
-    }
-    let body = serde_json::to_vec(&Value::Object(out))
-        .map_err(|e| TransportError::Invalid(format!("the translated body: {e}")))?;
-    Ok(Translated {
-        body,
-        model,
-        dropped,
-    })
-}
-
-fn translate_messages(
-    value: &Value,
-    dropped: &mut Vec<&'static str>,
-) -> Result<Vec<Value>, TransportError> {
-    let Value::Array(list) = value else {
-        return Err(TransportError::Invalid(
-            "`messages` must be an array".into(),
-        ));
-    };
-    let mut out = Vec::with_capacity(list.len() + 1);
-    for (i, message) in list.iter().enumerate() {
-        let Value::Object(message) = message else {
-            return Err(TransportError::Invalid(format!(
-                "messages[{i}] must be an object with `role` and `content`"
-            )));
-        };
-        if let Some(other) = message.keys().find(|k| *k != "role" && *k != "content") {
-            return Err(refuse(
-                "a message field seawall does not know how to translate",
-                &format!("messages[{i}].{other}"),
-            ));
-        }
-        let role = match message.get("role").and_then(Value::as_str) {
-            Some(role @ ("user" | "assistant")) => role,
-            _ => {
-                return Err(TransportError::Invalid(format!(
-                    "messages[{i}].role must be \"user\" or \"assistant\""
-                )))
-            }
-        };
-        let content = message.get("content").unwrap_or(&Value::Null);
-        let text = text_of(content, &format!("messages[{i}].content"), dropped)?;
-        out.push(json!({"role": role, "content": text}));
-    }
-    Ok(out)
-}
-
-/// The text of a `system` or message `content`: a string, or text blocks joined with `"\n"`.
-fn text_of(
-    value: &Value,
-    path: &str,
-    dropped: &mut Vec<&'static str>,
-) -> Result<String, TransportError> {
-    let blocks = match value {
-        Value::String(s) => return Ok(s.clone()),
-        Value::Array(blocks) => blocks,
-        _ => {
-            return Err(TransportError::Invalid(format!(
-                "{path} must be a string or an array of content blocks"
-            )))
-        }
-    };
-    let mut parts = Vec::with_capacity(blocks.len());
-    for (j, block) in blocks.iter().enumerate() {
-        let at = format!("{path}[{j}]");
-        let Value::Object(block) = block else {
-            return Err(TransportError::Invalid(format!(
-                "{at} must be a content block object"
-            )));
-        };
-        match block.get("type").and_then(Value::as_str) {
-            Some("text") => {}
-            Some(kind) => {
-                return Err(refuse(
-                    &format!("a {kind} block"),
-                    &format!("{at} ({kind})"),
-                ))
-            }
-            None => {
-                return Err(TransportError::Invalid(format!(
-                    "{at} has no string `type`"
-                )))
-            }
-        }
-        for (key, v) in block {
-            match key.as_str() {
-                "type" | "text" => {}
-                _ if v.is_null() => {}
-                "cache_control" => note(dropped, "cache_control"),
-                "citations" => note(dropped, "citations"),
-                other => {
-                    return Err(refuse(
-                        "a text block field seawall does not know how to translate",
-                        &format!("{at}.{other}"),
-                    ))
-                }
-            }
-        }
-        match block.get("text") {
-            Some(Value::String(t)) => parts.push(t.as_str()),
-            _ => {
-                return Err(TransportError::Invalid(format!(
-                    "{at}.text must be a string"
-                )))
-            }
-        }
-    }
-    Ok(parts.join("\n"))
 }
 
 // ---------------------------------------------------------------------------------------------
 // response translation
 
-fn translate_response(
-    status: u16,
-    raw: Vec<(String, String)>,
-    body: bytes::Bytes,
-    requested_model: &str,
-    dropped: &[&'static str],
-) -> UpstreamResponse {
-    let get = |name: &str| {
-        raw.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    };
-    let request_id = get("request-id").or_else(|| get("x-request-id"));
-    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
-
-    let mut status_out = status;
-    let mut no_retry = false;
-    let new_body = match status {
-        200..=299 => match &parsed {
-            None => None,
-            Some(v) => match message_from_completion(v, requested_model) {
-                Some(message) => Some(message),
-                None => {
-                    status_out = 502;
-                    let why = provider_message(parsed.as_ref(), &body).map_or_else(
-                        || "no choices[0].message".to_owned(),
-                        |m| format!("no choices[0].message; it said: {m}"),
-                    );
-                    let message = format!(
-                        "the OpenAI-compatible provider answered {status} without a chat \
-                         completion ({why})"
-                    );
-                    Some(error_body(502, &message, request_id))
-                }
-            },
-        },
-        400..=599 => {
-            let error = parsed.as_ref().and_then(|v| v.get("error"));
-            no_retry = status == 429
-                && ["code", "type"].iter().any(|k| {
-                    error.and_then(|e| e.get(*k)).and_then(Value::as_str)
-                        == Some("insufficient_quota")
-                });
-            let message = provider_message(parsed.as_ref(), &body).unwrap_or_else(|| {
-                format!("HTTP {status} from the OpenAI-compatible provider (no error message)")
-            });
-            Some(error_body(status, &message, request_id))
-        }
-        _ => None,
-    };
-
+/// The provider's headers with seawall's additions ([module docs](self)); `replaced` are
+/// left out (the caller sets its own).
+fn translated_headers(raw: &Headers, replaced: &[&str], dropped: &Dropped) -> Headers {
     let mut headers = Headers::default();
-    for (name, value) in &raw {
-        let rewritten = new_body.is_some() && name.eq_ignore_ascii_case("content-length");
-        let overridden = no_retry && name.eq_ignore_ascii_case("x-should-retry");
-        if !rewritten && !overridden {
-            headers.insert(name, value.as_str());
+    for (name, value) in raw.iter() {
+        if !replaced.iter().any(|r| name.eq_ignore_ascii_case(r)) {
+            headers.insert(name, value);
         }
     }
-    if no_retry {
-        headers.insert("x-should-retry", "false");
-    }
-    if get("request-id").is_none() {
-        if let Some(id) = get("x-request-id") {
+    if raw.get("request-id").is_none() {
+        if let Some(id) = raw.get("x-request-id") {
             headers.insert("request-id", id);
         }
     }
@@ -648,12 +618,94 @@ fn translate_response(
             "anthropic-ratelimit-tokens-remaining",
         ),
     ] {
-        if let (Some(v), None) = (get(from), get(to)) {
+        if let (Some(v), None) = (raw.get(from), raw.get(to)) {
             headers.insert(to, v);
         }
     }
     if !dropped.is_empty() {
-        headers.insert(DROPPED_HEADER, dropped.join(","));
+        headers.insert(DROPPED_HEADER, dropped.header());
+    }
+    headers
+}
+
+/// The head of a committed stream: the provider's headers with seawall's additions, and the
+/// event-stream content type the core and the gateway expect.
+fn stream_headers(raw: &Headers, dropped: &Dropped) -> Headers {
+    translated_headers(raw, &[], dropped)
+}
+
+fn translate_response(
+    status: u16,
+    raw: &Headers,
+    body: bytes::Bytes,
+    requested_model: &str,
+    dropped: &Dropped,
+) -> UpstreamResponse {
+    let request_id = raw.get("request-id").or_else(|| raw.get("x-request-id"));
+    let parsed: Option<Value> = serde_json::from_slice(&body).ok();
+
+    let mut status_out = status;
+    let mut no_retry = false;
+    let mut retry_after_ms = None;
+    let new_body = match status {
+        200..=299 => match &parsed {
+            None => None,
+            Some(v) => match from_chat::message(v, requested_model) {
+                Ok(Some(message)) => Some(message),
+                Ok(None) => {
+                    status_out = 502;
+                    let why = provider_message(parsed.as_ref(), &body).map_or_else(
+                        || "no choices[0].message".to_owned(),
+                        |m| format!("no choices[0].message; it said: {m}"),
+                    );
+                    let message = format!(
+                        "the OpenAI-compatible provider answered {status} without a chat \
+                         completion ({why})"
+                    );
+                    Some(error_body(502, &message, request_id, None))
+                }
+                Err(why) => {
+                    status_out = 502;
+                    let message = format!(
+                        "the OpenAI-compatible provider answered {status} with a broken \
+                         chat completion: {why}"
+                    );
+                    Some(error_body(502, &message, request_id, None))
+                }
+            },
+        },
+        400..=599 => {
+            let error = parsed.as_ref().and_then(|v| v.get("error"));
+            let said = |k: &str| error.and_then(|e| e.get(k)).and_then(Value::as_str);
+            let quota = status == 429
+                && (said("code") == Some("insufficient_quota")
+                    || said("type") == Some("insufficient_quota"));
+            no_retry = quota;
+            if status == 429 && !quota {
+                retry_after_ms = reset_hint(raw);
+            }
+            let message = provider_message(parsed.as_ref(), &body).unwrap_or_else(|| {
+                format!("HTTP {status} from the OpenAI-compatible provider (no error message)")
+            });
+            let code = quota.then_some("insufficient_quota");
+            Some(error_body(status, &message, request_id, code))
+        }
+        _ => None,
+    };
+
+    let mut replaced = Vec::with_capacity(2);
+    if new_body.is_some() {
+        replaced.push("content-length");
+    }
+    if no_retry {
+        replaced.push("x-should-retry");
+    }
+    let mut headers = translated_headers(raw, &replaced, dropped);
+    if no_retry {
+        headers.insert("x-should-retry", "false");
+    }
+    if let Some(ms) = retry_after_ms {
+        headers.insert("retry-after-ms", ms.to_string());
     }
     let body = match new_body {
         // Serializing a `Value` cannot fail; the original body is the fallback all the same.
@@ -667,62 +719,54 @@ fn translate_response(
     }
 }
 
-/// The Messages API body for a chat completion, or `None` when `v` is not one.
-fn message_from_completion(v: &Value, requested_model: &str) -> Option<Value> {
-    let choice = v.get("choices")?.as_array()?.first()?;
-    let message = choice.get("message")?.as_object()?;
-    let mut text = match message.get("content") {
-        Some(Value::String(s)) => s.clone(),
-        // Some providers send content parts even in answers.
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join(""),
-        _ => String::new(),
-    };
-    let mut stop_reason = match choice.get("finish_reason") {
-        None | Some(Value::Null) => Value::from("end_turn"),
-        Some(Value::String(r)) => Value::from(match r.as_str() {
-            "stop" => "end_turn",
-            "length" => "max_tokens",
-            "content_filter" => "refusal",
-            "tool_calls" | "function_call" => "tool_use",
-            other => other,
-        }),
-        Some(other) => other.clone(),
-    };
-    if text.is_empty() {
-        if let Some(refusal) = message.get("refusal").and_then(Value::as_str) {
-            text = refusal.to_owned();
-            stop_reason = Value::from("refusal");
-        }
+/// A rate limit's wait from `x-ratelimit-reset-{requests,tokens}`, in whole milliseconds, when
+/// the provider sent no `retry-after`: the reset of the exhausted dimension, else the longer.
+fn reset_hint(raw: &Headers) -> Option<u64> {
+    if raw.get("retry-after").is_some() || raw.get("retry-after-ms").is_some() {
+        return None;
     }
-    let content = if text.is_empty() {
-        json!([])
-    } else {
-        json!([{"type": "text", "text": text}])
+    let reset = |dim: &str| {
+        raw.get(&format!("x-ratelimit-reset-{dim}"))
+            .and_then(parse_reset)
     };
-    let usage = v.get("usage");
-    let tokens = |k: &str| {
-        usage
-            .and_then(|u| u.get(k))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
-    Some(json!({
-        "id": v.get("id").cloned().unwrap_or(Value::Null),
-        "type": "message",
-        "role": "assistant",
-        "model": v.get("model").and_then(Value::as_str).unwrap_or(requested_model),
-        "content": content,
-        "stop_reason": stop_reason,
-        "stop_sequence": null,
-        "usage": {
-            "input_tokens": tokens("prompt_tokens"),
-            "output_tokens": tokens("completion_tokens"),
-        },
-    }))
+    let exhausted = |dim: &str| raw.get(&format!("x-ratelimit-remaining-{dim}")) == Some("0");
+    let wait = match (reset("requests"), reset("tokens")) {
+        (Some(r), _) if exhausted("requests") => Some(r),
+        (_, Some(t)) if exhausted("tokens") => Some(t),
+        (r, t) => r.max(t),
+    }?;
+    Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1))
+}
+
+/// OpenAI's reset durations: `"1s"`, `"6m0s"`, `"20ms"`, `"1h2m3.5s"`, `"0.5s"`. `None` for
+/// anything else, zero, or over a day.
+pub fn parse_reset(text: &str) -> Option<Duration> {
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    let mut total = 0.0_f64;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (0.001, 2)
+        } else if rest.starts_with('h') {
+            (3600.0, 1)
+        } else if rest.starts_with('m') {
+            (60.0, 1)
+        } else if rest.starts_with('s') {
+            (1.0, 1)
+        } else {
+            return None;
+        };
+        total += number * unit;
+        rest = &rest[len..];
+    }
+    (total > 0.0 && total <= 86_400.0).then(|| Duration::from_secs_f64(total))
 }
 
 /// What the provider said: `error.message`, a string `error`, a top-level `message`, or the
@@ -746,12 +790,16 @@ fn provider_message(parsed: Option<&Value>, body: &[u8]) -> Option<String> {
     Some(format!("{quoted}{more}"))
 }
 
-/// `{"type":"error","error":{"type","message"},"request_id"?}`.
-fn error_body(status: u16, message: &str, request_id: Option<&str>) -> Value {
+/// `{"type":"error","error":{"type","message","details"?},"request_id"?}`; `code` is the
+/// provider's own error code, passed on for the classifier.
+fn error_body(status: u16, message: &str, request_id: Option<&str>, code: Option<&str>) -> Value {
     let mut body = json!({
         "type": "error",
         "error": {"type": seawall_actors::wire::error_type_of(status), "message": message},
     });
+    if let Some(code) = code {
+        body["error"]["details"] = json!({ "error_code": code });
+    }
     if let Some(id) = request_id {
         body["request_id"] = Value::from(id);
     }
@@ -761,13 +809,6 @@ fn error_body(status: u16, message: &str, request_id: Option<&str>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn translate(body: Value) -> Result<(Value, Vec<&'static str>), TransportError> {
-        let t = translate_request(body.to_string().as_bytes(), "m")?;
-        let v =
-            serde_json::from_slice(&t.body).map_err(|e| TransportError::Invalid(e.to_string()))?;
-        Ok((v, t.dropped))
-    }
 
     #[test]
     fn endpoint_appends_the_path_and_refuses_a_trailing_v1() {
@@ -785,16 +826,16 @@ mod tests {
                 "https://api.groq.com/openai/v1/chat/completions",
             ),
         ] {
-            assert_eq!(endpoint(base).unwrap().as_str(), want, "{base}");
+            assert_eq!(endpoint(base, None).unwrap().as_str(), want, "{base}");
         }
         for base in ["https://api.openai.com/v1", "https://api.openai.com/v1/"] {
-            let err = endpoint(base).unwrap_err().to_string();
+            let err = endpoint(base, None).unwrap_err().to_string();
             assert!(
                 err.contains("/v1") && err.contains("https://api.openai.com\""),
                 "{err}"
             );
         }
-        let err = endpoint("not a url").unwrap_err().to_string();
+        let err = endpoint("not a url", None).unwrap_err().to_string();
         assert!(
             err.contains(DEFAULT_BASE_URL) && !err.contains("anthropic"),
             "{err}"
@@ -802,35 +843,129 @@ mod tests {
     }
 
     #[test]
-    fn nulls_count_as_absent_and_text_blocks_join() {
-        let (v, dropped) = translate(json!({
-            "model": "m", "max_tokens": 3, "tools": null, "system": [
-                {"type": "text", "text": "a"}, {"type": "text", "text": "b", "cache_control": null}],
-            "messages": [{"role": "user", "content": "hi"}]
-        }))
-        .unwrap();
+    fn azure_paths_name_the_deployment_and_the_version() {
+        let keys = vec![ApiKey::new("azure-key-0123456789").unwrap()];
+        let up = |v: Option<&str>| {
+            OpenAiUpstream::new(
+                keys.clone(),
+                OpenAiOptions {
+                    base_url: "https://res.openai.azure.com".into(),
+                    azure: Some(Azure {
+                        api_version: v.map(str::to_owned),
+                    }),
+                    ..OpenAiOptions::default()
+                },
+            )
+        };
+        let versioned = up(Some("2024-10-21")).unwrap();
         assert_eq!(
-            v["messages"][0],
-            json!({"role": "system", "content": "a\nb"})
+            versioned.url_for("gpt 4o/mini").as_str(),
+            "https://res.openai.azure.com/openai/deployments/gpt%204o%2Fmini/chat/completions?api-version=2024-10-21"
         );
-        assert!(dropped.is_empty());
+        assert_eq!(
+            versioned.wire.max_tokens,
+            MaxTokensField::MaxCompletionTokens
+        );
+        let v1 = up(None).unwrap();
+        assert_eq!(
+            v1.url_for("gpt-4o").as_str(),
+            "https://res.openai.azure.com/openai/v1/chat/completions"
+        );
+        for bad in ["", "2024 10", "v&x=1"] {
+            assert!(
+                matches!(
+                    up(Some(bad)),
+                    Err(TransportSetupError::QueryValue {
+                        field: "api_version"
+                    })
+                ),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]
-    fn completions_become_messages() {
-        let c = json!({"id": "chatcmpl-1", "choices": [{"message": {"content": null,
-            "refusal": "no"}, "finish_reason": "stop"}]});
-        let m = message_from_completion(&c, "asked").unwrap();
-        assert_eq!(m["model"], "asked");
-        assert_eq!(m["stop_reason"], "refusal");
-        assert_eq!(m["content"][0]["text"], "no");
-        assert_eq!(m["usage"], json!({"input_tokens": 0, "output_tokens": 0}));
-        let empty = json!({"id": "x", "choices": [{"message": {"content": ""},
-            "finish_reason": "content_filter"}]});
-        let m = message_from_completion(&empty, "asked").unwrap();
-        assert_eq!(m["content"], json!([]));
-        assert_eq!(m["stop_reason"], "refusal");
-        assert!(message_from_completion(&json!({"choices": []}), "m").is_none());
+    fn the_length_field_follows_the_provider_unless_set() {
+        let keys = vec![ApiKey::new("sk-test-0123456789").unwrap()];
+        let field = |base: &str, set: Option<MaxTokensField>| {
+            OpenAiUpstream::new(
+                keys.clone(),
+                OpenAiOptions {
+                    base_url: base.into(),
+                    max_tokens_field: set,
+                    ..OpenAiOptions::default()
+                },
+            )
+            .unwrap()
+            .wire
+            .max_tokens
+        };
+        assert_eq!(
+            field("https://api.openai.com", None),
+            MaxTokensField::MaxCompletionTokens
+        );
+        assert_eq!(
+            field("http://127.0.0.1:8000", None),
+            MaxTokensField::MaxTokens
+        );
+        assert_eq!(
+            field(
+                "http://127.0.0.1:8000",
+                Some(MaxTokensField::MaxCompletionTokens)
+            ),
+            MaxTokensField::MaxCompletionTokens
+        );
+    }
+
+    #[test]
+    fn reset_durations_parse_in_openais_forms() {
+        let ms = |t: &str| parse_reset(t).map(|d| d.as_millis());
+        assert_eq!(ms("1s"), Some(1000));
+        assert_eq!(ms("6m0s"), Some(360_000));
+        assert_eq!(ms("20ms"), Some(20));
+        assert_eq!(ms("1h2m3.5s"), Some(3_723_500));
+        assert_eq!(ms("0.5s"), Some(500));
+        for bad in ["", "0s", "soon", "5", "1d", "-1s", "25h"] {
+            assert_eq!(ms(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_rate_limit_waits_for_the_exhausted_dimensions_reset() {
+        let mut h = Headers::default();
+        h.insert("x-ratelimit-reset-requests", "2s");
+        h.insert("x-ratelimit-reset-tokens", "6m0s");
+        h.insert("x-ratelimit-remaining-requests", "0");
+        h.insert("x-ratelimit-remaining-tokens", "5000");
+        assert_eq!(reset_hint(&h), Some(2000));
+        let mut h = Headers::default();
+        h.insert("x-ratelimit-reset-requests", "2s");
+        h.insert("x-ratelimit-reset-tokens", "6m0s");
+        h.insert("x-ratelimit-remaining-requests", "3");
+        assert_eq!(
+            reset_hint(&h),
+            Some(360_000),
+            "neither exhausted: the longer"
+        );
+        h.insert("retry-after", "1");
+        assert_eq!(reset_hint(&h), None, "the provider's own hint wins");
+        assert_eq!(reset_hint(&Headers::default()), None);
+    }
+
+    #[test]
+    fn insufficient_quota_carries_the_providers_code_for_the_classifier() {
+        let body = br#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#;
+        let r = translate_response(
+            429,
+            &Headers::default(),
+            bytes::Bytes::from_static(body),
+            "m",
+            &Dropped::default(),
+        );
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        assert_eq!(v["error"]["details"]["error_code"], "insufficient_quota");
+        assert_eq!(r.headers.get("x-should-retry"), Some("false"));
+        assert_eq!(r.headers.get("retry-after-ms"), None);
     }
 
     #[test]

@@ -158,10 +158,12 @@ impl Verdict {
     }
 }
 
-/// Spend-cap error codes on a 429: retrying is useless until someone raises the cap.
-const SPEND_CAP_CODES: [&str; 2] = [
+/// Spend-cap error codes on a 429: retrying is useless until someone raises the cap. The last
+/// is OpenAI's "out of credit", which the `openai` transport passes on in the same place.
+const SPEND_CAP_CODES: [&str; 3] = [
     "contract_spend_limit_reached",
     "enforced_spend_limit_reached",
+    "insufficient_quota",
 ];
 
 /// Classify a transport result. `now` is the wall clock, needed only to read an HTTP-date
