@@ -813,9 +813,21 @@ pub struct GatewaySection {
     /// The largest request head (request line and headers) in bytes; larger ones get 431.
     /// Default 32 KiB, at least 8192.
     pub max_header_bytes: Option<usize>,
+    /// `max_tokens` of a `/v1/chat/completions` request that sets neither `max_tokens` nor
+    /// `max_completion_tokens` (OpenAI's API needs no limit; the Messages API does).
+    /// Default 4096.
+    pub default_max_tokens: Option<u64>,
 }
 
+/// [`GatewaySection::default_max_tokens`] when it is not set.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
 impl GatewaySection {
+    /// The chat face's default answer length in force.
+    pub fn default_max_tokens(&self) -> u64 {
+        self.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS)
+    }
+
     /// The header read timeout in force.
     pub fn header_read_timeout(&self) -> Duration {
         self.header_read_timeout

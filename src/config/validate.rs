@@ -400,6 +400,16 @@ impl Config {
                 return Err(invalid(format!("gateway.token_envs[{i}]"), problem));
             }
         }
+        if self
+            .gateway
+            .default_max_tokens
+            .is_some_and(|n| n == 0 || n > u64::from(u32::MAX))
+        {
+            return Err(invalid(
+                "gateway.default_max_tokens",
+                "must be a whole number from 1 (an answer's length limit in tokens)",
+            ));
+        }
         if self.gateway.max_body_bytes == Some(0) {
             return Err(invalid("gateway.max_body_bytes", "must be at least 1"));
         }

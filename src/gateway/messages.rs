@@ -24,7 +24,7 @@ const MAX_CLIENT_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 
 /// Read a request body within the gateway's size limit and body read timeout; the error is the
 /// API-shaped answer (413 over the limit, 408 when the body is too slow, 400 when it breaks).
-async fn read_body(state: &State, body: Body) -> Result<Bytes, Response> {
+pub(super) async fn read_body(state: &State, body: Body) -> Result<Bytes, Response> {
     let read = axum::body::to_bytes(body, state.max_body_bytes);
     match tokio::time::timeout(state.body_read_timeout, read).await {
         Ok(Ok(bytes)) => Ok(bytes),
@@ -128,7 +128,7 @@ pub(crate) fn client_deadline(headers: &HeaderMap) -> Option<Duration> {
 }
 
 /// Apply the request headers the gateway reads to `call`.
-fn apply_headers(
+pub(super) fn apply_headers(
     call: &mut Call,
     headers: &HeaderMap,
     tenant: Option<&Tenant>,

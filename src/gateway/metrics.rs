@@ -79,9 +79,11 @@ pub fn prometheus() -> Option<&'static PrometheusHandle> {
 use seawall_actors::StateKind;
 
 /// The routes counted under their own name.
-const ROUTES: [&str; 6] = [
+const ROUTES: [&str; 8] = [
     "/v1/messages",
     "/v1/messages/count_tokens",
+    "/v1/chat/completions",
+    "/v1/models",
     "/healthz",
     "/readyz",
     "/metrics",
@@ -91,6 +93,9 @@ const ROUTES: [&str; 6] = [
 /// The `route` label of job lookups, whatever the job.
 const JOBS_ROUTE: &str = "/v1/seawall/jobs/{id}";
 
+/// The `route` label of model lookups, whatever the model.
+const MODEL_ROUTE: &str = "/v1/models/{id}";
+
 /// The `route` label of a request path.
 pub fn route_label(path: &str) -> &'static str {
     if path
@@ -98,6 +103,12 @@ pub fn route_label(path: &str) -> &'static str {
         .is_some_and(|id| !id.is_empty() && !id.contains('/'))
     {
         return JOBS_ROUTE;
+    }
+    if path
+        .strip_prefix("/v1/models/")
+        .is_some_and(|id| !id.is_empty() && !id.contains('/'))
+    {
+        return MODEL_ROUTE;
     }
     ROUTES
         .iter()

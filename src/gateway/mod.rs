@@ -6,6 +6,8 @@
 //! |---|---|---|
 //! | `POST /v1/messages` | token | the call through its fallback chain; `"stream": true` answers SSE |
 //! | `POST /v1/messages/count_tokens` | token | `Seawall::count_tokens`: the first hop's counter with the governor's key, else the heuristic |
+//! | `POST /v1/chat/completions` | token | the OpenAI face: the same call on the same chain, translated at the edge (`chat.rs`); OpenAI-shaped answers, chunks and errors |
+//! | `GET /v1/models`, `GET /v1/models/{id}` | token | the served models and their chains, in the OpenAI SDK's shape, or the Anthropic SDK's when it sends `anthropic-version` |
 //! | `GET /healthz` | none | 200 while the process serves |
 //! | `GET /readyz` | none | 200 when every chain has a model whose breaker is not open, else 503 |
 //! | `GET /metrics` | token | Prometheus text: the runtime's metrics (latencies as histograms), calls in flight, every request and response by route and status |
@@ -62,6 +64,7 @@
 //! calls in flight finish for `shutdown_grace`, then stops the runtime.
 
 mod auth;
+mod chat;
 mod guard;
 mod messages;
 pub mod metrics;
@@ -121,6 +124,8 @@ struct State {
     shutdown_grace: Duration,
     /// Time allowed to a `count_tokens` exchange.
     count_timeout: Duration,
+    /// `max_tokens` of a chat request that names no limit.
+    default_max_tokens: u64,
     metrics: metrics::Metrics,
     ids: Arc<reply::RequestIds>,
     /// Set when shutdown begins: /readyz answers 503.
@@ -183,6 +188,7 @@ impl Gateway {
                 max_body_bytes,
                 shutdown_grace: config.gateway.shutdown_grace(),
                 count_timeout: config.retry_defaults().attempt_timeout,
+                default_max_tokens: config.gateway.default_max_tokens(),
                 metrics: metrics::Metrics::default(),
                 ids: Arc::new(reply::RequestIds::new()),
                 draining: AtomicBool::new(false),
@@ -228,6 +234,9 @@ impl Gateway {
         let guarded = Router::new()
             .route("/v1/messages", post(messages::messages))
             .route("/v1/messages/count_tokens", post(messages::count_tokens))
+            .route("/v1/chat/completions", post(chat::chat_completions))
+            .route("/v1/models", get(chat::models))
+            .route("/v1/models/{id}", get(chat::model))
             .route("/metrics", get(ops::metrics))
             .route("/status", get(ops::status))
             .route("/v1/seawall/jobs/{id}", get(ops::job))
@@ -255,6 +264,10 @@ impl Gateway {
                 guard::PanicAnswer {
                     ids: Arc::clone(&state.ids),
                 },
+            ))
+            .layer(axum::middleware::from_fn_with_state(
+                Arc::clone(&state),
+                chat::openai_errors,
             ))
             .layer(axum::middleware::from_fn_with_state(
                 Arc::clone(&state),

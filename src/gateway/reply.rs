@@ -11,7 +11,7 @@ use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::Response;
 use seawall_actors::policy::rng::SplitMix64;
-use seawall_actors::upstream::Headers;
+use seawall_actors::upstream::{Headers, SseEvent};
 use seawall_actors::{AttemptRecord, Error, Outcome, Reply, StreamReply};
 
 use crate::secret::Redactor;
@@ -148,7 +148,13 @@ fn set(response: &mut Response, name: HeaderName, value: &str) {
 
 /// The upstream's answer, unchanged, with what happened in seawall's headers.
 pub(crate) fn success(reply: &Reply, ids: &RequestIds) -> Response {
-    let mut response = Response::new(Body::from(reply.body.clone()));
+    success_with(reply, reply.body.clone(), ids)
+}
+
+/// An answer with `body` (the upstream's, or its translation for another face) and what
+/// happened in seawall's headers.
+pub(crate) fn success_with(reply: &Reply, body: Bytes, ids: &RequestIds) -> Response {
+    let mut response = Response::new(Body::from(body));
     *response.status_mut() = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
     response
         .headers_mut()
@@ -166,10 +172,36 @@ pub(crate) fn success(reply: &Reply, ids: &RequestIds) -> Response {
     response
 }
 
-/// A committed stream: 200 `text/event-stream`, each event written as it arrives, with the same
-/// headers as a unary answer. A break after content arrives as the runtime's final `error`
-/// event, never as a silent cut.
+/// How a committed stream's events are written on the wire of a face.
+pub(crate) trait Framer: Send + 'static {
+    /// The frames for one event (none, for an event this face does not show).
+    fn frame(&mut self, event: &SseEvent) -> Vec<Bytes>;
+    /// The frames after the last event.
+    fn end(&mut self) -> Vec<Bytes>;
+}
+
+/// The Messages API's own frames: each event as it came.
+pub(crate) struct MessagesFrames;
+
+impl Framer for MessagesFrames {
+    fn frame(&mut self, event: &SseEvent) -> Vec<Bytes> {
+        vec![Bytes::from(event.to_wire())]
+    }
+
+    fn end(&mut self) -> Vec<Bytes> {
+        Vec::new()
+    }
+}
+
+/// A committed stream on the Messages API's wire. See [`stream_with`].
 pub(crate) fn stream(reply: StreamReply, ids: &RequestIds) -> Response {
+    stream_with(reply, MessagesFrames, ids)
+}
+
+/// A committed stream: 200 `text/event-stream`, each event framed by `framer` as it arrives,
+/// with the same headers as a unary answer. A break after content arrives as the runtime's
+/// final `error` event, never as a silent cut.
+pub(crate) fn stream_with(reply: StreamReply, framer: impl Framer, ids: &RequestIds) -> Response {
     let StreamReply {
         model,
         source,
@@ -181,28 +213,48 @@ pub(crate) fn stream(reply: StreamReply, ids: &RequestIds) -> Response {
         ..
     } = reply;
     let served_by = model.clone();
+    // Frames go out one at a time from `pending`, so an event that makes several (or none)
+    // keeps the body's back-pressure on the runtime's channel.
+    let state = (
+        events,
+        framer,
+        std::collections::VecDeque::new(),
+        0_u64,
+        false,
+        false,
+    );
     let body = futures_util::stream::unfold(
-        (events, 0_u64, false),
-        move |(mut events, count, errored)| {
+        state,
+        move |(mut events, mut framer, mut pending, count, errored, ended)| {
             let served_by = served_by.clone();
             async move {
-                match events.recv().await {
-                    Some(event) => {
-                        let errored = errored || event.event == "error";
-                        let frame = Bytes::from(event.to_wire());
-                        Some((
+                let (mut count, mut errored, mut ended) = (count, errored, ended);
+                loop {
+                    if let Some(frame) = pending.pop_front() {
+                        return Some((
                             Ok::<_, std::convert::Infallible>(frame),
-                            (events, count + 1, errored),
-                        ))
+                            (events, framer, pending, count, errored, ended),
+                        ));
                     }
-                    None => {
-                        tracing::info!(
-                            served_by = %served_by,
-                            events = count,
-                            ended_with_error = errored,
-                            "gateway stream ended"
-                        );
-                        None
+                    if ended {
+                        return None;
+                    }
+                    match events.recv().await {
+                        Some(event) => {
+                            errored = errored || event.event == "error";
+                            count += 1;
+                            pending.extend(framer.frame(&event));
+                        }
+                        None => {
+                            ended = true;
+                            pending.extend(framer.end());
+                            tracing::info!(
+                                served_by = %served_by,
+                                events = count,
+                                ended_with_error = errored,
+                                "gateway stream ended"
+                            );
+                        }
                     }
                 }
             }

@@ -2,6 +2,7 @@
 //! and uses what it needs).
 #![allow(dead_code)]
 
+pub mod agents;
 pub mod fuzz;
 pub mod gateway;
 pub mod http;
