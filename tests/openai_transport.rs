@@ -1077,3 +1077,120 @@ async fn a_2xx_without_a_completion_that_quotes_the_key_loses_it() {
     );
     assert!(!text.contains("CONFIGUREDSECRET"), "{text}");
 }
+
+// ---------------------------------------------------------------------------------------------
+// streams
+
+/// A stream head (event-stream, `content-length` longer than `body` when `cut`) and `body`.
+fn stream_response(body: &str, cut: bool) -> Vec<u8> {
+    let len = if cut { body.len() + 1000 } else { body.len() };
+    format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\ncontent-length: {len}\r\n\
+         x-request-id: req_stream_1\r\nconnection: close\r\n\r\n{body}"
+    )
+    .into_bytes()
+}
+
+async fn stream_items(
+    up: &OpenAiUpstream,
+) -> (
+    u16,
+    Vec<Result<seawall::core::upstream::SseEvent, TransportError>>,
+) {
+    let mut body = conversation("gpt-x", 10);
+    body["stream"] = json!(true);
+    let resp = up.send_stream(attempt(&body, BUDGET)).await.unwrap();
+    let seawall::core::upstream::StreamBody::Events(mut rx) = resp.body else {
+        panic!("expected events");
+    };
+    let mut items = Vec::new();
+    while let Some(item) = tokio::time::timeout(BUDGET, rx.recv()).await.unwrap() {
+        items.push(item);
+    }
+    (resp.status, items)
+}
+
+const HELLO_CHUNK: &str = r#"data: {"id":"c1","model":"gpt-x","choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"}}]}
+
+"#;
+
+#[tokio::test]
+async fn a_stream_is_translated_as_it_arrives_and_sent_with_usage_asked_for() {
+    let body = format!(
+        "{HELLO_CHUNK}data: {{\"id\":\"c1\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"lo\"}},\"finish_reason\":\"stop\"}}]}}\n\n\
+         data: {{\"id\":\"c1\",\"choices\":[],\"usage\":{{\"prompt_tokens\":5,\"completion_tokens\":2}}}}\n\ndata: [DONE]\n\n"
+    );
+    let (addr, mut seen) = capture_server(stream_response(&body, false)).await;
+    let (status, items) = stream_items(&at(addr)).await;
+    assert_eq!(status, 200);
+    let events: Vec<_> = items.into_iter().map(|i| i.unwrap()).collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let delta: Value = serde_json::from_str(&events[5].data).unwrap();
+    assert_eq!(
+        delta["usage"],
+        json!({"input_tokens": 5, "output_tokens": 2})
+    );
+    assert_eq!(delta["delta"]["stop_reason"], "end_turn");
+    let sent = seen.recv().await.unwrap().json();
+    assert_eq!(sent["stream"], true);
+    assert_eq!(sent["stream_options"], json!({"include_usage": true}));
+}
+
+#[tokio::test]
+async fn a_stream_cut_or_broken_off_after_content_ends_with_an_error_item() {
+    // Cut: the body ends early, before the answer said how it finished.
+    let (addr, _seen) = capture_server(stream_response(HELLO_CHUNK, true)).await;
+    let (_, items) = stream_items(&at(addr)).await;
+    assert!(items[..items.len() - 1].iter().all(Result::is_ok));
+    assert!(
+        matches!(items.last(), Some(Err(TransportError::Truncated(_)))),
+        "{items:?}"
+    );
+    // Broken off: the provider's in-stream error object, quoted, key-free.
+    let broken = format!(
+        "{HELLO_CHUNK}data: {{\"error\":{{\"message\":\"server overloaded for {KEY0}\"}}}}\n\n"
+    );
+    let (addr, _seen) = capture_server(stream_response(&broken, false)).await;
+    let (_, items) = stream_items(&at(addr)).await;
+    let Some(Err(TransportError::Truncated(why))) = items.last() else {
+        panic!("{items:?}");
+    };
+    assert!(why.contains("server overloaded"), "{why}");
+    assert_no_key(why);
+}
+
+#[tokio::test]
+async fn a_streaming_request_refused_by_the_provider_is_a_whole_translated_answer() {
+    let answer = http_response(
+        429,
+        &[
+            ("content-type", "application/json"),
+            ("x-ratelimit-reset-requests", "1s"),
+            ("x-ratelimit-remaining-requests", "0"),
+        ],
+        r#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#,
+    );
+    let (addr, _seen) = capture_server(answer).await;
+    let mut body = conversation("gpt-x", 10);
+    body["stream"] = json!(true);
+    let resp = at(addr).send_stream(attempt(&body, BUDGET)).await.unwrap();
+    assert_eq!(resp.status, 429);
+    assert_eq!(resp.headers.get("retry-after-ms"), Some("1000"));
+    let seawall::core::upstream::StreamBody::Complete(bytes) = resp.body else {
+        panic!("a whole answer");
+    };
+    let v: Value = serde_json::from_slice(&bytes).unwrap();
+    assert_eq!(v["error"]["type"], "rate_limit_error");
+}

@@ -78,11 +78,26 @@ pub struct Gw {
 impl Gw {
     /// Start a gateway from a config text.
     pub async fn start(toml: &str) -> Self {
+        Self::start_with_keys(toml, &[]).await
+    }
+
+    /// Start a gateway from a config text, with more key variables than `SIM_KEY`.
+    pub async fn start_with_keys(toml: &str, keys: &[(&str, &str)]) -> Self {
         let config = Config::from_toml(toml).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-        let gateway =
-            Gateway::start_with_env(&config, |v| (v == "SIM_KEY").then(|| KEY.to_owned()))
-                .await
-                .unwrap();
+        let keys: Vec<(String, String)> = keys
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        let gateway = Gateway::start_with_env(&config, move |v| {
+            if v == "SIM_KEY" {
+                return Some(KEY.to_owned());
+            }
+            keys.iter()
+                .find(|(k, _)| k == v)
+                .map(|(_, val)| val.clone())
+        })
+        .await
+        .unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
