@@ -27,6 +27,10 @@
 //! 1. `direct`: the generator against the upstream, at each `--connections` count: the floor,
 //!    and the ceiling of generator plus upstream on this machine.
 //! 2. `gateway`: the same through the gateway. `added` is gateway minus direct, same run.
+//!    `chat`: the same question on the gateway's OpenAI face (`POST /v1/chat/completions`, the
+//!    request an OpenAI SDK sends), translated both ways; `chat_p50_us` is its added latency.
+//!    `nginx` (with `--nginx HOST:PORT`): the generator against an nginx answering a fixed body,
+//!    a second floor from a server outside this process.
 //!    Each phase runs `--warmup` seconds unrecorded, then `--seconds` recorded, on fresh
 //!    connections.
 //! 3. `memory`: a fresh gateway child; 1 s of 16-connection warm-up; its RSS at idle; then the
@@ -121,6 +125,8 @@ struct Args {
     json: bool,
     perf_out: Option<String>,
     upstream: Option<String>,
+    /// A fixed-answer nginx to measure as a second direct baseline (`--nginx 127.0.0.1:8089`).
+    nginx: Option<SocketAddr>,
 }
 
 fn parse_args() -> Args {
@@ -169,6 +175,10 @@ fn parse_args() -> Args {
         json: argv.iter().any(|a| a == "--json"),
         perf_out: value("--perf-out"),
         upstream: value("--upstream"),
+        nginx: value("--nginx").map(|a| {
+            a.parse()
+                .unwrap_or_else(|_| panic!("--nginx takes HOST:PORT, got {a:?}"))
+        }),
     }
 }
 
@@ -491,7 +501,22 @@ fn spawn_gateway_in_process(upstream: SocketAddr) -> (GatewayProc, SocketAddr) {
 // ---------------------------------------------------------------------------------------------
 // The load generator
 
-fn request_bytes(addr: SocketAddr) -> Arc<[u8]> {
+/// The same question on the OpenAI face.
+const CHAT_BODY: &str = r#"{"model":"claude-sonnet-4-5","max_tokens":256,"messages":[{"role":"user","content":"Say hello in five words."}]}"#;
+
+/// The request a phase sends: the Messages API's (`direct`, `gateway`, `nginx`) or the OpenAI
+/// face's (`chat`: what an OpenAI SDK sends, with its bearer token).
+fn request_bytes(addr: SocketAddr, target: &str) -> Arc<[u8]> {
+    if target == "chat" {
+        return format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
+             authorization: Bearer {TOKEN}\r\naccept: application/json\r\n\
+             content-length: {}\r\n\r\n{CHAT_BODY}",
+            CHAT_BODY.len()
+        )
+        .into_bytes()
+        .into();
+    }
     format!(
         "POST /v1/messages HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\n\
          x-api-key: {TOKEN}\r\nanthropic-version: 2023-06-01\r\naccept: application/json\r\n\
@@ -767,7 +792,7 @@ async fn run_phase(
     gateway: Option<&GatewayProc>,
     perf_out: Option<&str>,
 ) -> Phase {
-    let request = request_bytes(addr);
+    let request = request_bytes(addr, target);
     let start = Instant::now();
     let record_from = start + Duration::from_secs_f64(args.warmup);
     let until = record_from + Duration::from_secs_f64(args.seconds);
@@ -1288,10 +1313,22 @@ fn coordinator(args: &Args) {
                 progress(args, &p);
                 phases.push(p);
             }
+            if let Some(nginx) = args.nginx {
+                for &c in &args.connections {
+                    let p = run_phase(args, "nginx", nginx, c, Some(&gateway), None).await;
+                    progress(args, &p);
+                    phases.push(p);
+                }
+            }
             let last = args.connections.last().copied();
             for &c in &args.connections {
                 let perf = args.perf_out.as_deref().filter(|_| Some(c) == last);
                 let p = run_phase(args, "gateway", addr, c, Some(&gateway), perf).await;
+                progress(args, &p);
+                phases.push(p);
+            }
+            for &c in &args.connections {
+                let p = run_phase(args, "chat", addr, c, Some(&gateway), None).await;
                 progress(args, &p);
                 phases.push(p);
             }
@@ -1326,14 +1363,24 @@ fn report(args: &Args, cores: usize, phases: &[Phase], memory: &[Memory]) {
         .filter_map(|&c| {
             let find = |t: &str| phases.iter().find(|p| p.target == t && p.connections == c);
             let (d, g) = (find("direct")?, find("gateway")?);
-            Some(json!({
+            let mut row = json!({
                 "connections": c,
                 "p50_us": g.micros(0.5) - d.micros(0.5),
                 "p99_us": g.micros(0.99) - d.micros(0.99),
                 "p999_us": g.micros(0.999) - d.micros(0.999),
                 "direct_rps": d.rps(),
                 "gateway_rps": g.rps(),
-            }))
+            });
+            if let Some(chat) = find("chat") {
+                row["chat_p50_us"] = json!(chat.micros(0.5) - d.micros(0.5));
+                row["chat_p99_us"] = json!(chat.micros(0.99) - d.micros(0.99));
+                row["chat_rps"] = json!(chat.rps());
+            }
+            if let Some(n) = find("nginx") {
+                row["nginx_p50_us"] = json!(n.micros(0.5));
+                row["nginx_rps"] = json!(n.rps());
+            }
+            Some(row)
         })
         .collect();
     if args.json {

@@ -944,6 +944,36 @@ async fn an_openai_model_out_of_quota_is_not_retried_and_the_chain_moves_on() {
     sw.shutdown(Duration::from_secs(1)).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_context_window_too_small_moves_the_call_to_the_next_hop() {
+    let sim = sim(r#"
+        [[models]]
+        name = "gpt-small"
+        [[models.faults]]
+        kind = "status"
+        status = 400
+        error_code = "context_length_exceeded"
+        message = "This model's maximum context length is 8192 tokens."
+        [[models]]
+        name = "gpt-big"
+    "#)
+    .await;
+    let sw = Seawall::builder()
+        .upstream("openai", openai(sim.base_url()))
+        .chain("gpt-small", ["gpt-small", "gpt-big"])
+        .spawn()
+        .await
+        .unwrap();
+    let reply = sw
+        .complete(Call::new("gpt-small", 16).user("a long conversation"))
+        .await
+        .expect("the larger window serves");
+    assert_eq!(reply.model, "gpt-big");
+    assert_eq!(reply.attempts, 2, "{:?}", reply.trail);
+    assert_eq!(sim.count("gpt-small"), 1, "not retried on the small model");
+    sw.shutdown(Duration::from_secs(1)).await;
+}
+
 // ---------------------------------------------------------------------------------------------
 // setup, keys, logs
 

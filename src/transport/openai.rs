@@ -39,6 +39,11 @@
 //! - **429 rate limit** without `retry-after`/`retry-after-ms`: `retry-after-ms` from
 //!   `x-ratelimit-reset-requests` / `-tokens` (`"1s"`, `"6m0s"`, `"20ms"`): the one whose
 //!   `remaining` is 0, else the longer.
+//! - **400 `context_length_exceeded`**: this model's context window is too small for the
+//!   request. The code is passed on the same way, and the classifier ends this hop only: a
+//!   later hop with a larger window may take it.
+//! - Any other provider `error.code` is passed on as `error.details.error_code` too (nothing is
+//!   invented: absent when the provider sent none).
 //! - Other statuses (3xx) are passed through unchanged.
 //!
 //! Headers: all of the provider's headers are kept, except `content-length` when the body was
@@ -687,7 +692,13 @@ fn translate_response(
             let message = provider_message(parsed.as_ref(), &body).unwrap_or_else(|| {
                 format!("HTTP {status} from the OpenAI-compatible provider (no error message)")
             });
-            let code = quota.then_some("insufficient_quota");
+            // The provider's own code rides along where the classifier reads codes
+            // (`insufficient_quota` may come in `type` only).
+            let code = if quota {
+                Some("insufficient_quota")
+            } else {
+                said("code")
+            };
             Some(error_body(status, &message, request_id, code))
         }
         _ => None,

@@ -166,6 +166,10 @@ const SPEND_CAP_CODES: [&str; 3] = [
     "insufficient_quota",
 ];
 
+/// Error codes on a 400 that say the request is too long for this model's context window
+/// (OpenAI's, passed on by the `openai` transport), not that the request is wrong.
+const CONTEXT_CODES: [&str; 1] = ["context_length_exceeded"];
+
 /// Classify a transport result. `now` is the wall clock, needed only to read an HTTP-date
 /// `retry-after`.
 pub fn classify(result: &Result<UpstreamResponse, TransportError>, now: SystemTime) -> Verdict {
@@ -207,6 +211,11 @@ pub fn classify_response(resp: &UpstreamResponse, now: SystemTime) -> Verdict {
                 return Verdict::Success;
             }
             (Class::Network, Disposition::Retry)
+        }
+        // A context window too small for the request is this model's limit: a later hop with
+        // a larger window may take the same request.
+        400 if error_code(&resp.body).is_some_and(|c| CONTEXT_CODES.contains(&c.as_str())) => {
+            (Class::InvalidRequest, Disposition::Fail(Scope::Model))
         }
         400 | 413 | 422 => (Class::InvalidRequest, Disposition::Fail(Scope::Request)),
         401 => (Class::Authentication, Disposition::Fail(Scope::Key)),
@@ -386,6 +395,28 @@ mod tests {
         }
         assert!(Class::RateLimited.is_capacity() && Class::Overloaded.is_capacity());
         assert!(!Class::ServerError.is_capacity());
+    }
+
+    #[test]
+    fn a_context_window_too_small_ends_the_hop_not_the_call() {
+        assert_eq!(
+            verdict(resp(
+                400,
+                &err_body("invalid_request_error", Some("context_length_exceeded"))
+            )),
+            Verdict::Permanent {
+                class: Class::InvalidRequest,
+                scope: Scope::Model
+            }
+        );
+        assert_eq!(
+            verdict(resp(400, &err_body("invalid_request_error", Some("other")))),
+            Verdict::Permanent {
+                class: Class::InvalidRequest,
+                scope: Scope::Request
+            },
+            "any other 400 is the request's"
+        );
     }
 
     #[test]
