@@ -1018,7 +1018,7 @@ async fn gateway_memory(args: &Args, upstream: SocketAddr, state: &UpstreamState
         state
             .hold_ms
             .store((args.hold * 1000.0) as u64, Ordering::Relaxed);
-        let request = request_bytes(addr);
+        let request = request_bytes(addr, "gateway");
         let (close_tx, close_rx) = watch::channel(false);
         let done = Arc::new(AtomicUsize::new(0));
         let ok = Arc::new(AtomicUsize::new(0));

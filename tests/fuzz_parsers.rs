@@ -550,3 +550,87 @@ proptest! {
 
 /// A configured key that is not `sk-`-shaped: only the key list catches it.
 const REDACTION_KEY: &str = "AIzaKEY-not-sk-shaped-0042";
+
+/// A chat completions request, often nearly valid: roles, parts, tool calls and tools from the
+/// OpenAI vocabulary with random values mixed in.
+fn chat_body() -> impl Strategy<Value = Value> {
+    let role = prop_oneof![
+        Just(json!("system")),
+        Just(json!("developer")),
+        Just(json!("user")),
+        Just(json!("assistant")),
+        Just(json!("tool")),
+        json_value(1, 4, 2),
+    ];
+    let content = prop_oneof![
+        Just(json!("hi")),
+        Just(json!(null)),
+        Just(json!([{"type": "text", "text": "x"}])),
+        Just(json!([{"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}])),
+        json_value(2, 8, 3),
+    ];
+    let message = (role, content, json_value(2, 6, 2)).prop_map(|(role, content, extra)| {
+        json!({"role": role, "content": content, "tool_call_id": "c1",
+               "tool_calls": [{"id": "c1", "type": "function",
+                               "function": {"name": "f", "arguments": extra.to_string()}}]})
+    });
+    (
+        prop::collection::vec(message, 0..5),
+        json_value(2, 8, 3),
+        prop::option::of(json_value(1, 4, 2)),
+    )
+        .prop_map(|(messages, tools, limit)| {
+            let mut body = json!({"model": "m", "messages": messages, "tools": tools});
+            if let Some(limit) = limit {
+                body["max_tokens"] = limit;
+            }
+            body
+        })
+}
+
+proptest! {
+    #![proptest_config(config(512))]
+
+    /// Any chat request, through the OpenAI face's translation: a Messages call or a 400
+    /// naming a field, never a panic; a translated request is one the runtime takes or refuses
+    /// with `InvalidCall`, and its `max_tokens` is always a positive limit.
+    #[test]
+    fn a_chat_request_is_a_messages_call_or_a_bad_request(
+        body in prop_oneof![
+            chat_body().prop_map(|v| serde_json::to_vec(&v).expect("serializable")),
+            prop::collection::vec(any::<u8>(), 0..256),
+        ],
+    ) {
+        match seawall::translate::from_chat::request(&body, 4096) {
+            Ok(r) => {
+                prop_assert!(r.body["max_tokens"].as_u64().is_some_and(|n| n >= 1));
+                let call = Call::from_value(r.body);
+                prop_assert!(matches!(call, Ok(_) | Err(Error::InvalidCall(_))));
+            }
+            Err(bad) => prop_assert!(!bad.message.is_empty()),
+        }
+    }
+
+    /// Any Messages request, through the outbound translation: a chat request or `Invalid`,
+    /// never a panic; and any chunk sequence through the stream translation: events or an error.
+    #[test]
+    fn messages_requests_and_chat_chunks_translate_or_fail_typed(
+        body in request_body(),
+        chunks in prop::collection::vec(json_value(3, 10, 3), 0..6),
+    ) {
+        use seawall::translate::to_chat::{request, MaxTokensField, Wire};
+        let wire = Wire { max_tokens: MaxTokensField::MaxTokens };
+        match request(&serde_json::to_vec(&body).expect("serializable"), "m", wire) {
+            Ok(t) => prop_assert!(serde_json::from_slice::<Value>(&t.body).is_ok()),
+            Err(e) => prop_assert!(matches!(e, seawall::core::upstream::TransportError::Invalid(_))),
+        }
+        let mut events = seawall::translate::from_chat::Events::new("m");
+        for chunk in &chunks {
+            if events.push(chunk).is_err() {
+                break;
+            }
+        }
+        let closing = events.done();
+        prop_assert_eq!(closing.last().map(|e| e.event.as_str()), Some("message_stop"));
+    }
+}
