@@ -609,6 +609,9 @@ impl Config {
         }
         for m in &self.models {
             b = b.model_on(&m.name, self.upstream_of(m), Some(self.breaker_for(m)));
+            if let Some(id) = &m.id {
+                b = b.model_id(&m.name, id);
+            }
             if let Some(probe) = self.probe_for(m) {
                 b = b.probe(&m.name, probe);
             }

@@ -510,8 +510,13 @@ pub struct UpstreamConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// The model name, as requests and the upstream spell it.
+    /// seawall's name for the model, as requests spell it: the key of its breaker, metrics and
+    /// chain.
     pub name: String,
+    /// The upstream's id for the model, what goes on the wire (the body's `model`, the path on
+    /// Bedrock and Vertex), e.g. `"us.anthropic.claude-sonnet-4-5-20250929-v1:0"`. Default:
+    /// `name`. The same id on two upstreams is two models with two breakers.
+    pub id: Option<String>,
     /// The upstream serving it. Default: the first `[[upstreams]]` entry.
     pub upstream: Option<String>,
     /// Models tried after this one, in order; each must be declared. An entry is a model name,

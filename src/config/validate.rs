@@ -286,6 +286,11 @@ impl Config {
                     format!("model {:?} is declared twice", m.name),
                 ));
             }
+            if let Some(id) = &m.id {
+                if let Some(problem) = model_id_problem(id) {
+                    return Err(invalid(at("id"), problem));
+                }
+            }
             if let Some(u) = &m.upstream {
                 if !self.upstreams.iter().any(|x| &x.name == u) {
                     return Err(invalid(
@@ -690,6 +695,20 @@ impl ClientToken {
                  gateway's password): generate one, e.g. `openssl rand -hex 24`"
             ));
         }
+        None
+    }
+}
+
+/// What is wrong with a model's `id`, if anything: it goes into a request body or URL path.
+fn model_id_problem(id: &str) -> Option<String> {
+    if id.is_empty() {
+        Some("must not be empty: leave it out to use the model's name".into())
+    } else if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some(format!(
+            "{id:?} contains whitespace or control characters: give the upstream's model id, \
+             e.g. \"anthropic.claude-sonnet-4-5-20250929-v1:0\""
+        ))
+    } else {
         None
     }
 }
