@@ -76,3 +76,133 @@ fn a_bad_model_id_names_its_key() {
         assert_err(&toml, "models[0].id", says);
     }
 }
+
+fn platform(upstream: &str) -> String {
+    format!(
+        "[[upstreams]]\nname = \"p\"\n{upstream}\n\n[[models]]\nname = \"m\"\nupstream = \"p\"\n"
+    )
+}
+
+#[test]
+fn bedrock_and_vertex_upstreams_parse_with_their_keys() {
+    let config = Config::from_toml(&format!(
+        r#"
+[[upstreams]]
+name = "bedrock"
+kind = "bedrock"
+region = "us-east-1"
+profile = "prod"
+beta = "context-1m-2025-08-07"
+
+[[upstreams]]
+name = "vertex"
+kind = "vertex"
+project = "my-project"
+region = "global"
+base_url = "https://vertex.example.test"
+
+[[models]]
+name = "sonnet-bedrock"
+upstream = "bedrock"
+id = "us.anthropic.claude-sonnet-4-5-20250929-v1:0"
+fallbacks = ["sonnet-vertex"]
+
+[[models]]
+name = "sonnet-vertex"
+upstream = "vertex"
+id = "claude-sonnet-4-5@20250929"
+
+[limits.bedrock]
+rpm = 100
+"#
+    ))
+    .unwrap();
+    let b = &config.upstreams[0];
+    assert_eq!(b.kind, seawall::config::UpstreamKind::Bedrock);
+    assert_eq!(b.region.as_deref(), Some("us-east-1"));
+    assert_eq!(b.profile.as_deref(), Some("prod"));
+    let v = &config.upstreams[1];
+    assert_eq!(v.kind, seawall::config::UpstreamKind::Vertex);
+    assert_eq!(v.project.as_deref(), Some("my-project"));
+    // No key variable is read for them; the transports build without the environment.
+    let upstreams = config.build_upstreams(&|_| None).unwrap();
+    assert_eq!(upstreams.len(), 2);
+    assert_eq!(upstreams[0].1.key_label(0), "aws:us-east-1");
+    assert_eq!(upstreams[1].1.key_label(0), "gcp:my-project");
+}
+
+#[test]
+fn platform_keys_are_checked_with_their_keys() {
+    let cases = [
+        (
+            platform("kind = \"bedrock\""),
+            "upstreams[0].region",
+            "missing",
+        ),
+        (
+            platform("kind = \"bedrock\"\nregion = \"US East\""),
+            "upstreams[0].region",
+            "not a region",
+        ),
+        (
+            platform("kind = \"vertex\"\nregion = \"us-east5\""),
+            "upstreams[0].project",
+            "missing",
+        ),
+        (
+            platform("kind = \"vertex\"\nproject = \"p\""),
+            "upstreams[0].region",
+            "missing",
+        ),
+        (
+            platform("kind = \"vertex\"\nproject = \"My Project\"\nregion = \"us-east5\""),
+            "upstreams[0].project",
+            "not a project id",
+        ),
+        (
+            platform("kind = \"bedrock\"\nregion = \"us-east-1\"\napi_key_env = \"K\""),
+            "upstreams[0].api_key_env",
+            "AWS default credential chain",
+        ),
+        (
+            platform(
+                "kind = \"vertex\"\nproject = \"p\"\nregion = \"global\"\napi_key_envs = [\"K\"]",
+            ),
+            "upstreams[0].api_key_envs",
+            "Application Default Credentials",
+        ),
+        (
+            platform("kind = \"vertex\"\nproject = \"p\"\nregion = \"global\"\nprofile = \"x\""),
+            "upstreams[0].profile",
+            "kind = \"bedrock\"",
+        ),
+        (
+            platform("kind = \"bedrock\"\nregion = \"us-east-1\"\nproject = \"x\""),
+            "upstreams[0].project",
+            "kind = \"vertex\"",
+        ),
+        (
+            platform("kind = \"bedrock\"\nregion = \"us-east-1\"\nversion = \"2023-06-01\""),
+            "upstreams[0].version",
+            "kind = \"anthropic\"",
+        ),
+        (
+            platform("api_key_env = \"K\"\nregion = \"us-east-1\""),
+            "upstreams[0].region",
+            "\"bedrock\" or \"vertex\"",
+        ),
+        (
+            platform("kind = \"bedrock\"\nregion = \"us-east-1\"\nbase_url = \"ftp://x\""),
+            "upstreams[0].base_url",
+            "http or https",
+        ),
+        (
+            platform("kind = \"bedrock\"\nregion = \"us-east-1\"\nprofile = \"a b\""),
+            "upstreams[0].profile",
+            "not a profile name",
+        ),
+    ];
+    for (toml, key, says) in cases {
+        assert_err(&toml, key, says);
+    }
+}

@@ -13,11 +13,17 @@
 //! over the same client setup.
 
 pub mod anthropic;
+pub mod aws;
+pub mod bedrock;
 mod http;
 pub mod openai;
+pub mod vertex;
 
 pub use anthropic::{AnthropicOptions, AnthropicUpstream, AuthStyle};
+pub use aws::AwsCredentials;
+pub use bedrock::{BedrockOptions, BedrockUpstream};
 pub use openai::{OpenAiOptions, OpenAiUpstream};
+pub use vertex::{GoogleCredentials, VertexOptions, VertexUpstream};
 
 /// Why a transport ([`AnthropicUpstream`], [`OpenAiUpstream`]) could not be built. Messages name
 /// the field to fix.
