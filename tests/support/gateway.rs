@@ -83,6 +83,11 @@ impl Gw {
             Gateway::start_with_env(&config, |v| (v == "SIM_KEY").then(|| KEY.to_owned()))
                 .await
                 .unwrap();
+        Self::from_gateway(gateway).await
+    }
+
+    /// Serve an already started gateway on loopback.
+    pub async fn from_gateway(gateway: Gateway) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();
