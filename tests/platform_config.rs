@@ -85,7 +85,7 @@ fn platform(upstream: &str) -> String {
 
 #[test]
 fn bedrock_and_vertex_upstreams_parse_with_their_keys() {
-    let config = Config::from_toml(&format!(
+    let config = Config::from_toml(
         r#"
 [[upstreams]]
 name = "bedrock"
@@ -114,8 +114,8 @@ id = "claude-sonnet-4-5@20250929"
 
 [limits.bedrock]
 rpm = 100
-"#
-    ))
+"#,
+    )
     .unwrap();
     let b = &config.upstreams[0];
     assert_eq!(b.kind, seawall::config::UpstreamKind::Bedrock);
@@ -205,4 +205,21 @@ fn platform_keys_are_checked_with_their_keys() {
     for (toml, key, says) in cases {
         assert_err(&toml, key, says);
     }
+}
+
+#[test]
+fn the_platforms_example_parses_and_builds_without_platform_secrets() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/platforms.toml");
+    let config = Config::from_file(&path).unwrap();
+    assert_eq!(
+        config.chain_of("claude-sonnet-4-5").unwrap(),
+        ["claude-sonnet-4-5", "sonnet-bedrock", "sonnet-vertex"]
+    );
+    assert_eq!(config.limits["bedrock"].rpm, Some(200));
+    let upstreams = config
+        .build_upstreams(&|v| {
+            (v == "ANTHROPIC_API_KEY").then(|| "sk-ant-example-key-aaaa".to_owned())
+        })
+        .unwrap();
+    assert_eq!(upstreams.len(), 3);
 }
