@@ -127,6 +127,7 @@ struct Args {
     upstream: Option<String>,
     /// A fixed-answer nginx to measure as a second direct baseline (`--nginx 127.0.0.1:8089`).
     nginx: Option<SocketAddr>,
+    chat_first: bool,
 }
 
 fn parse_args() -> Args {
@@ -175,6 +176,7 @@ fn parse_args() -> Args {
         json: argv.iter().any(|a| a == "--json"),
         perf_out: value("--perf-out"),
         upstream: value("--upstream"),
+        chat_first: argv.iter().any(|a| a == "--chat-first"),
         nginx: value("--nginx").map(|a| {
             a.parse()
                 .unwrap_or_else(|_| panic!("--nginx takes HOST:PORT, got {a:?}"))
@@ -1321,16 +1323,22 @@ fn coordinator(args: &Args) {
                 }
             }
             let last = args.connections.last().copied();
-            for &c in &args.connections {
-                let perf = args.perf_out.as_deref().filter(|_| Some(c) == last);
-                let p = run_phase(args, "gateway", addr, c, Some(&gateway), perf).await;
-                progress(args, &p);
-                phases.push(p);
-            }
-            for &c in &args.connections {
-                let p = run_phase(args, "chat", addr, c, Some(&gateway), None).await;
-                progress(args, &p);
-                phases.push(p);
+            // `--chat-first` swaps the faces' order, to tell an order effect from a cost.
+            let faces = if args.chat_first {
+                ["chat", "gateway"]
+            } else {
+                ["gateway", "chat"]
+            };
+            for face in faces {
+                for &c in &args.connections {
+                    let perf = args
+                        .perf_out
+                        .as_deref()
+                        .filter(|_| Some(c) == last && face == "gateway");
+                    let p = run_phase(args, face, addr, c, Some(&gateway), perf).await;
+                    progress(args, &p);
+                    phases.push(p);
+                }
             }
         }
         if has("memory") {

@@ -119,7 +119,7 @@ async fn a_unary_and_a_streamed_answer_reach_the_openai_client() {
     );
     assert_eq!(
         sent["messages"],
-        json!([{"role": "user", "content": [{"type": "text", "text": "Say hi"}]}])
+        json!([{"role": "user", "content": "Say hi"}])
     );
 
     let chunks = stream(

@@ -255,3 +255,89 @@ async fn a_stream_refused_before_content_falls_back_but_not_after_content() {
     );
     assert_eq!(up.calls("lenient"), 1);
 }
+
+/// One model id on two upstreams (two platforms, or two regions): two models with two
+/// breakers. The id goes on the wire; seawall's names key the breakers and the reply.
+#[tokio::test(start_paused = true)]
+async fn one_model_id_on_two_upstreams_is_two_hops_with_two_breakers() {
+    use seawall_actors::{BreakerConfig, Seawall, StateKind, Trip};
+    const ID: &str = "claude-sonnet-4-5";
+    let east = ScriptedUpstream::new();
+    east.on(ID, |_, _| Answer::status(529, "overloaded_error"));
+    let west = ScriptedUpstream::new();
+    west.healthy(ID, Duration::ZERO);
+    let trip_at_two = BreakerConfig {
+        trip: Trip::ConsecutiveFailures(2),
+        ..BreakerConfig::default()
+    };
+    let policy = RetryPolicy {
+        backoff: seawall_actors::Backoff {
+            max_attempts: 1,
+            ..seawall_actors::Backoff::default()
+        },
+        hedge: seawall_actors::Hedge::Off,
+        ..RetryPolicy::default()
+    };
+    let sw = Seawall::builder()
+        .upstream("east", east.clone())
+        .upstream("west", west.clone())
+        .model_on("sonnet-east", "east", Some(trip_at_two))
+        .model_on("sonnet-west", "west", Some(trip_at_two))
+        .model_id("sonnet-east", ID)
+        .model_id("sonnet-west", ID)
+        .chain_hops(
+            "sonnet-east",
+            [HopSpec::model("sonnet-east"), HopSpec::model("sonnet-west")],
+            Some(policy),
+        )
+        .spawn()
+        .await
+        .unwrap();
+    for _ in 0..3 {
+        let reply = sw
+            .complete(Call::new("sonnet-east", 16).user("hi"))
+            .await
+            .unwrap();
+        assert_eq!(reply.model, "sonnet-west", "seawall's name, not the id");
+    }
+    // Both upstreams were asked for the id, in the attempt and in the body.
+    for (up, n) in [(&east, 2), (&west, 3)] {
+        let log = up.log();
+        assert_eq!(log.len(), n);
+        for l in &log {
+            assert_eq!(l.model, ID);
+            let body: Value = serde_json::from_slice(&l.body).unwrap();
+            assert_eq!(body["model"], ID);
+        }
+    }
+    // East's two failures opened east's breaker only (the third call skipped it).
+    let east_b = sw.breaker_status("sonnet-east").await.unwrap();
+    let west_b = sw.breaker_status("sonnet-west").await.unwrap();
+    assert_eq!(east_b.state, StateKind::Open);
+    assert_eq!(west_b.state, StateKind::Closed);
+    assert_eq!(west_b.stats.calls, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_model_id_for_an_undeclared_model_or_an_empty_id_is_refused() {
+    use seawall_actors::Seawall;
+    let up = ScriptedUpstream::new();
+    let err = Seawall::builder()
+        .upstream("s", up.clone())
+        .model_on("a", "s", None)
+        .model_id("b", "x")
+        .spawn()
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("\"b\""), "{err}");
+    let err = Seawall::builder()
+        .upstream("s", up)
+        .model_on("a", "s", None)
+        .model_id("a", " ")
+        .spawn()
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("empty"), "{err}");
+}

@@ -17,7 +17,10 @@ use seawall_actors::{
 use crate::cluster::jobs::{RedisJobStore, RedisStoreOptions};
 use crate::cluster::{ClusterBuilder, RedisCluster};
 use crate::transport::anthropic::{AnthropicOptions, AnthropicUpstream, AuthStyle};
+use crate::transport::bedrock::{BedrockOptions, BedrockUpstream};
 use crate::transport::openai::{Azure, MaxTokensField, OpenAiOptions, OpenAiUpstream};
+use crate::transport::vertex::{GoogleCredentials, VertexOptions, VertexUpstream};
+use crate::transport::AwsCredentials;
 use crate::transport::TransportSetupError;
 
 use super::env::{process_env, read_key};
@@ -386,6 +389,20 @@ impl Config {
     }
 }
 
+/// The Bedrock endpoint the AWS environment names, as the SDKs read it:
+/// `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`, else `AWS_ENDPOINT_URL`, unless
+/// `AWS_IGNORE_CONFIGURED_ENDPOINT_URLS` is `true`. A `base_url` in the file wins over both.
+fn aws_endpoint_url(env: &dyn Fn(&str) -> Option<String>) -> Option<String> {
+    if env("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"))
+    {
+        return None;
+    }
+    ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME", "AWS_ENDPOINT_URL"]
+        .into_iter()
+        .find_map(|var| env(var).filter(|v| !v.trim().is_empty()))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Spawning
 
@@ -557,6 +574,39 @@ impl Config {
                     };
                     Arc::new(OpenAiUpstream::new(keys, options).map_err(setup)?)
                 }
+                UpstreamKind::Bedrock => {
+                    let region = u.region.clone().unwrap_or_default();
+                    let mut options = BedrockOptions::new(&region);
+                    options.base_url = u.base_url.clone().or_else(|| aws_endpoint_url(env));
+                    options.credentials = AwsCredentials::DefaultChain {
+                        profile: u.profile.clone(),
+                        config_file: env("AWS_CONFIG_FILE").map(Into::into),
+                        credentials_file: env("AWS_SHARED_CREDENTIALS_FILE").map(Into::into),
+                    };
+                    options.beta = u.beta.clone();
+                    options.connect_timeout = u.connect_timeout.unwrap_or(options.connect_timeout);
+                    options.pool_idle_timeout =
+                        u.pool_idle_timeout.unwrap_or(options.pool_idle_timeout);
+                    Arc::new(BedrockUpstream::new(options).map_err(setup)?)
+                }
+                UpstreamKind::Vertex => {
+                    let mut options = VertexOptions::new(
+                        u.project.as_deref().unwrap_or_default(),
+                        u.region.as_deref().unwrap_or_default(),
+                    );
+                    options.base_url = u.base_url.clone();
+                    options.credentials = match env("GOOGLE_APPLICATION_CREDENTIALS") {
+                        Some(path) if !path.is_empty() => {
+                            GoogleCredentials::ServiceAccountFile(path.into())
+                        }
+                        _ => GoogleCredentials::Adc,
+                    };
+                    options.beta = u.beta.clone();
+                    options.connect_timeout = u.connect_timeout.unwrap_or(options.connect_timeout);
+                    options.pool_idle_timeout =
+                        u.pool_idle_timeout.unwrap_or(options.pool_idle_timeout);
+                    Arc::new(VertexUpstream::new(options).map_err(setup)?)
+                }
             };
             out.push((u.name.clone(), upstream));
         }
@@ -619,6 +669,9 @@ impl Config {
         }
         for m in &self.models {
             b = b.model_on(&m.name, self.upstream_of(m), Some(self.breaker_for(m)));
+            if let Some(id) = &m.id {
+                b = b.model_id(&m.name, id);
+            }
             if let Some(probe) = self.probe_for(m) {
                 b = b.probe(&m.name, probe);
             }

@@ -460,6 +460,39 @@ pub enum UpstreamKind {
     Openai,
     /// Azure OpenAI: the same translation, the `api-key` header, the deployment in the path.
     AzureOpenai,
+    /// Claude on AWS Bedrock (`InvokeModel`), SigV4-signed with credentials from the AWS
+    /// default chain: needs `region`, takes `profile`, no API key.
+    Bedrock,
+    /// Claude on Google Vertex AI (`rawPredict`), with Application Default Credentials: needs
+    /// `project` and `region`, no API key.
+    Vertex,
+}
+
+impl UpstreamKind {
+    /// The kind's name in the file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamKind::Anthropic => "anthropic",
+            UpstreamKind::Openai => "openai",
+            UpstreamKind::AzureOpenai => "azure_openai",
+            UpstreamKind::Bedrock => "bedrock",
+            UpstreamKind::Vertex => "vertex",
+        }
+    }
+
+    /// True for the kinds that authenticate with API keys from `api_key_env(s)`; Bedrock and
+    /// Vertex take their platform's credential chain instead.
+    pub fn takes_api_keys(self) -> bool {
+        matches!(
+            self,
+            UpstreamKind::Anthropic | UpstreamKind::Openai | UpstreamKind::AzureOpenai
+        )
+    }
+
+    /// True for the kinds that speak OpenAI's chat completions.
+    pub fn is_openai(self) -> bool {
+        matches!(self, UpstreamKind::Openai | UpstreamKind::AzureOpenai)
+    }
 }
 
 /// The field an OpenAI-compatible upstream takes the answer's length limit in.
@@ -489,11 +522,22 @@ pub enum AuthHeader {
 pub struct UpstreamConfig {
     /// The name models and limits refer to.
     pub name: String,
-    /// `"anthropic"` (default), `"openai"` or `"azure_openai"`.
+    /// `"anthropic"` (default), `"openai"`, `"azure_openai"`, `"bedrock"` or `"vertex"`.
     #[serde(default)]
     pub kind: UpstreamKind,
-    /// Scheme, host and optional path prefix. Default: the provider's public API.
+    /// Scheme, host and optional path prefix. Default: the provider's public API (bedrock:
+    /// `https://bedrock-runtime.{region}.amazonaws.com`, or `AWS_ENDPOINT_URL_BEDROCK_RUNTIME`
+    /// / `AWS_ENDPOINT_URL` when set; vertex: `https://{region}-aiplatform.googleapis.com`,
+    /// `https://aiplatform.googleapis.com` for region `global`).
     pub base_url: Option<String>,
+    /// The platform region (bedrock and vertex, required there): `"us-east-1"`, `"us-east5"`,
+    /// `"global"` (vertex).
+    pub region: Option<String>,
+    /// The AWS profile whose credentials and settings are used (bedrock only). Default: the
+    /// AWS default chain's (`AWS_PROFILE`, else `default`).
+    pub profile: Option<String>,
+    /// The Google Cloud project (vertex only, required there).
+    pub project: Option<String>,
     /// The environment variable holding the API key.
     pub api_key_env: Option<String>,
     /// The environment variables of a key pool (instead of `api_key_env`).
@@ -501,7 +545,8 @@ pub struct UpstreamConfig {
     pub api_key_envs: Vec<String>,
     /// `anthropic-version` sent upstream (anthropic only). Default `2023-06-01`.
     pub version: Option<String>,
-    /// `anthropic-beta` sent upstream (anthropic only), a comma-separated list.
+    /// `anthropic-beta` sent upstream, a comma-separated list (anthropic and vertex send it as
+    /// the header, bedrock as the body's `anthropic_beta`).
     pub beta: Option<String>,
     /// How the key is sent (anthropic only): `"x-api-key"` (default) or `"bearer"`.
     pub auth: Option<AuthHeader>,
@@ -530,8 +575,13 @@ pub struct UpstreamConfig {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// The model name, as requests and the upstream spell it.
+    /// seawall's name for the model, as requests spell it: the key of its breaker, metrics and
+    /// chain.
     pub name: String,
+    /// The upstream's id for the model, what goes on the wire (the body's `model`, the path on
+    /// Bedrock and Vertex), e.g. `"us.anthropic.claude-sonnet-4-5-20250929-v1:0"`. Default:
+    /// `name`. The same id on two upstreams is two models with two breakers.
+    pub id: Option<String>,
     /// The upstream serving it. Default: the first `[[upstreams]]` entry.
     pub upstream: Option<String>,
     /// Models tried after this one, in order; each must be declared. An entry is a model name,

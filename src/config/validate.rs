@@ -70,22 +70,52 @@ impl Config {
                     format!("upstream {:?} is declared twice", u.name),
                 ));
             }
-            match (&u.api_key_env, u.api_key_envs.is_empty()) {
-                (Some(_), false) => {
-                    return Err(invalid(
-                        at("api_key_envs"),
-                        "set either api_key_env (one key) or api_key_envs (a pool), not both",
-                    ))
+            if u.kind.takes_api_keys() {
+                match (&u.api_key_env, u.api_key_envs.is_empty()) {
+                    (Some(_), false) => {
+                        return Err(invalid(
+                            at("api_key_envs"),
+                            "set either api_key_env (one key) or api_key_envs (a pool), not both",
+                        ))
+                    }
+                    (None, true) => {
+                        return Err(invalid(
+                            at("api_key_env"),
+                            "missing: name the environment variable holding the API key \
+                             (api_key_env = \"ANTHROPIC_API_KEY\"), or a pool with \
+                             api_key_envs = [...]",
+                        ))
+                    }
+                    _ => {}
                 }
-                (None, true) => {
-                    return Err(invalid(
-                        at("api_key_env"),
-                        "missing: name the environment variable holding the API key \
-                         (api_key_env = \"ANTHROPIC_API_KEY\"), or a pool with \
-                         api_key_envs = [...]",
-                    ))
+            } else {
+                let source = match u.kind {
+                    UpstreamKind::Bedrock => {
+                        "the AWS default credential chain (AWS_ACCESS_KEY_ID, \
+                         AWS_SECRET_ACCESS_KEY and AWS_SESSION_TOKEN; profile files with \
+                         `profile`; web identity; ECS; IMDS)"
+                    }
+                    _ => {
+                        "Application Default Credentials (GOOGLE_APPLICATION_CREDENTIALS, \
+                         gcloud's application_default_credentials.json, the metadata server)"
+                    }
+                };
+                for (key, set) in [
+                    ("api_key_env", u.api_key_env.is_some()),
+                    ("api_key_envs", !u.api_key_envs.is_empty()),
+                    ("key_organizations", u.key_organizations.is_some()),
+                ] {
+                    if set {
+                        return Err(invalid(
+                            at(key),
+                            format!(
+                                "a {} upstream takes no API keys: its credentials come from \
+                                 {source}; remove {key}",
+                                u.kind.as_str()
+                            ),
+                        ));
+                    }
                 }
-                _ => {}
             }
             for (key, var) in self.key_vars(i) {
                 if let Some(problem) = env_name_problem(var) {
@@ -104,38 +134,7 @@ impl Config {
                     ));
                 }
             }
-            let only = |set: bool, key: &str, kind: &str| {
-                if set {
-                    Err(invalid(
-                        at(key),
-                        format!("only applies to upstreams of kind = \"{kind}\""),
-                    ))
-                } else {
-                    Ok(())
-                }
-            };
-            match u.kind {
-                UpstreamKind::Anthropic => {
-                    only(u.organization.is_some(), "organization", "openai")?;
-                    only(u.api_version.is_some(), "api_version", "azure_openai")?;
-                    only(u.max_tokens_field.is_some(), "max_tokens_field", "openai")?;
-                }
-                UpstreamKind::Openai | UpstreamKind::AzureOpenai => {
-                    only(u.version.is_some(), "version", "anthropic")?;
-                    only(u.beta.is_some(), "beta", "anthropic")?;
-                    only(u.auth.is_some(), "auth", "anthropic")?;
-                }
-            }
-            if u.kind == UpstreamKind::Openai {
-                only(u.api_version.is_some(), "api_version", "azure_openai")?;
-            }
-            if u.kind == UpstreamKind::AzureOpenai && u.base_url.is_none() {
-                return Err(invalid(
-                    at("base_url"),
-                    "missing: an azure_openai upstream needs its resource's endpoint \
-                     (base_url = \"https://RESOURCE.openai.azure.com\")",
-                ));
-            }
+            self.validate_upstream_kind(i)?;
             for (key, d) in [
                 ("connect_timeout", u.connect_timeout),
                 ("pool_idle_timeout", u.pool_idle_timeout),
@@ -148,6 +147,135 @@ impl Config {
                 if let Some(problem) = base_url_problem(url) {
                     return Err(invalid(at("base_url"), problem));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// The keys that belong to some kinds only, and what bedrock and vertex require.
+    fn validate_upstream_kind(&self, i: usize) -> Result<(), ConfigError> {
+        let Some(u) = self.upstreams.get(i) else {
+            return Ok(());
+        };
+        let at = |k: &str| format!("upstreams[{i}].{k}");
+        let k = u.kind;
+        let only = |set: bool, key: &str, kinds: &str| {
+            if set {
+                Err(invalid(
+                    at(key),
+                    format!(
+                        "only applies to upstreams of kind = {kinds}, not \"{}\"",
+                        k.as_str()
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        use UpstreamKind::{Anthropic, AzureOpenai, Bedrock, Openai, Vertex};
+        only(
+            u.organization.is_some() && k != Openai,
+            "organization",
+            "\"openai\"",
+        )?;
+        only(
+            u.api_version.is_some() && k != AzureOpenai,
+            "api_version",
+            "\"azure_openai\"",
+        )?;
+        only(
+            u.max_tokens_field.is_some() && !k.is_openai(),
+            "max_tokens_field",
+            "\"openai\" or \"azure_openai\"",
+        )?;
+        if k == AzureOpenai && u.base_url.is_none() {
+            return Err(invalid(
+                at("base_url"),
+                "missing: an azure_openai upstream needs its resource's endpoint \
+                 (base_url = \"https://RESOURCE.openai.azure.com\")",
+            ));
+        }
+        only(
+            u.version.is_some() && k != Anthropic,
+            "version",
+            "\"anthropic\"",
+        )?;
+        only(u.auth.is_some() && k != Anthropic, "auth", "\"anthropic\"")?;
+        only(
+            u.beta.is_some() && k.is_openai(),
+            "beta",
+            "\"anthropic\", \"bedrock\" or \"vertex\"",
+        )?;
+        only(
+            u.profile.is_some() && k != Bedrock,
+            "profile",
+            "\"bedrock\"",
+        )?;
+        only(u.project.is_some() && k != Vertex, "project", "\"vertex\"")?;
+        only(
+            u.region.is_some() && k.takes_api_keys(),
+            "region",
+            "\"bedrock\" or \"vertex\"",
+        )?;
+        if k.takes_api_keys() {
+            return Ok(());
+        }
+        let example = if k == Bedrock {
+            "\"us-east-1\""
+        } else {
+            "\"us-east5\" (or \"global\")"
+        };
+        match &u.region {
+            None => {
+                return Err(invalid(
+                    at("region"),
+                    format!(
+                        "missing: a {} upstream needs its region, e.g. region = {example}",
+                        k.as_str()
+                    ),
+                ))
+            }
+            Some(r) if !is_region(r) => {
+                return Err(invalid(
+                    at("region"),
+                    format!(
+                        "{r:?} is not a region name (lower-case letters, digits and dashes), \
+                         e.g. region = {example}"
+                    ),
+                ))
+            }
+            Some(_) => {}
+        }
+        if k == Vertex {
+            match &u.project {
+                None => {
+                    return Err(invalid(
+                        at("project"),
+                        "missing: a vertex upstream needs its Google Cloud project id, e.g. \
+                         project = \"my-project\"",
+                    ))
+                }
+                Some(p) if !is_project(p) => {
+                    return Err(invalid(
+                        at("project"),
+                        format!(
+                            "{p:?} is not a project id (lower-case letters, digits and dashes; \
+                             a legacy id may have a domain prefix with `.` and `:`)"
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        if let Some(p) = &u.profile {
+            if p.is_empty() || p.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(
+                    at("profile"),
+                    format!(
+                        "{p:?} is not a profile name: give the name of a profile in \
+                         ~/.aws/config (or ~/.aws/credentials)"
+                    ),
+                ));
             }
         }
         Ok(())
@@ -297,6 +425,11 @@ impl Config {
                     at("name"),
                     format!("model {:?} is declared twice", m.name),
                 ));
+            }
+            if let Some(id) = &m.id {
+                if let Some(problem) = model_id_problem(id) {
+                    return Err(invalid(at("id"), problem));
+                }
             }
             if let Some(u) = &m.upstream {
                 if !self.upstreams.iter().any(|x| &x.name == u) {
@@ -712,6 +845,39 @@ impl ClientToken {
                  gateway's password): generate one, e.g. `openssl rand -hex 24`"
             ));
         }
+        None
+    }
+}
+
+/// A region as AWS and Google spell them: `us-east-1`, `us-east5`, `global`.
+fn is_region(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 40
+        && r.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !r.starts_with('-')
+        && !r.ends_with('-')
+}
+
+/// A Google Cloud project id (`my-project-123`, or a legacy `example.com:my-project`): it goes
+/// into the URL path.
+fn is_project(p: &str) -> bool {
+    !p.is_empty()
+        && p.len() <= 100
+        && p.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '.' | ':'))
+}
+
+/// What is wrong with a model's `id`, if anything: it goes into a request body or URL path.
+fn model_id_problem(id: &str) -> Option<String> {
+    if id.is_empty() {
+        Some("must not be empty: leave it out to use the model's name".into())
+    } else if id.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        Some(format!(
+            "{id:?} contains whitespace or control characters: give the upstream's model id, \
+             e.g. \"anthropic.claude-sonnet-4-5-20250929-v1:0\""
+        ))
+    } else {
         None
     }
 }

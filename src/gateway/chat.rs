@@ -96,11 +96,8 @@ pub(crate) async fn chat_completions(
         }
     } else {
         match state.seawall.complete(call).await {
-            Ok(answer) => match answer.json() {
-                Ok(message) => {
-                    let chat = to_chat::completion(&message, &model, now_secs());
-                    reply::success_with(&answer, Bytes::from(chat.to_string()), &state.ids)
-                }
+            Ok(answer) => match to_chat::completion(&answer.body, &model, now_secs()) {
+                Ok(chat) => reply::success_with(&answer, Bytes::from(chat), &state.ids),
                 Err(_) => openai_error(
                     StatusCode::BAD_GATEWAY,
                     &format!("{} answered something that is not a message", answer.model),

@@ -85,7 +85,7 @@ const DROPPED: [&str; 10] = [
 pub fn request(body: &[u8], default_max_tokens: u64) -> Result<Request, BadRequest> {
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| bad("", format!("the request body is not valid JSON: {e}")))?;
-    let Value::Object(fields) = value else {
+    let Value::Object(mut fields) = value else {
         return Err(bad("", "the request body must be a JSON object"));
     };
     let mut dropped = Dropped::default();
@@ -172,7 +172,11 @@ pub fn request(body: &[u8], default_max_tokens: u64) -> Result<Request, BadReque
             }
         }
     }
-    let Some(model) = fields.get("model").and_then(Value::as_str) else {
+    let Some(model) = fields
+        .get("model")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+    else {
         return Err(bad("model", "model must be a string naming a served model"));
     };
     let limit = ["max_completion_tokens", "max_tokens"]
@@ -185,9 +189,10 @@ pub fn request(body: &[u8], default_max_tokens: u64) -> Result<Request, BadReque
             _ => return Err(bad(k, format!("{k} must be a whole number from 1"))),
         },
     };
-    let (system, messages) = messages_of(fields.get("messages").unwrap_or(&Value::Null))?;
+    // The messages move into the call: their text is not copied.
+    let (system, messages) = messages_of(fields.remove("messages").unwrap_or(Value::Null))?;
     let mut body = Map::new();
-    body.insert("model".into(), Value::from(model));
+    body.insert("model".into(), Value::from(model.as_str()));
     body.insert("max_tokens".into(), Value::from(max_tokens));
     if !system.is_empty() {
         body.insert("system".into(), Value::Array(system));
@@ -215,7 +220,7 @@ pub fn request(body: &[u8], default_max_tokens: u64) -> Result<Request, BadReque
     }
     Ok(Request {
         body: Value::Object(body),
-        model: model.to_owned(),
+        model,
         stream,
         include_usage: stream && include_usage,
         dropped,
@@ -313,7 +318,7 @@ fn tool_choice_of(v: &Value, parallel: bool) -> Result<Option<Value>, BadRequest
 }
 
 /// The system blocks and the Messages turns of a chat `messages` list.
-fn messages_of(v: &Value) -> Result<(Vec<Value>, Vec<Value>), BadRequest> {
+fn messages_of(v: Value) -> Result<(Vec<Value>, Vec<Value>), BadRequest> {
     let Value::Array(list) = v else {
         return Err(bad("messages", "messages must be a non-empty list"));
     };
@@ -330,29 +335,51 @@ fn messages_of(v: &Value) -> Result<(Vec<Value>, Vec<Value>), BadRequest> {
     let mut turns: Vec<Value> = Vec::new();
     // Tool call ids asked for and not yet answered.
     let mut open_calls: HashSet<String> = HashSet::new();
-    for (i, m) in list.iter().enumerate() {
-        let at = format!("messages[{i}]");
+    for (i, mut m) in list.into_iter().enumerate() {
+        // Paths are written only for an error: the happy path allocates none.
+        let at = |rest: &str| format!("messages[{i}]{rest}");
+        let content_at = || at(".content");
         let Some(role) = m.get("role").and_then(Value::as_str) else {
-            return Err(bad(
-                format!("{at}.role"),
-                "each message needs a string role",
-            ));
+            return Err(bad(at(".role"), "each message needs a string role"));
         };
-        let content = m.get("content").unwrap_or(&Value::Null);
+        let role = match role {
+            "system" | "developer" => Role::System,
+            "user" => Role::User,
+            "assistant" => Role::Assistant,
+            "tool" => Role::Tool,
+            other => {
+                return Err(bad(
+                    at(".role"),
+                    format!(
+                        "role {other:?} is not one of \"system\", \"developer\", \"user\", \
+                         \"assistant\", \"tool\""
+                    ),
+                ))
+            }
+        };
+        let owned = m
+            .as_object_mut()
+            .and_then(|o| o.remove("content"))
+            .unwrap_or(Value::Null);
+        let content = &owned;
         match role {
-            "system" | "developer" => {
-                for text in texts_of(content, &format!("{at}.content"))? {
+            Role::System => {
+                for text in texts_of(content, &content_at)? {
                     system.push(json!({"type": "text", "text": text}));
                 }
             }
-            "user" => {
-                let blocks = user_blocks(content, &format!("{at}.content"))?;
+            // A plain string is the Messages API's own shorthand for one text block: it moves.
+            Role::User if owned.is_string() && !last_is(&turns, "user") => {
+                turns.push(json!({"role": "user", "content": owned}));
+            }
+            Role::User => {
+                let blocks = user_blocks(content, &content_at)?;
                 push_turn(&mut turns, "user", blocks);
             }
-            "assistant" => {
+            Role::Assistant => {
                 let mut blocks: Vec<Value> = match content {
                     Value::Null => Vec::new(),
-                    _ => texts_of(content, &format!("{at}.content"))?
+                    _ => texts_of(content, &content_at)?
                         .into_iter()
                         .filter(|t| !t.is_empty())
                         .map(|t| json!({"type": "text", "text": t}))
@@ -365,7 +392,7 @@ fn messages_of(v: &Value) -> Result<(Vec<Value>, Vec<Value>), BadRequest> {
                     .flatten()
                     .enumerate()
                 {
-                    let block = tool_use_of(call, &format!("{at}.tool_calls[{j}]"))?;
+                    let block = tool_use_of(call, &|| at(&format!(".tool_calls[{j}]")))?;
                     if let Some(id) = block["id"].as_str() {
                         open_calls.insert(id.to_owned());
                     }
@@ -375,34 +402,25 @@ fn messages_of(v: &Value) -> Result<(Vec<Value>, Vec<Value>), BadRequest> {
                     push_turn(&mut turns, "assistant", blocks);
                 }
             }
-            "tool" => {
+            Role::Tool => {
                 let Some(id) = m.get("tool_call_id").and_then(Value::as_str) else {
                     return Err(bad(
-                        format!("{at}.tool_call_id"),
+                        at(".tool_call_id"),
                         "a tool message needs the tool_call_id it answers",
                     ));
                 };
                 if !open_calls.remove(id) {
                     return Err(bad(
-                        format!("{at}.tool_call_id"),
+                        at(".tool_call_id"),
                         format!(
                             "tool_call_id {id:?} answers no tool call of an earlier \
                              assistant message"
                         ),
                     ));
                 }
-                let text = texts_of(content, &format!("{at}.content"))?.join("\n");
+                let text = texts_of(content, &content_at)?.join("\n");
                 let result = json!({"type": "tool_result", "tool_use_id": id, "content": text});
                 push_turn(&mut turns, "user", vec![result]);
-            }
-            other => {
-                return Err(bad(
-                    format!("{at}.role"),
-                    format!(
-                        "role {other:?} is not one of \"system\", \"developer\", \"user\", \
-                         \"assistant\", \"tool\""
-                    ),
-                ))
             }
         }
     }
@@ -415,11 +433,29 @@ fn messages_of(v: &Value) -> Result<(Vec<Value>, Vec<Value>), BadRequest> {
     Ok((system, turns))
 }
 
+/// A chat message's role, once read.
+#[derive(Clone, Copy)]
+enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+fn last_is(turns: &[Value], role: &str) -> bool {
+    turns.last().is_some_and(|t| t["role"] == role)
+}
+
 /// Append blocks as a turn of `role`, joining the previous turn when it has the same role (a
 /// run of tool messages and the user message after them are one user turn, results first).
 fn push_turn(turns: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
     if let Some(last) = turns.last_mut() {
         if last["role"] == role {
+            // A string turn becomes its one text block first.
+            if let Value::String(text) = &mut last["content"] {
+                let text = std::mem::take(text);
+                last["content"] = json!([{"type": "text", "text": text}]);
+            }
             if let Some(content) = last["content"].as_array_mut() {
                 content.extend(blocks);
                 return;
@@ -430,7 +466,7 @@ fn push_turn(turns: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
 }
 
 /// The texts of a string or of text parts (`refusal` parts count as text).
-fn texts_of(content: &Value, at: &str) -> Result<Vec<String>, BadRequest> {
+fn texts_of(content: &Value, at: &dyn Fn() -> String) -> Result<Vec<String>, BadRequest> {
     match content {
         Value::String(s) => Ok(vec![s.clone()]),
         Value::Array(parts) => parts
@@ -446,26 +482,26 @@ fn texts_of(content: &Value, at: &str) -> Result<Vec<String>, BadRequest> {
                 match (kind, p.get(key).and_then(Value::as_str)) {
                     (Some("text" | "refusal"), Some(t)) => Ok(t.to_owned()),
                     _ => Err(bad(
-                        format!("{at}[{j}]"),
+                        format!("{}[{j}]", at()),
                         "only text parts are allowed here",
                     )),
                 }
             })
             .collect(),
-        _ => Err(bad(at, "content must be a string or a list of parts")),
+        _ => Err(bad(at(), "content must be a string or a list of parts")),
     }
 }
 
 /// A user message's content as Messages blocks.
-fn user_blocks(content: &Value, at: &str) -> Result<Vec<Value>, BadRequest> {
+fn user_blocks(content: &Value, at: &dyn Fn() -> String) -> Result<Vec<Value>, BadRequest> {
     let parts = match content {
         Value::String(s) => return Ok(vec![json!({"type": "text", "text": s})]),
         Value::Array(parts) => parts,
-        _ => return Err(bad(at, "content must be a string or a list of parts")),
+        _ => return Err(bad(at(), "content must be a string or a list of parts")),
     };
     let mut out = Vec::with_capacity(parts.len());
     for (j, part) in parts.iter().enumerate() {
-        let at = format!("{at}[{j}]");
+        let at = format!("{}[{j}]", at());
         match part.get("type").and_then(Value::as_str) {
             Some("text") => match part.get("text").and_then(Value::as_str) {
                 Some(t) => out.push(json!({"type": "text", "text": t})),
@@ -508,12 +544,12 @@ pub fn image_block(url: &str, at: &str) -> Result<Value, BadRequest> {
 }
 
 /// An assistant's tool call as a `tool_use` block; `arguments` must be a JSON object.
-fn tool_use_of(call: &Value, at: &str) -> Result<Value, BadRequest> {
+fn tool_use_of(call: &Value, at: &dyn Fn() -> String) -> Result<Value, BadRequest> {
     let (Some(id), Some(name)) = (
         call.get("id").and_then(Value::as_str),
         call.pointer("/function/name").and_then(Value::as_str),
     ) else {
-        return Err(bad(at, "a tool call needs a string id and function.name"));
+        return Err(bad(at(), "a tool call needs a string id and function.name"));
     };
     let args = call
         .pointer("/function/arguments")
@@ -521,7 +557,7 @@ fn tool_use_of(call: &Value, at: &str) -> Result<Value, BadRequest> {
         .unwrap_or("{}");
     let input = arguments(args).ok_or_else(|| {
         bad(
-            format!("{at}.function.arguments"),
+            format!("{}.function.arguments", at()),
             "arguments must be a JSON object, as a string",
         )
     })?;

@@ -580,47 +580,158 @@ fn text_of(value: &Value, path: &str, dropped: &mut Dropped) -> Result<String, T
 // ---------------------------------------------------------------------------------------------
 // answers: Messages → chat completion (the gateway's OpenAI face)
 
-/// A Messages answer as a `chat.completion`: text blocks joined as `content` (`null` when
-/// there is none), `tool_use` blocks as `tool_calls`, thinking left out, `stop_reason` as
-/// `finish_reason`, usage in OpenAI's terms. `model` is the name the client asked for.
-pub fn completion(message: &Value, model: &str, created: u64) -> Value {
-    let mut texts = Vec::new();
-    let mut calls = Vec::new();
-    for block in message
-        .get("content")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        match block.get("type").and_then(Value::as_str) {
-            Some("text") => texts.push(block.get("text").and_then(Value::as_str).unwrap_or("")),
-            Some("tool_use") => calls.push(tool_call(
-                block.get("id").and_then(Value::as_str).unwrap_or(""),
-                block.get("name").and_then(Value::as_str).unwrap_or(""),
-                block.get("input").unwrap_or(&json!({})),
-            )),
+/// The parts of a Messages answer a completion needs, borrowed from its bytes (no tree of
+/// values is built: the face's answer costs one parse and one write).
+#[derive(serde::Deserialize)]
+struct Answer<'a> {
+    #[serde(borrow, default)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Vec<AnswerBlock<'a>>,
+    #[serde(borrow, default)]
+    stop_reason: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    usage: Option<AnswerUsage>,
+}
+
+#[derive(serde::Deserialize)]
+struct AnswerBlock<'a> {
+    #[serde(borrow, rename = "type")]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(borrow, default)]
+    text: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    id: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    input: Option<&'a serde_json::value::RawValue>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct AnswerUsage {
+    #[serde(default)]
+    input_tokens: u64,
+    #[serde(default)]
+    output_tokens: u64,
+    #[serde(default)]
+    cache_read_input_tokens: Option<u64>,
+    #[serde(default)]
+    cache_creation_input_tokens: Option<u64>,
+}
+
+#[derive(serde::Serialize)]
+struct Completion<'a> {
+    id: String,
+    object: &'static str,
+    created: u64,
+    model: &'a str,
+    choices: [CompletionChoice<'a>; 1],
+    usage: CompletionUsage,
+}
+
+#[derive(serde::Serialize)]
+struct CompletionChoice<'a> {
+    index: u32,
+    message: CompletionMessage<'a>,
+    logprobs: Option<()>,
+    finish_reason: &'static str,
+}
+
+#[derive(serde::Serialize)]
+struct CompletionMessage<'a> {
+    role: &'static str,
+    content: Option<String>,
+    refusal: Option<()>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<CompletionCall<'a>>,
+}
+
+#[derive(serde::Serialize)]
+struct CompletionCall<'a> {
+    id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: CompletionFunction<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct CompletionFunction<'a> {
+    name: &'a str,
+    arguments: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct CompletionUsage {
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    prompt_tokens_details: CachedTokens,
+}
+
+#[derive(serde::Serialize)]
+struct CachedTokens {
+    cached_tokens: u64,
+}
+
+/// A Messages answer (its bytes) as a `chat.completion`: text blocks joined as `content`
+/// (`null` when there is none), `tool_use` blocks as `tool_calls` (the input, as written, is
+/// the `arguments` string), thinking left out, `stop_reason` as `finish_reason`, usage in
+/// OpenAI's terms (as [`chat_usage`]). `model` is the name the client asked for.
+///
+/// # Errors
+///
+/// When `body` is not a Messages answer.
+pub fn completion(body: &[u8], model: &str, created: u64) -> Result<Vec<u8>, serde_json::Error> {
+    let answer: Answer<'_> = serde_json::from_slice(body)?;
+    let mut text: Option<String> = None;
+    let mut tool_calls = Vec::new();
+    for block in &answer.content {
+        match block.kind.as_ref() {
+            "text" => text
+                .get_or_insert_with(String::new)
+                .push_str(block.text.as_deref().unwrap_or("")),
+            "tool_use" => tool_calls.push(CompletionCall {
+                id: block.id.as_deref().unwrap_or(""),
+                kind: "function",
+                function: CompletionFunction {
+                    name: block.name.as_deref().unwrap_or(""),
+                    arguments: block.input.map_or("{}", |raw| raw.get()),
+                },
+            }),
             _ => {}
         }
     }
-    let stop = message
-        .get("stop_reason")
-        .and_then(Value::as_str)
-        .unwrap_or("end_turn");
-    let mut reply = json!({"role": "assistant",
-        "content": if texts.is_empty() { Value::Null } else { Value::from(texts.concat()) },
-        "refusal": null});
-    if !calls.is_empty() {
-        reply["tool_calls"] = Value::Array(calls);
-    }
-    json!({
-        "id": completion_id(message),
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "message": reply, "logprobs": null,
-                     "finish_reason": finish_reason_of(stop)}],
-        "usage": chat_usage(message.get("usage")),
-    })
+    let usage = answer.usage.unwrap_or_default();
+    let cached = usage.cache_read_input_tokens.unwrap_or(0);
+    let prompt = usage.input_tokens + cached + usage.cache_creation_input_tokens.unwrap_or(0);
+    let id = answer.id.as_deref().unwrap_or("");
+    let out = Completion {
+        id: format!("chatcmpl-{}", id.strip_prefix("msg_").unwrap_or(id)),
+        object: "chat.completion",
+        created,
+        model,
+        choices: [CompletionChoice {
+            index: 0,
+            message: CompletionMessage {
+                role: "assistant",
+                content: text,
+                refusal: None,
+                tool_calls,
+            },
+            logprobs: None,
+            finish_reason: finish_reason_of(answer.stop_reason.as_deref().unwrap_or("end_turn")),
+        }],
+        usage: CompletionUsage {
+            prompt_tokens: prompt,
+            completion_tokens: usage.output_tokens,
+            total_tokens: prompt + usage.output_tokens,
+            prompt_tokens_details: CachedTokens {
+                cached_tokens: cached,
+            },
+        },
+    };
+    serde_json::to_vec(&out)
 }
 
 /// `chatcmpl-` and the message's id, so a completion can be matched to the upstream's logs.

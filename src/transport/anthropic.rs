@@ -34,15 +34,17 @@ use std::time::{Duration, Instant};
 use reqwest::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use reqwest::Url;
 use seawall_actors::upstream::{
-    Attempt, CountFuture, Headers, SseEvent, StreamBody, StreamFuture, StreamResponse,
-    TransportError, Upstream, UpstreamFuture, UpstreamResponse,
+    Attempt, CountFuture, StreamBody, StreamFuture, StreamResponse, TransportError, Upstream,
+    UpstreamFuture, UpstreamResponse,
 };
 use tokio::sync::mpsc;
 
-use super::http::{body_error, http_client, send_error, stream_body_error, IDEMPOTENCY_KEY};
+use super::http::{
+    base_endpoint, body_error, capture_headers, http_client, is_event_stream, merge_betas, pump,
+    send_error, StreamLog, IDEMPOTENCY_KEY, STREAM_CHANNEL,
+};
 pub use super::TransportSetupError;
 use crate::secret::{ApiKey, Redactor};
-use crate::sse::SseParser;
 
 /// The public API's base URL.
 pub const DEFAULT_BASE_URL: &str = "https://api.anthropic.com";
@@ -53,9 +55,6 @@ const ANTHROPIC_VERSION: HeaderName = HeaderName::from_static("anthropic-version
 const ANTHROPIC_BETA: HeaderName = HeaderName::from_static("anthropic-beta");
 const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
 const RETRY_COUNT: HeaderName = HeaderName::from_static("x-stainless-retry-count");
-/// Events buffered between the stream reader and the caller. Bounded so that a slow caller
-/// slows the reader (and, through TCP, the upstream) instead of filling memory.
-const STREAM_CHANNEL: usize = 64;
 
 /// How the key is sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -314,13 +313,7 @@ impl AnthropicUpstream {
             (Some(ours), None) => Some(ours.clone()),
             (None, Some(theirs)) => Some(header_value("anthropic-beta", theirs)?),
             (Some(ours), Some(theirs)) => {
-                let ours = ours.to_str().unwrap_or_default();
-                let mut all: Vec<&str> = ours.split(',').map(str::trim).collect();
-                for b in theirs.split(',').map(str::trim) {
-                    if !b.is_empty() && !all.contains(&b) {
-                        all.push(b);
-                    }
-                }
+                let all = merge_betas(ours.to_str().ok(), Some(theirs));
                 Some(header_value("anthropic-beta", &all.join(","))?)
             }
         };
@@ -408,6 +401,7 @@ impl AnthropicUpstream {
         }
         let (tx, rx) = mpsc::channel(STREAM_CHANNEL);
         let log = StreamLog {
+            platform: "anthropic",
             model: attempt.model,
             key,
             request_id: headers.get("request-id").map(str::to_owned),
@@ -434,112 +428,6 @@ impl AnthropicUpstream {
             Err(_) => Err(TransportError::Timeout(attempt.timeout)),
         }
     }
-}
-
-/// What the stream reader's closing log line needs to be matched with the head's line.
-struct StreamLog {
-    model: String,
-    key: String,
-    request_id: Option<String>,
-    /// For the data of `error` events.
-    redactor: Redactor,
-}
-
-/// Read a 2xx event stream chunk by chunk and send its events into `tx`, until the body ends,
-/// breaks (one last `Err`), or the receiver is dropped.
-///
-/// Memory stays bounded: one chunk, the parser's unfinished line and event, and the channel.
-/// Dropping `response` on the way out closes the connection when the body was not finished
-/// (hyper does not pool a connection with unread body).
-async fn pump(
-    mut response: reqwest::Response,
-    tx: mpsc::Sender<Result<SseEvent, TransportError>>,
-    budget: Duration,
-    log: StreamLog,
-) {
-    let started = Instant::now();
-    let mut parser = SseParser::new();
-    let mut events: u64 = 0;
-    let ended: Cow<'static, str> = 'read: loop {
-        let chunk = tokio::select! {
-            // Checked first, and while waiting for a chunk: a caller that went away must not
-            // keep the connection (and an upstream that stalls) busy.
-            biased;
-            () = tx.closed() => break 'read "receiver dropped".into(),
-            chunk = response.chunk() => chunk,
-        };
-        let bytes = match chunk {
-            Ok(Some(bytes)) => bytes,
-            Ok(None) => match std::mem::take(&mut parser).finish() {
-                Ok(()) => break 'read "end of body".into(),
-                Err(incomplete) => {
-                    let err = TransportError::Truncated(incomplete.to_string());
-                    let how = err.to_string();
-                    let _ = tx.send(Err(err)).await;
-                    break 'read how.into();
-                }
-            },
-            Err(e) => {
-                let err = stream_body_error(&e, budget);
-                let how = err.to_string();
-                let _ = tx.send(Err(err)).await;
-                break 'read how.into();
-            }
-        };
-        for item in parser.push(&bytes) {
-            match item {
-                Ok(mut event) => {
-                    // An error event's message may echo the key; content is the model's own.
-                    if event.event == "error" {
-                        if let Cow::Owned(clean) = log.redactor.redact_str(&event.data) {
-                            event.data = clean;
-                        }
-                    }
-                    if tx.send(Ok(event)).await.is_err() {
-                        break 'read "receiver dropped".into();
-                    }
-                    events += 1;
-                }
-                Err(too_long) => {
-                    let err = TransportError::Truncated(too_long.to_string());
-                    let how = err.to_string();
-                    let _ = tx.send(Err(err)).await;
-                    break 'read how.into();
-                }
-            }
-        }
-    };
-    drop(response);
-    let elapsed_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    tracing::debug!(
-        model = %log.model,
-        key = %log.key,
-        request_id = log.request_id.as_deref().unwrap_or("-"),
-        events,
-        ended = %ended,
-        elapsed_ms,
-        "anthropic stream ended"
-    );
-}
-
-/// Response headers as [`Headers`], names lower-cased (http already keeps them so).
-pub(crate) fn capture_headers(map: &reqwest::header::HeaderMap) -> Headers {
-    let mut headers = Headers::default();
-    for (name, value) in map {
-        // `to_str` would also drop valid UTF-8 outside ASCII; only skip what is not text.
-        if let Ok(value) = std::str::from_utf8(value.as_bytes()) {
-            headers.insert(name.as_str(), value);
-        }
-    }
-    headers
-}
-
-/// Whether the content-type is `text/event-stream` (parameters such as `charset` allowed).
-pub(crate) fn is_event_stream(map: &reqwest::header::HeaderMap) -> bool {
-    map.get(CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|t| t.trim().eq_ignore_ascii_case("text/event-stream"))
 }
 
 impl Upstream for AnthropicUpstream {
@@ -580,35 +468,7 @@ impl fmt::Debug for AnthropicUpstream {
 
 /// `{base_url}/v1/messages`, after checking `base_url`.
 pub(crate) fn endpoint(base_url: &str) -> Result<Url, TransportSetupError> {
-    let bad = |why: String| TransportSetupError::BaseUrl(why);
-    let url = Url::parse(base_url.trim()).map_err(|e| {
-        bad(format!(
-            "not a URL ({e}): expected something like {DEFAULT_BASE_URL}"
-        ))
-    })?;
-    if !matches!(url.scheme(), "http" | "https") {
-        return Err(bad(format!(
-            "scheme {:?} is not supported: use http or https",
-            url.scheme()
-        )));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(bad("it has no host".to_owned()));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        // reqwest puts the URL into its errors; credentials there would end up in logs.
-        return Err(bad(
-            "it contains credentials (user:password@): pass keys as ApiKey instead".to_owned(),
-        ));
-    }
-    if url.query().is_some() || url.fragment().is_some() {
-        return Err(bad(
-            "it has a query or fragment: give scheme, host and an optional path prefix only"
-                .to_owned(),
-        ));
-    }
-    let full = format!("{}/v1/messages", url.as_str().trim_end_matches('/'));
-    Url::parse(&full).map_err(|e| bad(format!("{full:?} is not a URL ({e})")))
+    base_endpoint(base_url, DEFAULT_BASE_URL, "/v1/messages")
 }
 
 #[cfg(test)]

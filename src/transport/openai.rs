@@ -42,8 +42,8 @@
 //! - **400 `context_length_exceeded`**: this model's context window is too small for the
 //!   request. The code is passed on the same way, and the classifier ends this hop only: a
 //!   later hop with a larger window may take it.
-//! - Any other provider `error.code` is passed on as `error.details.error_code` too (nothing is
-//!   invented: absent when the provider sent none).
+//! - No other provider code is passed on, and no Anthropic `error.details.error_code` is ever
+//!   invented.
 //! - Other statuses (3xx) are passed through unchanged.
 //!
 //! Headers: all of the provider's headers are kept, except `content-length` when the body was
@@ -94,8 +94,11 @@ use seawall_actors::upstream::{
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
-use super::anthropic::{self, capture_headers, is_event_stream};
-use super::http::{body_error, http_client, send_error, stream_body_error, IDEMPOTENCY_KEY};
+use super::anthropic;
+use super::http::{
+    body_error, capture_headers, http_client, is_event_stream, send_error, stream_body_error,
+    IDEMPOTENCY_KEY, STREAM_CHANNEL,
+};
 pub use super::TransportSetupError;
 use crate::secret::{ApiKey, Redactor};
 use crate::sse::SseParser;
@@ -110,10 +113,10 @@ pub const DEFAULT_BASE_URL: &str = "https://api.openai.com";
 const PATH: &str = "/v1/chat/completions";
 const OPENAI_ORGANIZATION: HeaderName = HeaderName::from_static("openai-organization");
 const API_KEY: HeaderName = HeaderName::from_static("api-key");
+/// OpenAI error codes passed on as `error.details.error_code`: the ones the classifier reads.
+const PASSED_CODES: [&str; 2] = ["insufficient_quota", "context_length_exceeded"];
 /// The longest piece of a non-JSON error body quoted in a translated error message.
 const MAX_QUOTED: usize = 500;
-/// Events buffered between the stream reader and the caller (as the Anthropic transport).
-const STREAM_CHANNEL: usize = 64;
 
 /// Azure OpenAI's wire: the `api-key` header, and the deployment in the path.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -692,12 +695,13 @@ fn translate_response(
             let message = provider_message(parsed.as_ref(), &body).unwrap_or_else(|| {
                 format!("HTTP {status} from the OpenAI-compatible provider (no error message)")
             });
-            // The provider's own code rides along where the classifier reads codes
-            // (`insufficient_quota` may come in `type` only).
+            // The provider's own code rides along where the classifier reads codes, for the
+            // codes that change what an answer means (`insufficient_quota` may come in `type`
+            // only); no other code is passed on, so none can be mistaken for an Anthropic one.
             let code = if quota {
                 Some("insufficient_quota")
             } else {
-                said("code")
+                said("code").filter(|c| PASSED_CODES.contains(c))
             };
             Some(error_body(status, &message, request_id, code))
         }

@@ -98,6 +98,11 @@ impl Gw {
         })
         .await
         .unwrap();
+        Self::from_gateway(gateway).await
+    }
+
+    /// Serve an already started gateway on loopback.
+    pub async fn from_gateway(gateway: Gateway) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr: SocketAddr = listener.local_addr().unwrap();
         let (stop, stopped) = oneshot::channel::<()>();

@@ -110,6 +110,8 @@ impl ProbeConfig {
 pub struct MonitoredModel {
     /// The model name.
     pub name: String,
+    /// The upstream's id for it (what its probes send).
+    pub id: String,
     /// Its upstream's index.
     pub upstream: usize,
     /// Its model class within the upstream (for probe budgets).
@@ -482,6 +484,7 @@ impl MonitorState {
             let task = ProbeTask {
                 model: id,
                 name: m.info.name.clone(),
+                id: m.info.id.clone(),
                 upstream,
                 upstream_id: m.info.upstream,
                 class: m.info.class,

@@ -37,6 +37,8 @@ const MAX_TRIALS: usize = 32;
 pub(super) struct ProbeTask {
     pub model: usize,
     pub name: String,
+    /// The upstream's id for the model: what goes on the wire.
+    pub id: String,
     pub upstream: Arc<dyn Upstream>,
     pub upstream_id: usize,
     pub class: usize,
@@ -114,8 +116,8 @@ impl ProbeTask {
 
     fn attempt(&self, key: usize) -> Attempt {
         Attempt {
-            model: self.name.clone(),
-            body: Call::new(&self.name, 1).user("ping").body_for(&self.name),
+            model: self.id.clone(),
+            body: Call::new(&self.id, 1).user("ping").body_for(&self.id),
             key,
             retry_count: 0,
             timeout: self.cfg.timeout,

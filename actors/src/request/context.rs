@@ -35,8 +35,11 @@ pub struct Chain {
 /// A model as request actors see it.
 #[derive(Clone, Debug)]
 pub struct ModelInfo {
-    /// The model name sent upstream.
+    /// seawall's name for the model: the key of its breaker, metrics, pins and chains.
     pub name: String,
+    /// The upstream's id for it, what goes on the wire (the body's `model`, or the path on
+    /// Bedrock and Vertex): [`Builder::model_id`](crate::Builder::model_id), else `name`.
+    pub id: String,
     /// Index of its upstream.
     pub upstream: usize,
     /// Its model class within the upstream, for per-class limits (0: the upstream's default).

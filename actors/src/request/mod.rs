@@ -478,9 +478,9 @@ impl RequestState {
         let info = &self.shared.models[model];
         let call = self.hop_call(s.hop, s.credit.as_ref());
         let body = if self.stream {
-            call.stream_body_for(&info.name)
+            call.stream_body_for(&info.id)
         } else {
-            call.body_for(&info.name)
+            call.body_for(&info.id)
         };
         let upstream = Arc::clone(&self.shared.upstreams[info.upstream]);
         let system = self
@@ -502,7 +502,7 @@ impl RequestState {
         let job = attempt::Spec {
             upstream,
             attempt: Attempt {
-                model: info.name.clone(),
+                model: info.id.clone(),
                 body,
                 key: s.ticket.key,
                 retry_count: s.retry_count,
@@ -551,7 +551,7 @@ impl RequestState {
         let info = self.shared.models[model].clone();
         let upstream = Arc::clone(&self.shared.upstreams[info.upstream]);
         let governor = self.governor();
-        let body = self.hop_call(hop, None).body_for(&info.name);
+        let body = self.hop_call(hop, None).body_for(&info.id);
         let forward = self.call.forward.clone();
         // A count is worth at most a quarter of what is left, and never more than 2 s.
         let budget = (self.walk.deadline().saturating_duration_since(clock::now()) / 4)
@@ -559,7 +559,7 @@ impl RequestState {
         let me = myself.clone();
         tokio::spawn(async move {
             let attempt = Attempt {
-                model: info.name.clone(),
+                model: info.id.clone(),
                 body,
                 key: 0,
                 retry_count: 0,

@@ -69,6 +69,8 @@ impl HopSpec {
 pub struct Builder {
     upstreams: Vec<(String, Arc<dyn Upstream>)>,
     models: Vec<(String, Option<String>, Option<BreakerConfig>)>,
+    /// (model, the upstream's id for it), from [`Builder::model_id`].
+    model_ids: Vec<(String, String)>,
     chains: Vec<(String, Vec<HopSpec>, Option<RetryPolicy>)>,
     limits: Vec<(String, Limits)>,
     class_limits: Vec<(String, String, Vec<String>, Limits)>,
@@ -99,6 +101,7 @@ impl Builder {
         Self {
             upstreams: Vec::new(),
             models: Vec::new(),
+            model_ids: Vec::new(),
             chains: Vec::new(),
             limits: Vec::new(),
             class_limits: Vec::new(),
@@ -146,6 +149,16 @@ impl Builder {
     pub fn model_on(mut self, name: &str, upstream: &str, breaker: Option<BreakerConfig>) -> Self {
         self.models
             .push((name.to_owned(), Some(upstream.to_owned()), breaker));
+        self
+    }
+
+    /// The upstream's id for model `name` (declared with [`Builder::model`] or
+    /// [`Builder::model_on`]): what goes on the wire (the body's `model`, the path on Bedrock
+    /// and Vertex), while `name` stays the key of its breaker, metrics and chains. The same id
+    /// on two upstreams (or twice on one, e.g. two regions) is two models with two breakers.
+    /// Default: the name.
+    pub fn model_id(mut self, name: &str, id: &str) -> Self {
+        self.model_ids.push((name.to_owned(), id.to_owned()));
         self
     }
 
@@ -432,6 +445,7 @@ impl Builder {
                 .enumerate()
                 .map(|(id, m)| MonitoredModel {
                     name: m.name.clone(),
+                    id: m.id.clone(),
                     upstream: m.upstream,
                     class: m.class,
                     probe: plan.probes[id],
@@ -487,7 +501,7 @@ impl Builder {
                             .models
                             .iter()
                             .find(|m| m.upstream == i)
-                            .map(|m| m.name.clone()),
+                            .map(|m| m.id.clone()),
                     })
                     .collect(),
             },
@@ -614,11 +628,24 @@ impl Builder {
                 .map_err(|e| cfg(format!("breaker of model {name:?}: {e}")))?;
             model_ids.insert(name.clone(), models.len());
             models.push(ModelInfo {
+                id: name.clone(),
                 name,
                 upstream: up,
                 class: 0,
             });
             breakers.push(breaker);
+        }
+        for (name, id) in self.model_ids {
+            let Some(&m) = model_ids.get(&name) else {
+                return Err(cfg(format!(
+                    "model_id names model {name:?}, which is not declared: declare it with \
+                     .model_on(..) first"
+                )));
+            };
+            if id.trim().is_empty() {
+                return Err(cfg(format!("the id of model {name:?} is empty")));
+            }
+            models[m].id = id;
         }
         let mut chain_specs = Vec::new();
         for (name, hops, policy) in self.chains {
@@ -650,6 +677,7 @@ impl Builder {
                             .map_err(|e| cfg(format!("default breaker: {e}")))?;
                         model_ids.insert(hop.clone(), models.len());
                         models.push(ModelInfo {
+                            id: hop.clone(),
                             name: hop,
                             upstream: 0,
                             class: 0,

@@ -163,8 +163,15 @@ impl Seawall {
             None => Err(CountMiss::NoCounter),
             Some(info) => {
                 let upstream = Arc::clone(&shared.upstreams[info.upstream]);
+                // The client's bytes as they are, unless the upstream knows the model by
+                // another id (then the validated request, with that id).
+                let body = if call.model() == info.id {
+                    body
+                } else {
+                    call.body_for(&info.id)
+                };
                 let attempt = crate::wire::Attempt {
-                    model: info.name.clone(),
+                    model: info.id.clone(),
                     body,
                     key: 0,
                     retry_count: 0,

@@ -40,7 +40,7 @@ fn a_recorded_sdk_tool_round_trip_becomes_a_messages_call() {
             "max_tokens": 128,
             "system": [{"type": "text", "text": "Be brief."}],
             "messages": [
-                {"role": "user", "content": [{"type": "text", "text": "Weather in Paris?"}]},
+                {"role": "user", "content": "Weather in Paris?"},
                 {"role": "assistant", "content": [{"type": "tool_use", "id": "call_1",
                     "name": "get_weather", "input": {"city": "Paris"}}]},
                 {"role": "user", "content": [
@@ -54,6 +54,28 @@ fn a_recorded_sdk_tool_round_trip_becomes_a_messages_call() {
     );
     assert_eq!(r.dropped.features(), ["seed"]);
     assert!(!r.stream);
+}
+
+#[test]
+fn a_string_turn_moves_as_is_and_joins_the_next_user_message_as_blocks() {
+    let r = face(json!({"model": "m", "messages": [
+        {"role": "user", "content": "first"},
+        {"role": "user", "content": [{"type": "text", "text": "second"}]},
+        {"role": "user", "content": "third"}]}))
+    .unwrap();
+    assert_eq!(
+        r.body["messages"],
+        json!([{"role": "user", "content": [
+            {"type": "text", "text": "first"},
+            {"type": "text", "text": "second"},
+            {"type": "text", "text": "third"}]}])
+    );
+    let one =
+        face(json!({"model": "m", "messages": [{"role": "user", "content": "only"}]})).unwrap();
+    assert_eq!(
+        one.body["messages"],
+        json!([{"role": "user", "content": "only"}])
+    );
 }
 
 #[test]

@@ -204,7 +204,10 @@ fn a_whole_answer_becomes_a_chat_completion() {
                     {"type": "tool_use", "id": "toolu_1", "name": "get_weather", "input": {"city": "Paris"}}],
         "stop_reason": "tool_use",
         "usage": {"input_tokens": 10, "output_tokens": 5, "cache_read_input_tokens": 2}});
-    let c = completion(&message, "sonnet", 1_700_000_000);
+    let c: Value = serde_json::from_slice(
+        &completion(message.to_string().as_bytes(), "sonnet", 1_700_000_000).unwrap(),
+    )
+    .unwrap();
     assert_eq!(c["id"], "chatcmpl-01");
     assert_eq!(c["object"], "chat.completion");
     assert_eq!(c["model"], "sonnet");
@@ -219,9 +222,29 @@ fn a_whole_answer_becomes_a_chat_completion() {
     assert_eq!(args, json!({"city": "Paris"}));
     assert_eq!(c["usage"]["prompt_tokens"], 12);
     assert_eq!(c["usage"]["total_tokens"], 17);
-    let empty = completion(&json!({"content": [], "stop_reason": "max_tokens"}), "m", 0);
+    assert_eq!(c["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
+    // The same usage as the stream's usage chunk.
+    assert_eq!(c["usage"], chat_usage(Some(&message["usage"])));
+    let empty: Value = serde_json::from_slice(
+        &completion(br#"{"content": [], "stop_reason": "max_tokens"}"#, "m", 0).unwrap(),
+    )
+    .unwrap();
     assert_eq!(empty["choices"][0]["message"]["content"], Value::Null);
     assert_eq!(empty["choices"][0]["finish_reason"], "length");
+    assert!(completion(b"not json", "m", 0).is_err());
+    // A tool input with escapes is passed on as written, and parses back to itself.
+    let tricky = json!({"content": [{"type": "tool_use", "id": "t", "name": "f",
+        "input": {"q": "a \"quoted\" \u{e9} line\n"}}]});
+    let c: Value =
+        serde_json::from_slice(&completion(tricky.to_string().as_bytes(), "m", 0).unwrap())
+            .unwrap();
+    let args = c["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(args).unwrap(),
+        tricky["content"][0]["input"]
+    );
 }
 
 fn ev(kind: &str, data: Value) -> SseEvent {
