@@ -200,13 +200,9 @@ pub fn request(body: &[u8], default_max_tokens: u64) -> Result<Request, BadReque
     body.insert("messages".into(), Value::Array(messages));
     body.extend(out);
     match fields.get("tool_choice").filter(|v| !v.is_null()) {
-        Some(choice) => match tool_choice_of(choice, parallel)? {
-            // `none` with tools: Claude takes `{"type":"none"}`.
-            Some(c) => {
-                body.insert("tool_choice".into(), c);
-            }
-            None => {}
-        },
+        Some(choice) => {
+            body.insert("tool_choice".into(), tool_choice_of(choice, parallel)?);
+        }
         None if !parallel && tools_seen => {
             body.insert(
                 "tool_choice".into(),
@@ -280,8 +276,8 @@ fn tools_of(v: &Value) -> Result<Vec<Value>, BadRequest> {
     Ok(out)
 }
 
-/// `tool_choice` as Claude's (`None`: leave the default).
-fn tool_choice_of(v: &Value, parallel: bool) -> Result<Option<Value>, BadRequest> {
+/// `tool_choice` as Claude's (`none` is Claude's `{"type":"none"}`).
+fn tool_choice_of(v: &Value, parallel: bool) -> Result<Value, BadRequest> {
     let mut choice =
         match v {
             Value::String(s) => match s.as_str() {
@@ -314,7 +310,7 @@ fn tool_choice_of(v: &Value, parallel: bool) -> Result<Option<Value>, BadRequest
     if !parallel && choice["type"] != "none" {
         choice["disable_parallel_tool_use"] = Value::Bool(true);
     }
-    Ok(Some(choice))
+    Ok(choice)
 }
 
 /// The system blocks and the Messages turns of a chat `messages` list.

@@ -41,7 +41,7 @@ use tokio::sync::mpsc;
 
 use super::http::{
     base_endpoint, body_error, capture_headers, http_client, is_event_stream, merge_betas, pump,
-    send_error, StreamLog, IDEMPOTENCY_KEY, STREAM_CHANNEL,
+    send_error, send_whole, StreamLog, IDEMPOTENCY_KEY, STREAM_CHANNEL,
 };
 pub use super::TransportSetupError;
 use crate::secret::{ApiKey, Redactor};
@@ -250,23 +250,9 @@ impl AnthropicUpstream {
         url: &Url,
         attempt: &Attempt,
     ) -> Result<UpstreamResponse, TransportError> {
-        let response = self
-            .request(url, attempt)?
-            .timeout(attempt.timeout)
-            .send()
-            .await
-            .map_err(|e| send_error(&e, attempt.timeout))?;
-        let status = response.status().as_u16();
-        let headers = capture_headers(response.headers());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| body_error(&e, attempt.timeout))?;
-        Ok(UpstreamResponse {
-            status,
-            headers,
-            body: self.redact_error(status, body),
-        })
+        let mut whole = send_whole(self.request(url, attempt)?, attempt.timeout).await?;
+        whole.body = self.redact_error(whole.status, whole.body);
+        Ok(whole)
     }
 
     /// An error body (any status but 2xx) without the keys or anything shaped like one: an

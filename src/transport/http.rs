@@ -103,6 +103,27 @@ pub(crate) fn merge_betas<'a>(ours: Option<&'a str>, theirs: Option<&'a str>) ->
     all
 }
 
+/// Send `request` and read the whole answer within `budget` (head and body): status, headers
+/// and body for any status, or which way the exchange broke.
+pub(crate) async fn send_whole(
+    request: reqwest::RequestBuilder,
+    budget: Duration,
+) -> Result<seawall_actors::upstream::UpstreamResponse, TransportError> {
+    let response = request
+        .timeout(budget)
+        .send()
+        .await
+        .map_err(|e| send_error(&e, budget))?;
+    let status = response.status().as_u16();
+    let headers = capture_headers(response.headers());
+    let body = response.bytes().await.map_err(|e| body_error(&e, budget))?;
+    Ok(seawall_actors::upstream::UpstreamResponse {
+        status,
+        headers,
+        body,
+    })
+}
+
 /// Map an error from `send()` (before the response head arrived).
 pub(crate) fn send_error(err: &reqwest::Error, budget: Duration) -> TransportError {
     // Connect first: a `connect_timeout` is both, and "could not connect" is the truer story

@@ -96,8 +96,8 @@ use tokio::sync::mpsc;
 
 use super::anthropic;
 use super::http::{
-    body_error, capture_headers, http_client, is_event_stream, send_error, stream_body_error,
-    IDEMPOTENCY_KEY, STREAM_CHANNEL,
+    body_error, capture_headers, http_client, is_event_stream, send_error, send_whole,
+    stream_body_error, IDEMPOTENCY_KEY, STREAM_CHANNEL,
 };
 pub use super::TransportSetupError;
 use crate::secret::{ApiKey, Redactor};
@@ -354,21 +354,11 @@ impl OpenAiUpstream {
                 "a streaming request was sent as a whole answer: use send_stream".to_owned(),
             ));
         }
-        let response = request
-            .timeout(attempt.timeout)
-            .send()
-            .await
-            .map_err(|e| send_error(&e, attempt.timeout))?;
-        let status = response.status().as_u16();
-        let headers = capture_headers(response.headers());
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| body_error(&e, attempt.timeout))?;
+        let whole = send_whole(request, attempt.timeout).await?;
         Ok(self.answer(
-            status,
-            &headers,
-            body,
+            whole.status,
+            &whole.headers,
+            whole.body,
             &translated.model,
             &translated.dropped,
         ))

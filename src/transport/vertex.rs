@@ -38,7 +38,7 @@ use tokio::sync::{mpsc, OnceCell};
 
 use super::http::{
     base_endpoint, body_error, capture_headers, http_client, is_event_stream, merge_betas, pump,
-    send_error, StreamLog, STREAM_CHANNEL,
+    send_error, send_whole, StreamLog, STREAM_CHANNEL,
 };
 pub use super::TransportSetupError;
 use crate::secret::Redactor;
@@ -298,17 +298,11 @@ impl VertexUpstream {
             Ok(r) => r,
             Err(no_token) => return Ok(no_token),
         };
-        let response = request
-            .timeout(attempt.timeout)
-            .send()
-            .await
-            .map_err(|e| send_error(&e, attempt.timeout))?;
-        let status = response.status().as_u16();
-        let headers = capture_headers(response.headers());
-        let raw = response
-            .bytes()
-            .await
-            .map_err(|e| body_error(&e, attempt.timeout))?;
+        let UpstreamResponse {
+            status,
+            headers,
+            body: raw,
+        } = send_whole(request, attempt.timeout).await?;
         if (200..300).contains(&status) {
             return Ok(UpstreamResponse {
                 status,
