@@ -6,8 +6,3 @@
 pub fn now() -> std::time::Instant {
     tokio::time::Instant::now().into_std()
 }
-
-/// Sleep until a policy instant.
-pub async fn sleep_until(at: std::time::Instant) {
-    tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await;
-}

@@ -341,3 +341,23 @@ async fn a_model_id_for_an_undeclared_model_or_an_empty_id_is_refused() {
         .expect("refused");
     assert!(err.to_string().contains("empty"), "{err}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_runtime_reports_the_chain_table_it_was_built_with() {
+    let up = ScriptedUpstream::new();
+    let sw = builder(&up)
+        .chain("big", ["big", "small"])
+        .chain("alias", ["small", "big"])
+        .spawn()
+        .await
+        .unwrap();
+    assert_eq!(sw.chain_of("big").unwrap(), ["big", "small"]);
+    assert_eq!(sw.chain_of("alias").unwrap(), ["small", "big"]);
+    assert_eq!(
+        sw.chain_of("small").unwrap(),
+        ["small"],
+        "a model heads its own chain"
+    );
+    assert_eq!(sw.chain_of("nope"), None);
+    sw.shutdown(Duration::from_secs(1)).await;
+}

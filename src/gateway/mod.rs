@@ -156,13 +156,9 @@ impl Gateway {
     pub fn new(config: &Config, runtime: Runtime) -> Self {
         let mut models = HashMap::new();
         let mut order = Vec::new();
+        // The chains are the runtime's own table (built once from the config), in config order.
         for m in &config.models {
-            let chain = config
-                .chain_of(&m.name)
-                .unwrap_or_default()
-                .into_iter()
-                .map(str::to_owned)
-                .collect();
+            let chain = runtime.seawall.chain_of(&m.name).unwrap_or_default();
             order.push(m.name.clone());
             models.insert(m.name.clone(), ModelEntry { chain });
         }

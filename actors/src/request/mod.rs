@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use tokio::sync::oneshot;
 
-pub use crate::policy::chain::{Degrade, Estimate, RetryPolicy};
+pub use crate::policy::chain::Degrade;
 pub use cache::ResponseCache;
 pub use context::{Chain, InFlight, InFlightGuard, ModelInfo, Shared};
 pub use stream::StreamReply;

@@ -198,6 +198,21 @@ impl Seawall {
         })
     }
 
+    /// The models a call naming `name` walks, in order (the chain of that name, or the chain
+    /// its model heads): the one table the runtime was built with. `None` when nothing is
+    /// served under `name`.
+    pub fn chain_of(&self, name: &str) -> Option<Vec<String>> {
+        let chain = self.inner.chains.get(name)?;
+        let models = &self.inner.shared.models;
+        Some(
+            chain
+                .hops
+                .iter()
+                .filter_map(|&m| models.get(m).map(|info| info.name.clone()))
+                .collect(),
+        )
+    }
+
     /// Breaker transitions and supervision restarts, as they happen.
     pub fn subscribe(&self) -> broadcast::Receiver<Event> {
         self.inner.events.subscribe()
