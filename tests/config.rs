@@ -666,6 +666,12 @@ fn observability_keys_are_checked_with_their_keys() {
             "1ms per bucket",
         ),
         (
+            // The default window (1h) cannot hold 5 million 1ms buckets: the buckets' fault.
+            minimal("[sla]\nbuckets = 5000000"),
+            "sla.buckets",
+            "1ms per bucket",
+        ),
+        (
             minimal("[sla]\navailability = 101"),
             "sla.availability",
             "[0, 100]",

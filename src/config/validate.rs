@@ -4,7 +4,6 @@
 //! one field-to-key table ([`field_error`]).
 
 use std::collections::HashSet;
-use std::time::Duration;
 
 use seawall_actors::policy::invalid::Invalid;
 use seawall_actors::policy::lanes::{validate_interactive_reserve, Bulkhead};
@@ -14,8 +13,7 @@ use super::error::invalid;
 use super::webhook::webhook_url_problem;
 use super::{
     BreakerSection, ClientToken, ClusterSection, Config, ConfigError, DegradeKind, FallbackEntry,
-    ProbeSection, RateLimits, RetrySection, SlaTargetSection, Threshold, UpstreamKind,
-    MIN_HEADER_BYTES, MIN_TOKEN_CHARS,
+    ProbeSection, RateLimits, RetrySection, UpstreamKind, MIN_HEADER_BYTES, MIN_TOKEN_CHARS,
 };
 
 impl Config {
@@ -623,31 +621,28 @@ impl Config {
                 }
             }
         }
+        // The runtime's own rules for [sla] and [alerts]; only the names and the webhook are
+        // the file's.
         let sla = &self.sla;
-        if sla.window.is_some_and(|d| d.is_zero()) {
-            return Err(invalid("sla.window", "must be longer than zero"));
-        }
-        if sla.buckets == Some(0) {
-            return Err(invalid("sla.buckets", "must be at least 1"));
-        }
-        let window = self.sla_config();
-        if window.window < Duration::from_millis(u64::from(window.buckets)) {
-            return Err(invalid(
-                if sla.window.is_some() {
-                    "sla.window"
-                } else {
-                    "sla.buckets"
-                },
-                format!(
-                    "the window ({}) must hold at least 1ms per bucket ({} buckets)",
-                    humantime::format_duration(window.window),
-                    window.buckets
-                ),
-            ));
-        }
-        check_sla_target(&sla.target(), "sla")?;
+        self.sla_config().validate().map_err(|e| {
+            // A window too short for its buckets is the buckets' fault when only they are set.
+            let field = match e.field {
+                "window" if sla.window.is_none() && sla.buckets.is_some() => "buckets",
+                f => f,
+            };
+            invalid(format!("sla.{field}"), format!("{} {}", e.field, e.problem))
+        })?;
+        let target_error = |prefix: &str, e: Invalid| {
+            invalid(
+                format!("{prefix}.{}", e.field),
+                format!("{} {}", e.field, e.problem),
+            )
+        };
+        self.sla_target()
+            .validate()
+            .map_err(|e| target_error("sla", e))?;
         let declared: HashSet<&str> = self.models.iter().map(|m| m.name.as_str()).collect();
-        for (name, t) in &sla.targets {
+        for (name, t) in self.sla_targets() {
             let at = format!("sla.targets.{name}");
             if !declared.contains(name.as_str()) {
                 return Err(invalid(
@@ -658,36 +653,15 @@ impl Config {
                     ),
                 ));
             }
-            check_sla_target(t, &at)?;
+            t.validate().map_err(|e| target_error(&at, e))?;
         }
         let a = &self.alerts;
-        if a.window.is_some_and(|d| d < Duration::from_secs(1)) {
-            return Err(invalid("alerts.window", "must be at least 1s"));
-        }
-        if a.min_calls == Some(0) {
-            return Err(invalid("alerts.min_calls", "must be at least 1"));
-        }
-        for (k, rate) in [
-            ("failure_rate", a.failure_rate),
-            ("fallback_rate", a.fallback_rate),
-        ] {
-            if let Some(Threshold::At(r)) = rate {
-                if !(r > 0.0 && r < 100.0) {
-                    return Err(invalid(
-                        format!("alerts.{k}"),
-                        format!("must be a percentage in (0, 100) or \"off\", got {r}"),
-                    ));
-                }
-            }
-        }
-        if let Some(Threshold::At(d)) = a.breaker_open_for {
-            if d.is_zero() {
-                return Err(invalid(
-                    "alerts.breaker_open_for",
-                    "must be longer than zero (or \"off\")",
-                ));
-            }
-        }
+        a.to_config().validate().map_err(|e| {
+            invalid(
+                format!("alerts.{}", e.field),
+                format!("{} {}", e.field, e.problem),
+            )
+        })?;
         if a.webhook_timeout.is_some_and(|d| d.is_zero()) {
             return Err(invalid(
                 "alerts.webhook_timeout",
@@ -730,23 +704,6 @@ fn check_probe(p: &ProbeSection, prefix: &str) -> Result<(), ConfigError> {
         if d.is_some_and(|d| d.is_zero()) {
             return Err(invalid(format!("{prefix}.{k}"), "must be longer than zero"));
         }
-    }
-    Ok(())
-}
-
-/// Checks on one SLA target's own values, with exact key paths.
-fn check_sla_target(t: &SlaTargetSection, prefix: &str) -> Result<(), ConfigError> {
-    if let Some(a) = t.availability {
-        // Written so that NaN fails too.
-        if !(0.0..=100.0).contains(&a) {
-            return Err(invalid(
-                format!("{prefix}.availability"),
-                format!("must be a percentage in [0, 100], got {a}"),
-            ));
-        }
-    }
-    if t.p99.is_some_and(|d| d.is_zero()) {
-        return Err(invalid(format!("{prefix}.p99"), "must be longer than zero"));
     }
     Ok(())
 }

@@ -46,8 +46,14 @@ impl AlertConfig {
         if self.window < Duration::from_secs(1) {
             return Err(Invalid::new(
                 "window",
-                format!("must be at least 1 s, got {:?}", self.window),
+                format!(
+                    "must be at least 1s, got {}",
+                    humantime::format_duration(self.window)
+                ),
             ));
+        }
+        if self.min_calls == 0 {
+            return Err(Invalid::new("min_calls", "must be at least 1"));
         }
         for (field, rate) in [
             ("failure_rate", self.failure_rate),
@@ -58,13 +64,18 @@ impl AlertConfig {
                 if !(r > 0.0 && r < 100.0) {
                     return Err(Invalid::new(
                         field,
-                        format!("must be a percentage in (0, 100), got {r}"),
+                        format!(
+                            "must be a percentage in (0, 100) or \"off\" (None: no alarm), got {r}"
+                        ),
                     ));
                 }
             }
         }
         if self.breaker_open_for.is_some_and(|d| d.is_zero()) {
-            return Err(Invalid::new("breaker_open_for", "must be longer than zero"));
+            return Err(Invalid::new(
+                "breaker_open_for",
+                "must be longer than zero (or \"off\", None: no alarm)",
+            ));
         }
         Ok(())
     }

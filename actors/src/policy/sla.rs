@@ -50,6 +50,9 @@ impl Default for SlaConfig {
 impl SlaConfig {
     /// Check the settings.
     pub fn validate(&self) -> Result<(), Invalid> {
+        if self.window.is_zero() {
+            return Err(Invalid::new("window", "must be longer than zero"));
+        }
         if self.buckets == 0 {
             return Err(Invalid::new("buckets", "must be at least 1"));
         }
@@ -57,8 +60,9 @@ impl SlaConfig {
             return Err(Invalid::new(
                 "window",
                 format!(
-                    "({:?}) must be at least 1 ms per bucket ({} buckets)",
-                    self.window, self.buckets
+                    "({}) must hold at least 1ms per bucket ({} buckets)",
+                    humantime::format_duration(self.window),
+                    self.buckets
                 ),
             ));
         }
