@@ -5,6 +5,7 @@ use crate::policy::backoff::{Backoff, Jitter};
 use crate::policy::bucket::Dimension;
 use crate::policy::classify::Class;
 use crate::wire::SseEvent;
+use serde_json::Value;
 
 const MS: Duration = Duration::from_millis(1);
 const S: Duration = Duration::from_secs(1);
