@@ -98,7 +98,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use scenario::{
-    Fault, FaultKind, ModelSpec, RateLimits, Scenario, ScenarioError, MAX_OUTPUT_TOKENS,
+    Fault, FaultKind, ModelSpec, RateLimits, Scenario, ScenarioError, Wire, MAX_OUTPUT_TOKENS,
 };
 pub use server::{MAX_BODY, MAX_HEAD};
 
