@@ -849,6 +849,22 @@ retry_after = 2.5
     }
 
     #[test]
+    fn wires_restrict_a_model_and_an_empty_list_is_refused() {
+        let s = Scenario::from_toml("[[models]]\nname = \"m\"\nwires = [\"bedrock\"]\n").unwrap();
+        assert!(s.models[0].serves(Wire::Bedrock));
+        assert!(!s.models[0].serves(Wire::Anthropic));
+        assert!(s.model_on("m", Wire::Vertex).is_none());
+        assert!(ModelSpec::new("x").serves(Wire::OpenAi));
+        let err = Scenario::from_toml("[[models]]\nname = \"m\"\nwires = []\n").unwrap_err();
+        assert_eq!(err.key(), Some("models[0].wires"), "{err}");
+        let err =
+            Scenario::from_toml("[[models]]\nname = \"m\"\nwires = [\"azure\"]\n").unwrap_err();
+        assert!(err.to_string().contains("azure"), "{err}");
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains(r#""wires":["bedrock"]"#), "{json}");
+    }
+
+    #[test]
     fn windows_are_half_open() {
         let f = Fault {
             from: Some(Duration::from_secs(1)),
