@@ -275,8 +275,9 @@ async fn run_demo(args: DemoArgs, log_flag: Option<LogFormat>) -> ExitCode {
     };
     // Said before the run, so nobody wonders what the next half minute is for.
     println!(
-        "seawall demo: {} agents calling {} (falling back to {}) through seawall for {:.0} s, \
-         against a simulated Anthropic API on loopback: no key, nothing leaves this machine.",
+        "seawall demo: {} agents calling {} (falling back to {}, the same model on Bedrock) \
+         through seawall for {:.0} s, against a simulated Anthropic API and Bedrock on loopback: \
+         no key, nothing leaves this machine.",
         options.agents,
         demo::PRIMARY,
         demo::FALLBACK,

@@ -7,7 +7,8 @@ use std::collections::BTreeSet;
 
 use seawall::core::StateKind;
 use seawall::demo::{
-    self, render_svg, render_table, DemoOptions, IncidentKind, Progress, FALLBACK, PRIMARY,
+    self, render_svg, render_table, DemoOptions, IncidentKind, Progress, FALLBACK, PLATFORMS,
+    PRIMARY,
 };
 use support::process::{run, temp_dir};
 
@@ -101,6 +102,55 @@ async fn the_short_run_rides_out_the_incident() {
         "nothing is served by the dead model in the first half of its outage"
     );
 
+    // The traffic moved onto Bedrock: while Anthropic's API was overloaded, the same model was
+    // reached over the simulator's Bedrock wire (SigV4-signed by the real transport) and
+    // answered there; before the overload, Anthropic's API carried the traffic.
+    let bedrock = PLATFORMS[1].1;
+    let anthropic = PLATFORMS[0].1;
+    assert!(
+        s.outage_bedrock_requests >= s.outage_served_by_fallback && s.outage_bedrock_requests > 0,
+        "requests reached Bedrock in the overload: {}",
+        s.outage_bedrock_requests
+    );
+    let in_outage = |at| outage.from <= at && at < outage.until;
+    let bedrock_ok = report
+        .upstream
+        .iter()
+        .filter(|u| u.platform == bedrock && in_outage(u.at) && u.status == Some(200))
+        .count();
+    assert!(
+        bedrock_ok * 10 >= s.outage_served_by_fallback * 9 && bedrock_ok > 0,
+        "Bedrock answered in the overload: {bedrock_ok} 200s for {} calls served",
+        s.outage_served_by_fallback
+    );
+    assert!(report
+        .upstream
+        .iter()
+        .filter(|u| u.platform == bedrock)
+        .all(|u| u.model.as_deref() == Some(FALLBACK)));
+    assert!(report
+        .upstream
+        .iter()
+        .filter(|u| u.platform == anthropic)
+        .all(|u| u.model.as_deref() == Some(PRIMARY)));
+    let before: Vec<_> = report
+        .calls
+        .iter()
+        .filter(|c| c.issued < report.plan.incidents[0].from)
+        .collect();
+    assert!(
+        !before.is_empty() && before.iter().all(|c| c.served_by() == Some(PRIMARY)),
+        "Anthropic's API served before the incident"
+    );
+    let platform = |name: &str| {
+        s.served_by_platform
+            .iter()
+            .find(|(p, _)| p == name)
+            .map_or(0, |(_, n)| *n)
+    };
+    assert_eq!(platform(bedrock), s.served_by[1].1);
+    assert_eq!(platform(anthropic) + platform(bedrock), s.answered);
+
     // The dead model saw far fewer requests than a naive client would have sent it.
     assert!(s.dead_model_calls > 0, "the primary really was down");
     assert!(
@@ -145,6 +195,9 @@ async fn the_short_run_rides_out_the_incident() {
         "answered",
         "failed",
         "served by model",
+        "served by platform",
+        "Bedrock",
+        "to Bedrock during the overload",
         "served by source",
         "live",
         "latency",

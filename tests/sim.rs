@@ -1125,8 +1125,17 @@ async fn scenario_errors_name_the_key() {
 async fn the_example_scenario_is_valid() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/sim_scenario.toml");
     let s = Scenario::from_file(std::path::Path::new(path)).unwrap();
-    assert_eq!(s.models.len(), 2);
+    assert_eq!(s.models.len(), 3);
     assert!(s.models[0].faults.len() >= 6);
+    // The same model on Bedrock, by its Bedrock id, on the Bedrock wire only.
+    let bedrock = &s.models[2];
+    assert!(bedrock.name.starts_with("us.anthropic."));
+    assert!(bedrock.serves(seawall::sim::Wire::Bedrock));
+    assert!(!bedrock.serves(seawall::sim::Wire::Anthropic));
+    assert!(
+        s.models[1].serves(seawall::sim::Wire::Vertex),
+        "no `wires`: every wire"
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -1,19 +1,24 @@
 //! `seawall demo`: a scripted incident replayed in-process, end to end, in under a minute.
 //!
 //! [`run`] starts the simulator on loopback with an incident on its own clock, builds a runtime
-//! against it (the real [`AnthropicUpstream`], a fake key, the simulator's limits, short breaker
-//! open durations, a `claude-sonnet-4-5 -> claude-haiku-4-5` chain), drives a fleet of agents
-//! through it and returns a [`DemoReport`]. [`render_table`] and [`render_svg`] turn the report
+//! against it and drives a fleet of agents through it, returning a [`DemoReport`]. The runtime
+//! is the real thing over two of the simulator's wires: `claude-sonnet-4-5` on Anthropic's API
+//! (the real [`AnthropicUpstream`], a fake key), then the same model on Bedrock
+//! (`sonnet-bedrock`, the real [`BedrockUpstream`] SigV4-signing with static fake credentials
+//! given to this runtime only: the environment and `~/.aws` are never read), with the
+//! simulator's limits on both and short breaker open durations. When Anthropic's API is
+//! overloaded, the traffic moves onto Bedrock: the same model, full fidelity, separate capacity. [`render_table`] and [`render_svg`] turn the report
 //! into the text table and the SVG timeline that `seawall demo` prints and writes.
 //!
 //! The incident, in seconds of the default 30 s run (other durations scale it):
 //!
 //! | when | what |
 //! |---|---|
-//! | 6-14 s | `claude-sonnet-4-5` answers 529 to everything: an outage |
-//! | 8-12 s | 20 % of `claude-haiku-4-5` answers wait 3 s for their first byte |
+//! | 2-5.5 s | 10 % of requests to Anthropic's API never get an answer |
+//! | 6-14 s | Anthropic's API answers 529 to everything: an overload |
+//! | 8-12 s | 20 % of Bedrock's answers wait 3 s for their first byte |
 //! | 18-24 s | every agent step reads a 12k-token document: far beyond sonnet's input-token limit |
-//! | 26-27.5 s | 20 % of connections to `claude-sonnet-4-5` are reset |
+//! | 26-27.5 s | 20 % of connections to Anthropic's API are reset |
 //!
 //! Nothing leaves the machine and no key is needed: the simulator accepts any key on loopback.
 
@@ -36,17 +41,24 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinSet;
 
 use crate::secret::KeyError;
-use crate::sim::{Fault, FaultKind, ModelSpec, RateLimits, Scenario, Sim, SimError, SimHandle};
-use crate::transport::TransportSetupError;
+use crate::sim::{
+    Fault, FaultKind, ModelSpec, RateLimits, Scenario, Sim, SimError, SimHandle, Wire,
+};
+use crate::transport::{AwsCredentials, BedrockOptions, BedrockUpstream, TransportSetupError};
 use crate::{AnthropicOptions, AnthropicUpstream, ApiKey};
 
 pub use svg::render_svg;
 pub use table::render_table;
 
-/// The model every call asks for first.
+/// The model every call asks for first, on Anthropic's API.
 pub const PRIMARY: &str = "claude-sonnet-4-5";
-/// Where calls go when the primary cannot serve.
-pub const FALLBACK: &str = "claude-haiku-4-5";
+/// Where calls go when the primary cannot serve: the same model on Bedrock (seawall's name for
+/// the hop).
+pub const FALLBACK: &str = "sonnet-bedrock";
+/// The fallback's Bedrock model id (a cross-region inference profile), which goes in the path.
+pub const FALLBACK_ID: &str = "us.anthropic.claude-sonnet-4-5-20250929-v1:0";
+/// The platform each hop runs on, first choice first.
+pub const PLATFORMS: [(&str, &str); 2] = [(PRIMARY, "Anthropic API"), (FALLBACK, "Bedrock")];
 /// How long `seawall demo` runs by default.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(30);
 /// How long `seawall demo --quick` runs: every window, and the pace, scaled down.
@@ -61,8 +73,14 @@ pub const MAX_DURATION: Duration = Duration::from_secs(600);
 pub const NAIVE_TRIES: usize = 3;
 
 const UPSTREAM: &str = "anthropic";
+const BEDROCK: &str = "bedrock";
+const BEDROCK_REGION: &str = "us-east-1";
 /// A fake key: the simulator accepts any non-empty key, and this one could never work upstream.
 const DEMO_KEY: &str = "sk-ant-demo-0000-not-a-real-key";
+/// Fake AWS credentials, handed to the demo's own Bedrock transport (never to the process's
+/// environment): the simulator reads the access key id and checks no signature.
+const DEMO_AWS_ACCESS_KEY: &str = "AKIADEMO0000NOTREAL0";
+const DEMO_AWS_SECRET: &str = "demo-secret-0000-not-a-real-key";
 /// Tokens in the document each agent step reads during the long-context burst.
 const DOC_TOKENS: u64 = 12_000;
 /// A rough input size of an ordinary agent step (system prompt plus a short history), used only
@@ -253,8 +271,8 @@ impl Plan {
         let drain = 0.35 * (burst_until - burst_from).as_secs_f64();
         let sonnet_itpm = round_to(drain * burst_rate / (1.0 + drain / 60.0), 1000.0);
         let burst_tokens = burst_rate * (burst_until - burst_from).as_secs_f64();
-        // Haiku's limits are set to absorb the whole burst: it is the overflow.
-        let haiku_itpm = round_to((2.0 * burst_tokens).max(4_000_000.0), 100_000.0);
+        // Bedrock's quota is set to absorb the whole burst: it is the overflow.
+        let bedrock_itpm = round_to((2.0 * burst_tokens).max(4_000_000.0), 100_000.0);
         let limits = vec![
             (
                 PRIMARY.to_owned(),
@@ -268,7 +286,7 @@ impl Plan {
                 FALLBACK.to_owned(),
                 Limits {
                     requests_per_minute: Some(2_000),
-                    input_tokens_per_minute: Some(haiku_itpm),
+                    input_tokens_per_minute: Some(bedrock_itpm),
                     output_tokens_per_minute: Some(400_000),
                 },
             ),
@@ -280,7 +298,7 @@ impl Plan {
                 model: Some(PRIMARY.to_owned()),
                 from: at(2.0),
                 until: at(5.5),
-                label: format!("hangs: {PRIMARY}"),
+                label: format!("hangs: {PRIMARY} on Anthropic's API"),
                 detail: "10% of requests never answered".to_owned(),
             },
             Incident {
@@ -288,15 +306,15 @@ impl Plan {
                 model: Some(PRIMARY.to_owned()),
                 from: at(6.0),
                 until: at(14.0),
-                label: format!("529 outage: {PRIMARY}"),
-                detail: "529 overloaded_error on every request".to_owned(),
+                label: format!("529 overloaded: Anthropic's API ({PRIMARY})"),
+                detail: "Anthropic's API answers 529 overloaded_error to every request".to_owned(),
             },
             Incident {
                 kind: IncidentKind::SlowFirstByte,
                 model: Some(FALLBACK.to_owned()),
                 from: at(8.0),
                 until: at(12.0),
-                label: format!("stalling answers: {FALLBACK}"),
+                label: format!("stalling answers: {FALLBACK} on Bedrock"),
                 detail: format!(
                     "20% of answers wait {} for their first byte",
                     fmt_duration(slow_delay)
@@ -408,10 +426,14 @@ impl Plan {
             ..Fault::new(FaultKind::Hang)
         });
 
-        let mut fallback = ModelSpec::new(FALLBACK);
-        fallback.latency = Duration::from_millis(90).mul_f64(pace);
-        fallback.latency_jitter = Duration::from_millis(80).mul_f64(pace);
-        fallback.output_tokens = 32;
+        // The same model on Bedrock: its own capacity (limits, faults), reached by its Bedrock id
+        // over the Bedrock wire only, as on the real platforms.
+        primary.wires = Some(vec![Wire::Anthropic]);
+        let mut fallback = ModelSpec::new(FALLBACK_ID);
+        fallback.wires = Some(vec![Wire::Bedrock]);
+        fallback.latency = Duration::from_millis(160).mul_f64(pace);
+        fallback.latency_jitter = Duration::from_millis(120).mul_f64(pace);
+        fallback.output_tokens = 40;
         fallback.limits = Some(rate_limits(FALLBACK));
         let (from, until) = self.window(IncidentKind::SlowFirstByte);
         fallback.faults.push(Fault {
@@ -545,12 +567,15 @@ pub struct Transition {
     pub open_for: Option<Duration>,
 }
 
-/// One request the simulator logged on `/v1/messages`.
+/// One model request the simulator logged, on Anthropic's `/v1/messages` or Bedrock's
+/// `/model/{id}/invoke`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UpstreamRecord {
     /// Arrival on the simulator's clock (which starts with the run).
     pub at: Duration,
-    /// The model asked for.
+    /// The platform it went to: `Anthropic API` or `Bedrock` (see [`PLATFORMS`]).
+    pub platform: &'static str,
+    /// The hop it was for (seawall's name: [`PRIMARY`] or [`FALLBACK`]).
     pub model: Option<String>,
     /// The status sent; `None` when none was (a reset).
     pub status: Option<u16>,
@@ -601,18 +626,24 @@ pub struct Summary {
     pub failures: Vec<(String, usize)>,
     /// Replies by serving model, in chain order.
     pub served_by: Vec<(String, usize)>,
+    /// Replies by the platform of the serving model, in chain order.
+    pub served_by_platform: Vec<(String, usize)>,
+    /// Requests the simulator received, by platform, in chain order.
+    pub upstream_by_platform: Vec<(String, usize)>,
     /// Replies by source. Everything is `live` until the response cache and durable queue exist.
     pub served_by_source: Vec<(String, usize)>,
     /// Latency of answered calls, issue to answer.
     pub latency: Option<Percentiles>,
-    /// Requests the simulator received on `/v1/messages`.
+    /// Model requests the simulator received (both platforms).
     pub upstream_requests: usize,
     /// 529s the primary sent: calls that reached the dead model.
     pub dead_model_calls: usize,
     /// Calls issued while the primary was down.
     pub outage_calls: usize,
-    /// Of those, answered by the fallback.
+    /// Of those, answered by the fallback (on Bedrock).
     pub outage_served_by_fallback: usize,
+    /// Requests that reached Bedrock while Anthropic's API was overloaded.
+    pub outage_bedrock_requests: usize,
     /// Of those, answered at all.
     pub outage_answered: usize,
     /// Estimate: requests a client with the SDK's default retries and no breaker would have sent
@@ -688,6 +719,20 @@ impl DemoReport {
             answered: answered.len(),
             failed: self.calls.len() - answered.len(),
             failures,
+            served_by_platform: PLATFORMS
+                .iter()
+                .map(|(m, p)| {
+                    let n = answered.iter().filter(|c| c.served_by() == Some(m)).count();
+                    ((*p).to_owned(), n)
+                })
+                .collect(),
+            upstream_by_platform: PLATFORMS
+                .iter()
+                .map(|(_, p)| ((*p).to_owned(), upstream_of(&|u| u.platform == *p)))
+                .collect(),
+            outage_bedrock_requests: upstream_of(&|u| {
+                u.model.as_deref() == Some(FALLBACK) && plan.in_window(IncidentKind::Outage, u.at)
+            }),
             served_by,
             served_by_source: vec![("live".to_owned(), answered.len())],
             latency,
@@ -779,17 +824,7 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport, DemoError> {
     let started = Instant::now();
     let sim = Sim::start(plan.scenario(), SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await?;
     let driven = drive(&plan, &sim, opts.progress).await;
-    let upstream = sim
-        .log()
-        .into_iter()
-        .filter(|e| e.path == "/v1/messages")
-        .map(|e| UpstreamRecord {
-            at: Duration::from_millis(e.at_ms),
-            model: e.model,
-            status: e.status,
-            outcome: e.outcome,
-        })
-        .collect();
+    let upstream = sim.log().into_iter().filter_map(upstream_record).collect();
     sim.shutdown().await;
     let (issued, calls, transitions) = driven?;
     Ok(DemoReport {
@@ -799,6 +834,32 @@ pub async fn run(opts: DemoOptions) -> Result<DemoReport, DemoError> {
         calls,
         transitions,
         upstream,
+    })
+}
+
+/// A logged model request as the report keeps it (the Bedrock id named by its hop), or `None`
+/// for anything else (the simulator logs no control calls; count_tokens is not a model call).
+fn upstream_record(e: crate::sim::LogEntry) -> Option<UpstreamRecord> {
+    let (platform, model) = if e.path == "/v1/messages" {
+        (PLATFORMS[0].1, e.model)
+    } else if e.path.starts_with("/model/") && e.path.contains("/invoke") {
+        let hop = e.model.map(|m| {
+            if m == FALLBACK_ID {
+                FALLBACK.to_owned()
+            } else {
+                m
+            }
+        });
+        (PLATFORMS[1].1, hop)
+    } else {
+        return None;
+    };
+    Some(UpstreamRecord {
+        at: Duration::from_millis(e.at_ms),
+        platform,
+        model,
+        status: e.status,
+        outcome: e.outcome,
     })
 }
 
@@ -822,14 +883,34 @@ async fn drive(plan: &Arc<Plan>, sim: &SimHandle, progress: Progress) -> Result<
             ..AnthropicOptions::default()
         },
     )?;
-    let mut builder = Seawall::builder().upstream(UPSTREAM, upstream);
-    for model in plan.models() {
-        builder = builder.model(model, plan.breaker(model));
-    }
-    // One limit class per model, as the API (and the simulator) limit each model apart: with
-    // the same numbers on both sides the governor predicts the simulator's buckets exactly.
+    // The demo's own credentials, given to this transport alone: nothing is read from (or
+    // written to) the environment or ~/.aws, so a real AWS setup is never touched.
+    let mut bedrock = BedrockOptions::new(BEDROCK_REGION);
+    bedrock.base_url = Some(sim.base_url());
+    bedrock.connect_timeout = Duration::from_millis(500);
+    bedrock.credentials = AwsCredentials::Provider(
+        aws_credential_types::provider::SharedCredentialsProvider::new(
+            aws_credential_types::Credentials::new(
+                DEMO_AWS_ACCESS_KEY,
+                DEMO_AWS_SECRET,
+                None,
+                None,
+                "seawall-demo",
+            ),
+        ),
+    );
+    let bedrock = BedrockUpstream::new(bedrock)?;
+    let mut builder = Seawall::builder()
+        .upstream(UPSTREAM, upstream)
+        .upstream(BEDROCK, bedrock)
+        .model_on(PRIMARY, UPSTREAM, Some(plan.breaker(PRIMARY)))
+        .model_on(FALLBACK, BEDROCK, Some(plan.breaker(FALLBACK)))
+        .model_id(FALLBACK, FALLBACK_ID);
+    // One limit class per model, as each platform (and the simulator) limits each model apart:
+    // with the same numbers on both sides the governor predicts the simulator's buckets exactly.
     for (model, limits) in &plan.limits {
-        builder = builder.class_limits(UPSTREAM, model, [model.as_str()], *limits);
+        let upstream = if model == FALLBACK { BEDROCK } else { UPSTREAM };
+        builder = builder.class_limits(upstream, model, [model.as_str()], *limits);
     }
     let sw = builder
         .chain_with(PRIMARY, plan.models(), plan.retry_policy())

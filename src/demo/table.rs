@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use super::{fmt_duration, state_name, DemoReport, IncidentKind, NAIVE_TRIES, PRIMARY};
+use super::{fmt_duration, state_name, DemoReport, IncidentKind, FALLBACK, NAIVE_TRIES, PRIMARY};
 
 /// The report as a text table: the incident, calls answered and failed (with reasons), who
 /// served them, latency percentiles, what the upstream saw, breaker transitions and the naive
@@ -15,7 +15,7 @@ pub fn render_table(report: &DemoReport) -> String {
     let _ = writeln!(
         out,
         "seawall demo: {} agents through a scripted incident of {} s against a simulated \
-         Anthropic API (seed {})",
+         Anthropic API and Bedrock (seed {})",
         plan.agents,
         fmt_secs(plan.duration.as_secs_f64()),
         plan.seed
@@ -47,6 +47,10 @@ pub fn render_table(report: &DemoReport) -> String {
     for (model, n) in &s.served_by {
         row(&mut out, model, *n, &pct(*n, s.answered));
     }
+    let _ = writeln!(out, "served by platform");
+    for (platform, n) in &s.served_by_platform {
+        row(&mut out, platform, *n, &pct(*n, s.answered));
+    }
     let _ = writeln!(out, "served by source");
     for (source, n) in &s.served_by_source {
         row(&mut out, source, *n, &pct(*n, s.answered));
@@ -70,7 +74,19 @@ pub fn render_table(report: &DemoReport) -> String {
 
     let _ = writeln!(out, "\nupstream (what the simulator saw)");
     row(&mut out, "requests", s.upstream_requests, "");
+    for (platform, n) in &s.upstream_by_platform {
+        row(&mut out, &format!("  to {platform}"), *n, "");
+    }
     let outage = plan.incident(IncidentKind::Outage);
+    row(
+        &mut out,
+        "to Bedrock during the overload",
+        s.outage_bedrock_requests,
+        &format!(
+            "{} of {} calls in the overload served by {FALLBACK} on Bedrock",
+            s.outage_served_by_fallback, s.outage_calls
+        ),
+    );
     row(
         &mut out,
         "529s from the dead model",
@@ -135,7 +151,7 @@ pub fn render_table(report: &DemoReport) -> String {
             &mut out,
             "long-context calls",
             burst,
-            &format!("{burst_primary} on {PRIMARY} within its limit, the rest on the fallback"),
+            &format!("{burst_primary} on {PRIMARY} within its limit, the rest on Bedrock"),
         );
     }
 

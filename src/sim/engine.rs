@@ -29,9 +29,9 @@ use serde_json::{json, Value};
 
 use super::limiter::{Admission, Cost, Dimension, Limiter, Refusal};
 use super::rng::Rng;
-use super::scenario::{Fault, FaultKind, Scenario, ScenarioError};
+use super::scenario::{Fault, FaultKind, Scenario, ScenarioError, Wire};
 use super::tokens::count_input_tokens;
-use super::wire::{self, SseEvent, StreamError, StreamSpec};
+use super::wire::{self, InvocationMetrics, Part, StreamError, StreamSpec};
 use super::LogEntry;
 
 /// The log keeps the most recent entries only, so a simulator serving a long benchmark does not
@@ -87,8 +87,12 @@ pub(crate) struct Response {
 pub(crate) enum Body {
     /// `application/json` with a Content-Length.
     Json(Vec<u8>),
-    /// `text/event-stream`, chunked, event by event.
-    Sse(Vec<SseEvent>),
+    /// A stream (`text/event-stream`, Bedrock's `application/vnd.amazon.eventstream`),
+    /// chunked, part by part.
+    Stream {
+        content_type: &'static str,
+        parts: Vec<Part>,
+    },
 }
 
 impl Response {
@@ -108,13 +112,7 @@ impl Response {
     }
 }
 
-/// Which API a request speaks.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Face {
-    Anthropic,
-    OpenAi,
-}
-
+/// What a request asks for, whatever the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Endpoint {
     Messages,
@@ -122,13 +120,131 @@ enum Endpoint {
     ChatCompletions,
 }
 
-impl Endpoint {
-    fn face(self) -> Face {
-        match self {
-            Endpoint::ChatCompletions => Face::OpenAi,
-            Endpoint::Messages | Endpoint::CountTokens => Face::Anthropic,
+/// Where a request goes: the wire it speaks (which decides every shape of the answer), the
+/// endpoint, and what the path itself says on the platforms that name the model there.
+struct Route {
+    face: Wire,
+    endpoint: Endpoint,
+    /// The model named by the path, percent-decoded (Bedrock; Vertex but its counter).
+    path_model: Option<String>,
+    /// Whether the path asks for a stream (Bedrock, Vertex).
+    path_stream: bool,
+}
+
+impl Route {
+    fn new(face: Wire, endpoint: Endpoint) -> Self {
+        Self {
+            face,
+            endpoint,
+            path_model: None,
+            path_stream: false,
         }
     }
+}
+
+/// The `anthropic_version` Bedrock's Claude models require in the body.
+const BEDROCK_VERSION: &str = "bedrock-2023-05-31";
+/// The `anthropic_version` Vertex's Claude models require in the body.
+const VERTEX_VERSION: &str = "vertex-2023-10-16";
+const EVENT_STREAM: &str = "application/vnd.amazon.eventstream";
+const SSE: &str = "text/event-stream; charset=utf-8";
+
+/// The route of `path`, or (the wire whose shape the 404 takes, why) when there is none.
+fn route(path: &str) -> Result<Route, (Wire, String)> {
+    match path {
+        "/v1/messages" => return Ok(Route::new(Wire::Anthropic, Endpoint::Messages)),
+        "/v1/messages/count_tokens" => {
+            return Ok(Route::new(Wire::Anthropic, Endpoint::CountTokens))
+        }
+        "/v1/chat/completions" => return Ok(Route::new(Wire::OpenAi, Endpoint::ChatCompletions)),
+        _ => {}
+    }
+    if let Some(rest) = path.strip_prefix("/model/") {
+        return bedrock_route(rest).map_err(|why| (Wire::Bedrock, why));
+    }
+    if path.starts_with("/v1/projects/") {
+        return vertex_route(path).map_err(|why| (Wire::Vertex, why));
+    }
+    Err((Wire::Anthropic, String::new()))
+}
+
+/// A percent-encoded path segment, decoded; `None` when it is empty or not UTF-8.
+fn decode_segment(segment: &str) -> Option<String> {
+    let decoded = percent_encoding::percent_decode_str(segment)
+        .decode_utf8()
+        .ok()?;
+    (!decoded.trim().is_empty()).then(|| decoded.into_owned())
+}
+
+/// `/model/{modelId}/{invoke | invoke-with-response-stream | count-tokens}`, `rest` being what
+/// follows `/model/`.
+fn bedrock_route(rest: &str) -> Result<Route, String> {
+    let Some((id, op)) = rest.split_once('/') else {
+        return Err("no operation after the model id: use /model/{modelId}/invoke".into());
+    };
+    let (endpoint, stream) = match op {
+        "invoke" => (Endpoint::Messages, false),
+        "invoke-with-response-stream" => (Endpoint::Messages, true),
+        "count-tokens" => (Endpoint::CountTokens, false),
+        other => {
+            return Err(format!(
+                "no Bedrock operation {other:?}: use invoke, invoke-with-response-stream or \
+                 count-tokens (an id with `/` must be percent-encoded)"
+            ))
+        }
+    };
+    let Some(model) = decode_segment(id) else {
+        return Err("the model id is empty or not percent-encoded UTF-8".into());
+    };
+    Ok(Route {
+        face: Wire::Bedrock,
+        endpoint,
+        path_model: Some(model),
+        path_stream: stream,
+    })
+}
+
+/// `/v1/projects/{p}/locations/{r}/publishers/anthropic/models/{model}:{rawPredict |
+/// streamRawPredict}`, and `.../models/count-tokens:rawPredict`.
+fn vertex_route(path: &str) -> Result<Route, String> {
+    let segments: Vec<&str> = path.split('/').collect();
+    let shaped = matches!(
+        segments.as_slice(),
+        ["", "v1", "projects", p, "locations", r, "publishers", "anthropic", "models", _]
+            if !p.is_empty() && !r.is_empty()
+    );
+    let last = segments.last().copied().unwrap_or("");
+    let (Some((model, method)), true) = (last.rsplit_once(':'), shaped) else {
+        return Err(
+            "use /v1/projects/{project}/locations/{region}/publishers/anthropic/models/\
+                    {model}:rawPredict (or :streamRawPredict)"
+                .into(),
+        );
+    };
+    let (endpoint, stream) = match (model, method) {
+        ("count-tokens", "rawPredict") => (Endpoint::CountTokens, false),
+        (_, "rawPredict") => (Endpoint::Messages, false),
+        (_, "streamRawPredict") => (Endpoint::Messages, true),
+        (_, other) => {
+            return Err(format!(
+                "no method {other:?}: use :rawPredict or :streamRawPredict"
+            ))
+        }
+    };
+    let path_model = if endpoint == Endpoint::CountTokens {
+        None
+    } else {
+        match decode_segment(model) {
+            Some(m) => Some(m),
+            None => return Err("the model is empty or not percent-encoded UTF-8".into()),
+        }
+    };
+    Ok(Route {
+        face: Wire::Vertex,
+        endpoint,
+        path_model,
+        path_stream: stream,
+    })
 }
 
 /// A body that passed validation.
@@ -273,31 +389,27 @@ impl Engine {
         if path == "/_sim" || path.starts_with("/_sim/") {
             return self.control(req);
         }
-        let endpoint = match path {
-            "/v1/messages" => Endpoint::Messages,
-            "/v1/messages/count_tokens" => Endpoint::CountTokens,
-            "/v1/chat/completions" => Endpoint::ChatCompletions,
-            _ => {
-                let message = format!("Not found: no route for {} {path}", req.method);
-                return now(self.refuse(req, Face::Anthropic, 404, &message, "unknown_path"));
+        let route = match route(path) {
+            Ok(route) => route,
+            Err((face, why)) => {
+                let mut message = format!("Not found: no route for {} {path}", req.method);
+                if !why.is_empty() {
+                    message = format!("{message}: {why}");
+                }
+                return now(self.refuse(req, face, 404, &message, "unknown_path"));
             }
         };
         if req.method != "POST" {
             let message = format!("Method {} is not allowed on {path}: use POST", req.method);
-            let face = endpoint.face();
-            return now(self.refuse(req, face, 405, &message, "method_not_allowed"));
+            return now(self.refuse(req, route.face, 405, &message, "method_not_allowed"));
         }
-        self.api(req, endpoint)
+        self.api(req, &route)
     }
 
     /// An answer the server decided on before reading the body (411, 413, a bad
     /// Content-Length): logged like any API request, and the connection closes after it.
     pub fn early(&self, req: &Request, status: u16, message: &str, outcome: &str) -> Response {
-        let face = if req.path == "/v1/chat/completions" {
-            Face::OpenAi
-        } else {
-            Face::Anthropic
-        };
+        let face = route(&req.path).map_or_else(|(face, _)| face, |r| r.face);
         let is_control = req.path == "/_sim" || req.path.starts_with("/_sim/");
         let mut response = if is_control {
             control_error(status, message)
@@ -312,7 +424,7 @@ impl Engine {
     fn refuse(
         &self,
         req: &Request,
-        face: Face,
+        face: Wire,
         status: u16,
         message: &str,
         outcome: &str,
@@ -320,11 +432,12 @@ impl Engine {
         let request_id = self.new_id("req_");
         let mut st = self.lock();
         let mut entry = self.entry(&mut st, req, face, &Hints::default(), &request_id);
-        entry.status = Some(status);
+        let mut response = error_response(face, status, message, None, None, &request_id);
+        id_headers(face, &request_id, &mut response.headers);
         entry.outcome = outcome.to_owned();
+        entry.status = Some(response.status);
         st.record(entry);
-        error_response(face, status, message, None, None, &request_id)
-            .header("request-id", request_id)
+        response
     }
 
     /// A log entry for `req`, taking the next sequence number.
@@ -332,7 +445,7 @@ impl Engine {
         &self,
         st: &mut State,
         req: &Request,
-        face: Face,
+        face: Wire,
         hints: &Hints,
         request_id: &str,
     ) -> LogEntry {
@@ -357,10 +470,10 @@ impl Engine {
     }
 
     /// `/v1/messages`, `/v1/messages/count_tokens`, `/v1/chat/completions`.
-    fn api(&self, req: &Request, endpoint: Endpoint) -> Action {
-        let face = endpoint.face();
+    fn api(&self, req: &Request, route: &Route) -> Action {
+        let face = route.face;
         // Parsing needs no state: do it before taking the lock.
-        let (hints, parsed) = parse(endpoint, &req.body);
+        let (hints, parsed) = parse(route, &req.body);
         let request_id = self.new_id("req_");
         let mut st = self.lock();
         let now = Instant::now();
@@ -372,7 +485,7 @@ impl Engine {
             &scenario,
             Decide {
                 req,
-                endpoint,
+                route,
                 parsed,
                 now,
                 sim_time,
@@ -381,22 +494,17 @@ impl Engine {
             &mut entry,
         );
         if let Action::Send { response, .. } = &mut action {
-            response
-                .headers
-                .push(("request-id".into(), request_id.clone()));
-            if face == Face::OpenAi {
-                response
-                    .headers
-                    .push(("x-request-id".into(), request_id.clone()));
-            }
+            id_headers(face, &request_id, &mut response.headers);
+            // Bedrock and Vertex send no rate-limit headers.
             let limited = entry.model.as_ref().and_then(|m| st.limiters.get(m));
             if let Some(limiter) = limited {
                 let left = limiter.remaining(now);
                 match face {
-                    Face::Anthropic => {
+                    Wire::Anthropic => {
                         wire::anthropic_ratelimit_headers(&left, &mut response.headers)
                     }
-                    Face::OpenAi => wire::openai_ratelimit_headers(&left, &mut response.headers),
+                    Wire::OpenAi => wire::openai_ratelimit_headers(&left, &mut response.headers),
+                    Wire::Bedrock | Wire::Vertex => {}
                 }
             }
         }
@@ -411,10 +519,10 @@ impl Engine {
         d: Decide<'_>,
         entry: &mut LogEntry,
     ) -> Action {
-        let face = d.endpoint.face();
+        let face = d.route.face;
         let rid = d.request_id;
-        let send = |entry: &mut LogEntry, status: u16, outcome: &str, response: Response| {
-            entry.status = Some(status);
+        let send = |entry: &mut LogEntry, outcome: &str, response: Response| {
+            entry.status = Some(response.status);
             entry.outcome = outcome.to_owned();
             Action::Send {
                 delay: Duration::ZERO,
@@ -424,40 +532,57 @@ impl Engine {
         };
 
         // 1. Authentication.
-        if let Err(message) = authenticate(scenario, request_key(d.req, face), face) {
-            let resp = error_response(face, 401, message, None, None, rid);
-            return send(entry, 401, "unauthenticated", resp);
+        if let Err(denied) = authenticate(scenario, d.req, face) {
+            return send(
+                entry,
+                "unauthenticated",
+                denied_response(face, &denied, rid),
+            );
         }
         // 2. Validation.
         let parsed = match d.parsed {
             Ok(p) => p,
             Err(message) => {
                 let resp = error_response(face, 400, &message, None, None, rid);
-                return send(entry, 400, "invalid_request", resp);
+                return send(entry, "invalid_request", resp);
             }
         };
         entry.model = Some(parsed.model.clone());
         // 3. The model.
-        let Some(spec) = scenario.model(&parsed.model) else {
+        let Some(spec) = scenario.model_on(&parsed.model, face) else {
             let message = match face {
-                Face::Anthropic => format!("model: {}", parsed.model),
-                Face::OpenAi => format!(
+                Wire::Anthropic => format!("model: {}", parsed.model),
+                Wire::OpenAi => format!(
                     "The model `{}` does not exist or you do not have access to it.",
+                    parsed.model
+                ),
+                Wire::Bedrock => format!(
+                    "Could not resolve the foundation model from the model identifier {} \
+                     (simulated)",
+                    parsed.model
+                ),
+                Wire::Vertex => format!(
+                    "Publisher Model `publishers/anthropic/models/{}` was not found or your \
+                     project does not have access to it (simulated)",
                     parsed.model
                 ),
             };
             let resp = error_response(face, 404, &message, None, None, rid);
-            return send(entry, 404, "unknown_model", resp);
+            return send(entry, "unknown_model", resp);
         };
-        if d.endpoint == Endpoint::CountTokens {
-            let resp = Response::json(200, &json!({"input_tokens": parsed.input_tokens}));
-            return send(entry, 200, "ok", resp);
+        if d.route.endpoint == Endpoint::CountTokens {
+            let counted = if face == Wire::Bedrock {
+                json!({"inputTokens": parsed.input_tokens})
+            } else {
+                json!({"input_tokens": parsed.input_tokens})
+            };
+            return send(entry, "ok", Response::json(200, &counted));
         }
-        if face == Face::OpenAi && parsed.stream {
+        if face == Wire::OpenAi && parsed.stream {
             let message = "stream = true is not supported by the simulator's chat completions \
                            endpoint: send stream = false, or stream from /v1/messages";
             let resp = error_response(face, 400, message, None, None, rid);
-            return send(entry, 400, "invalid_request", resp);
+            return send(entry, "invalid_request", resp);
         }
 
         // 4. Faults: deterministic for a seed and a sequence number.
@@ -475,11 +600,12 @@ impl Engine {
             let delay = f.delay.unwrap_or_default();
             match f.kind {
                 FaultKind::Status => {
-                    entry.status = f.status;
+                    let response = fault_response(face, f, rid);
+                    entry.status = Some(response.status);
                     entry.outcome = "status".into();
                     return Action::Send {
                         delay,
-                        response: fault_response(face, f, rid),
+                        response,
                         truncate: false,
                     };
                 }
@@ -505,10 +631,11 @@ impl Engine {
                     let message = f
                         .message
                         .clone()
-                        .unwrap_or_else(|| wire::default_message(status));
+                        .unwrap_or_else(|| default_message(face, status));
                     stream_error = Some(StreamError {
                         after_deltas: u64::from(f.after_deltas.unwrap_or(0)),
                         wait: f.delay.unwrap_or(spec.delta_interval),
+                        status,
                         body: wire::anthropic_error(status, &message, f.error_code.as_deref(), rid),
                     });
                     outcome = "mid_stream_error";
@@ -526,7 +653,7 @@ impl Engine {
         if let Some(limiter) = st.limiters.get_mut(&spec.name) {
             if let Admission::Refused(refusal) = limiter.admit(cost, d.now) {
                 let response = rate_limited(face, refusal, rid);
-                entry.status = (!truncate).then_some(429);
+                entry.status = (!truncate).then_some(response.status);
                 entry.outcome = if truncate {
                     "truncated"
                 } else {
@@ -552,7 +679,7 @@ impl Engine {
         let capped = output_tokens < u64::from(spec.output_tokens);
         entry.status = (!truncate).then_some(200);
         entry.outcome = outcome.into();
-        let (delay, response) = if face == Face::OpenAi {
+        let (delay, response) = if face == Wire::OpenAi {
             let id = self.new_id("chatcmpl-");
             let finish = if capped { "length" } else { "stop" };
             let body = wire::chat_completion_body(
@@ -564,9 +691,16 @@ impl Engine {
             );
             (spec.latency + jitter, Response::json(200, &body))
         } else {
-            let id = self.new_id("msg_");
+            let id = self.new_id(match face {
+                Wire::Bedrock => "msg_bdrk_",
+                Wire::Vertex => "msg_vrtx_",
+                Wire::Anthropic | Wire::OpenAi => "msg_",
+            });
             let stop = if capped { "max_tokens" } else { "end_turn" };
             if parsed.stream {
+                let deltas = stream_error
+                    .as_ref()
+                    .map_or(output_tokens, |e| e.after_deltas.min(output_tokens));
                 let events = wire::stream_events(&StreamSpec {
                     id: &id,
                     model: &parsed.model,
@@ -576,13 +710,38 @@ impl Engine {
                     delta_interval: spec.delta_interval,
                     error: stream_error,
                 });
-                let response = Response {
-                    status: 200,
-                    headers: vec![("cache-control".into(), "no-cache".into())],
-                    body: Body::Sse(events),
-                    close: false,
+                let first_byte = spec.time_to_first_token + jitter;
+                let response = if face == Wire::Bedrock {
+                    let metrics = InvocationMetrics {
+                        input_tokens: parsed.input_tokens,
+                        output_tokens,
+                        first_byte_ms: millis(first_byte),
+                        invocation_ms: millis(first_byte + spec.delta_interval * to_u32(deltas)),
+                    };
+                    Response {
+                        status: 200,
+                        headers: vec![(
+                            "x-amzn-bedrock-content-type".into(),
+                            "application/json".into(),
+                        )],
+                        body: Body::Stream {
+                            content_type: EVENT_STREAM,
+                            parts: wire::event_stream(events, &metrics),
+                        },
+                        close: false,
+                    }
+                } else {
+                    Response {
+                        status: 200,
+                        headers: vec![("cache-control".into(), "no-cache".into())],
+                        body: Body::Stream {
+                            content_type: SSE,
+                            parts: wire::sse(events),
+                        },
+                        close: false,
+                    }
                 };
-                (spec.time_to_first_token + jitter, response)
+                (first_byte, response)
             } else {
                 let body = wire::message_body(
                     &id,
@@ -591,7 +750,24 @@ impl Engine {
                     output_tokens,
                     stop,
                 );
-                (spec.latency + jitter, Response::json(200, &body))
+                let mut response = Response::json(200, &body);
+                if face == Wire::Bedrock {
+                    let latency = spec.latency + jitter;
+                    response = response
+                        .header(
+                            "x-amzn-bedrock-input-token-count",
+                            parsed.input_tokens.to_string(),
+                        )
+                        .header(
+                            "x-amzn-bedrock-output-token-count",
+                            output_tokens.to_string(),
+                        )
+                        .header(
+                            "x-amzn-bedrock-invocation-latency",
+                            millis(latency).to_string(),
+                        );
+                }
+                (spec.latency + jitter, response)
             }
         };
         Action::Send {
@@ -653,7 +829,7 @@ fn now(response: Response) -> Action {
 /// The inputs of one decision.
 struct Decide<'a> {
     req: &'a Request,
-    endpoint: Endpoint,
+    route: &'a Route,
     parsed: Result<Parsed, String>,
     now: Instant,
     sim_time: Duration,
@@ -661,20 +837,26 @@ struct Decide<'a> {
 }
 
 /// Whether `fault` can apply to this request at all (before its probability is drawn).
-fn applies(fault: &Fault, stream: bool, face: Face) -> bool {
+fn applies(fault: &Fault, stream: bool, face: Wire) -> bool {
     match fault.kind {
         // Only a stream can break in the middle; other requests fall through to later faults.
-        FaultKind::MidStreamError => stream && face == Face::Anthropic,
+        FaultKind::MidStreamError => stream && face != Wire::OpenAi,
         _ => true,
     }
 }
 
-/// The key a request carries: `x-api-key` first, then `Authorization: Bearer` (the only one
-/// the OpenAI face reads). Empty values count as no key.
-fn request_key(req: &Request, face: Face) -> Option<&str> {
+/// The key a request carries: on the Anthropic wire `x-api-key` first, then
+/// `Authorization: Bearer` (the only one the OpenAI and Vertex wires read); on Bedrock the
+/// access key id of a SigV4 `Authorization: AWS4-HMAC-SHA256 Credential=AKID/...` header
+/// (the signature is not checked: the simulator stands in for Bedrock's capacity, not its
+/// authentication). Empty values count as no key.
+fn request_key(req: &Request, face: Wire) -> Option<&str> {
+    if face == Wire::Bedrock {
+        return sigv4_access_key(req.header("authorization")?);
+    }
     let x_api_key = match face {
-        Face::Anthropic => req.header("x-api-key").map(str::trim),
-        Face::OpenAi => None,
+        Wire::Anthropic => req.header("x-api-key").map(str::trim),
+        Wire::OpenAi | Wire::Vertex | Wire::Bedrock => None,
     };
     let bearer = || {
         let v = req.header("authorization")?.trim();
@@ -688,6 +870,23 @@ fn request_key(req: &Request, face: Face) -> Option<&str> {
         .or_else(|| bearer().filter(|k| !k.is_empty()))
 }
 
+/// The access key id of a SigV4 authorization header that has a credential scope and a
+/// signature.
+fn sigv4_access_key(value: &str) -> Option<&str> {
+    let params = value.trim().strip_prefix("AWS4-HMAC-SHA256 ")?;
+    let mut credential = None;
+    let mut signed = false;
+    for param in params.split(',') {
+        let (name, value) = param.trim().split_once('=')?;
+        match name {
+            "Credential" => credential = value.split('/').next(),
+            "Signature" => signed = !value.is_empty(),
+            _ => {}
+        }
+    }
+    credential.filter(|k| !k.is_empty() && signed)
+}
+
 /// The last four characters of a key of at least 12 characters, else empty: the rule of
 /// `ApiKey::tail`, so the log matches the runtime's key labels (`"…" + key_tail`).
 pub(crate) fn key_tail(key: &str) -> String {
@@ -699,50 +898,235 @@ pub(crate) fn key_tail(key: &str) -> String {
     }
 }
 
-/// Check the key against the scenario. The messages never contain the key.
-fn authenticate(scenario: &Scenario, key: Option<&str>, face: Face) -> Result<(), &'static str> {
+/// Why a request's credentials were refused: the message (never the key), and the exception
+/// Bedrock names it with.
+struct Denied {
+    message: &'static str,
+    exception: &'static str,
+}
+
+/// Check the request's credentials against the scenario: a key on every wire (Bedrock's also
+/// needs `x-amz-date`), then `revoked_keys` and `keys`, which hold API keys, bearer tokens
+/// and AWS access key ids alike.
+fn authenticate(scenario: &Scenario, req: &Request, face: Wire) -> Result<(), Denied> {
+    let key = request_key(req, face);
+    let denied = |message, exception| Err(Denied { message, exception });
+    if face == Wire::Bedrock {
+        if req.header("authorization").is_none() {
+            return denied(
+                "Missing Authentication Token",
+                "MissingAuthenticationTokenException",
+            );
+        }
+        if key.is_none() {
+            return denied(
+                "Authorization header requires 'Credential' and 'Signature' parameters of an \
+                 AWS4-HMAC-SHA256 signature",
+                "IncompleteSignatureException",
+            );
+        }
+        if req.header("x-amz-date").is_none_or(|d| d.trim().is_empty()) {
+            return denied(
+                "Authorization header requires existence of a 'X-Amz-Date' header",
+                "IncompleteSignatureException",
+            );
+        }
+    }
     let Some(key) = key else {
-        return Err(match face {
-            Face::Anthropic => {
-                "x-api-key header is required (or send the key as Authorization: Bearer)"
-            }
-            Face::OpenAi => "You didn't provide an API key: send it as Authorization: Bearer",
-        });
+        return denied(
+            match face {
+                Wire::Anthropic => {
+                    "x-api-key header is required (or send the key as Authorization: Bearer)"
+                }
+                Wire::OpenAi => "You didn't provide an API key: send it as Authorization: Bearer",
+                Wire::Vertex | Wire::Bedrock => {
+                    "Request is missing required authentication credential. Expected OAuth 2 \
+                     access token as Authorization: Bearer"
+                }
+            },
+            "",
+        );
     };
+    let unrecognized = "UnrecognizedClientException";
     if scenario.revoked_keys.iter().any(|k| k == key) {
-        return Err("this API key has been revoked");
+        return match face {
+            Wire::Bedrock => denied(
+                "The security token included in the request is expired",
+                "ExpiredTokenException",
+            ),
+            _ => denied("this API key has been revoked", ""),
+        };
     }
     if let Some(keys) = &scenario.keys {
         if !keys.iter().any(|k| k == key) {
-            return Err(match face {
-                Face::Anthropic => "invalid x-api-key",
-                Face::OpenAi => "Incorrect API key provided",
-            });
+            return denied(
+                match face {
+                    Wire::Anthropic => "invalid x-api-key",
+                    Wire::OpenAi => "Incorrect API key provided",
+                    Wire::Bedrock => "The security token included in the request is invalid",
+                    Wire::Vertex => "Request had invalid authentication credentials",
+                },
+                unrecognized,
+            );
         }
     }
     Ok(())
 }
 
+/// The answer to refused credentials, in the wire's shape: 401 on the Anthropic, OpenAI and
+/// Vertex (`UNAUTHENTICATED`) wires, Bedrock's 403 with the exception's name.
+fn denied_response(face: Wire, denied: &Denied, request_id: &str) -> Response {
+    match face {
+        Wire::Bedrock => bedrock_response(403, denied.exception, denied.message),
+        _ => error_response(face, 401, denied.message, None, None, request_id),
+    }
+}
+
+/// A Bedrock error answer: `status`, `x-amzn-ErrorType` and `{"message"}`.
+fn bedrock_response(status: u16, exception: &str, message: &str) -> Response {
+    Response::json(status, &json!({ "message": message }))
+        .header("x-amzn-ErrorType", wire::bedrock_error_type(exception))
+}
+
+/// The request id headers of each wire: `request-id` (Anthropic, Vertex), also `x-request-id`
+/// (OpenAI), `x-amzn-RequestId` (Bedrock).
+fn id_headers(face: Wire, request_id: &str, out: &mut Vec<(String, String)>) {
+    match face {
+        Wire::Bedrock => out.push(("x-amzn-RequestId".into(), request_id.to_owned())),
+        Wire::Anthropic | Wire::Vertex => out.push(("request-id".into(), request_id.to_owned())),
+        Wire::OpenAi => {
+            out.push(("request-id".into(), request_id.to_owned()));
+            out.push(("x-request-id".into(), request_id.to_owned()));
+        }
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn to_u32(n: u64) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
+}
+
 /// Parse and validate a body with the runtime's own rules ([`Call::from_value`]), so a body
 /// the runtime accepts is one the simulator accepts; input tokens are the simulator's own
 /// count ([`count_input_tokens`]), not the runtime's estimate.
-fn parse(endpoint: Endpoint, body: &[u8]) -> (Hints, Result<Parsed, String>) {
+fn parse(route: &Route, body: &[u8]) -> (Hints, Result<Parsed, String>) {
+    let platform = matches!(route.face, Wire::Bedrock | Wire::Vertex);
     let value: Value = match serde_json::from_slice(body) {
         Ok(v) => v,
         Err(e) => {
             let message = format!("the request body is not valid JSON: {e}");
-            return (Hints::default(), Err(message));
+            let hints = Hints {
+                model: route.path_model.clone(),
+                stream: route.path_stream,
+            };
+            return (hints, Err(message));
         }
     };
-    let hints = Hints {
-        model: value
-            .get("model")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
-        stream: value.get("stream").and_then(Value::as_bool) == Some(true),
+    let hints = if platform && route.path_model.is_some() {
+        Hints {
+            model: route.path_model.clone(),
+            stream: route.path_stream,
+        }
+    } else {
+        Hints {
+            model: value
+                .get("model")
+                .and_then(Value::as_str)
+                .map(str::to_owned),
+            stream: value.get("stream").and_then(Value::as_bool) == Some(true),
+        }
     };
-    let result = validate(endpoint, value);
+    let result = if platform {
+        platform_body(route, value).and_then(|v| validate(route.endpoint, v))
+    } else {
+        validate(route.endpoint, value)
+    };
     (hints, result)
+}
+
+/// A Bedrock or Vertex body as the Messages request it carries: `anthropic_version` checked
+/// and removed, `anthropic_beta` checked and removed, the path's model (and the path's stream)
+/// put in. Bedrock's counter wraps the InvokeModel body (base64) in `input.invokeModel.body`.
+fn platform_body(route: &Route, value: Value) -> Result<Value, String> {
+    let Value::Object(mut body) = value else {
+        return Err("the request body must be a JSON object".into());
+    };
+    let bedrock = route.face == Wire::Bedrock;
+    if bedrock && route.endpoint == Endpoint::CountTokens {
+        body = invoke_model_input(&body)?;
+    }
+    let version = if bedrock {
+        BEDROCK_VERSION
+    } else {
+        VERTEX_VERSION
+    };
+    match body.remove("anthropic_version") {
+        Some(Value::String(v)) if v == version => {}
+        Some(other) => {
+            return Err(format!(
+                "anthropic_version: {other} is not supported here: send \"{version}\""
+            ))
+        }
+        None => return Err(format!("anthropic_version is required: send \"{version}\"")),
+    }
+    if let Some(betas) = body.remove("anthropic_beta") {
+        let strings = betas
+            .as_array()
+            .is_some_and(|a| a.iter().all(Value::is_string));
+        if !strings {
+            return Err("anthropic_beta must be an array of strings".into());
+        }
+    }
+    if let Some(model) = &route.path_model {
+        if body.contains_key("model") {
+            return Err("extraneous key [model] is not permitted: the path names the model".into());
+        }
+        body.insert("model".into(), Value::from(model.clone()));
+    }
+    if route.endpoint == Endpoint::Messages {
+        match body.remove("stream") {
+            None | Some(Value::Null) => {}
+            // Vertex takes the SDK's `stream` beside the method, which decides.
+            Some(Value::Bool(_)) if !bedrock => {}
+            Some(_) if bedrock => {
+                return Err(
+                    "extraneous key [stream] is not permitted: use invoke-with-response-stream"
+                        .into(),
+                )
+            }
+            Some(_) => return Err("`stream` must be a boolean".into()),
+        }
+        body.insert("stream".into(), Value::Bool(route.path_stream));
+    }
+    Ok(Value::Object(body))
+}
+
+/// The InvokeModel body inside a Bedrock `CountTokens` request.
+fn invoke_model_input(
+    body: &serde_json::Map<String, Value>,
+) -> Result<serde_json::Map<String, Value>, String> {
+    use base64::Engine as _;
+    let Some(encoded) = body
+        .get("input")
+        .and_then(|i| i.get("invokeModel"))
+        .and_then(|i| i.get("body"))
+        .and_then(Value::as_str)
+    else {
+        return Err(
+            "input.invokeModel.body is required (the simulator counts InvokeModel bodies only)"
+                .into(),
+        );
+    };
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(encoded.as_bytes())
+        .map_err(|e| format!("input.invokeModel.body is not base64: {e}"))?;
+    match serde_json::from_slice(&raw) {
+        Ok(Value::Object(inner)) => Ok(inner),
+        _ => Err("input.invokeModel.body is not a JSON object".into()),
+    }
 }
 
 fn validate(endpoint: Endpoint, value: Value) -> Result<Parsed, String> {
@@ -805,30 +1189,56 @@ fn invalid(err: CoreError) -> String {
     }
 }
 
-/// An error in the shape of the request's API.
+/// An error in the shape of the request's API (on Bedrock: the status Bedrock sends for it,
+/// see [`wire::bedrock_error`]; on Vertex: Google's shape for the platform's own errors,
+/// Anthropic's for the model's, see [`wire::google_status`]).
 fn error_response(
-    face: Face,
+    face: Wire,
     status: u16,
     message: &str,
     error_code: Option<&str>,
     openai_kind: Option<&str>,
     request_id: &str,
 ) -> Response {
-    let body = match face {
-        Face::Anthropic => wire::anthropic_error(status, message, error_code, request_id),
-        Face::OpenAi => wire::openai_error(status, message, openai_kind, error_code),
-    };
-    Response::json(status, &body)
+    match face {
+        Wire::Anthropic => Response::json(
+            status,
+            &wire::anthropic_error(status, message, error_code, request_id),
+        ),
+        Wire::OpenAi => Response::json(
+            status,
+            &wire::openai_error(status, message, openai_kind, error_code),
+        ),
+        Wire::Bedrock => {
+            let (sent, exception, _) = wire::bedrock_error(status, message);
+            bedrock_response(sent, exception, message)
+        }
+        Wire::Vertex => match wire::google_status(status) {
+            Some(google) => Response::json(status, &wire::google_error(status, google, message)),
+            None => Response::json(
+                status,
+                &wire::anthropic_error(status, message, error_code, request_id),
+            ),
+        },
+    }
 }
 
-/// The answer of a `status` fault, with its retry headers.
-fn fault_response(face: Face, fault: &Fault, request_id: &str) -> Response {
+/// The default message of an error `status` on the wire.
+fn default_message(face: Wire, status: u16) -> String {
+    match face {
+        Wire::Bedrock => wire::bedrock_default_message(status),
+        _ => wire::default_message(status),
+    }
+}
+
+/// The answer of a `status` fault, with its retry headers (Bedrock and Vertex send none).
+fn fault_response(face: Wire, fault: &Fault, request_id: &str) -> Response {
     // Validation guarantees a status on `status` faults; 500 only keeps this total.
     let status = fault.status.unwrap_or(500);
     let message = fault
         .message
         .clone()
-        .unwrap_or_else(|| wire::default_message(status));
+        .unwrap_or_else(|| default_message(face, status));
     let mut resp = error_response(
         face,
         status,
@@ -837,6 +1247,9 @@ fn fault_response(face: Face, fault: &Fault, request_id: &str) -> Response {
         None,
         request_id,
     );
+    if matches!(face, Wire::Bedrock | Wire::Vertex) {
+        return resp;
+    }
     if let Some(secs) = fault.retry_after {
         resp = resp.header("retry-after", format_number(secs));
     }
@@ -860,7 +1273,7 @@ fn format_number(x: f64) -> String {
 
 /// A truthful 429: `retry-after` is the whole seconds (rounded up) until the same request
 /// would be admitted.
-fn rate_limited(face: Face, refusal: Refusal, request_id: &str) -> Response {
+fn rate_limited(face: Wire, refusal: Refusal, request_id: &str) -> Response {
     let Refusal {
         dimension,
         limit,
@@ -875,8 +1288,12 @@ fn rate_limited(face: Face, refusal: Refusal, request_id: &str) -> Response {
              {unit} per minute, so it can never be admitted: lower max_tokens or the prompt"
         );
         let kind = openai_dimension(dimension);
-        return error_response(face, 429, &message, None, Some(kind), request_id)
-            .header("x-should-retry", "false");
+        let resp = error_response(face, 429, &message, None, Some(kind), request_id);
+        return if matches!(face, Wire::Bedrock | Wire::Vertex) {
+            resp
+        } else {
+            resp.header("x-should-retry", "false")
+        };
     };
     // Whole seconds, rounded up so a client that waits them is admitted; a refusal always
     // waits, so at least 1.
@@ -886,8 +1303,13 @@ fn rate_limited(face: Face, refusal: Refusal, request_id: &str) -> Response {
          (simulated). Retry after {retry_after} s."
     );
     let kind = openai_dimension(dimension);
-    error_response(face, 429, &message, None, Some(kind), request_id)
-        .header("retry-after", retry_after.to_string())
+    let resp = error_response(face, 429, &message, None, Some(kind), request_id);
+    // Bedrock's ThrottlingException and Vertex's RESOURCE_EXHAUSTED carry no retry-after.
+    if matches!(face, Wire::Bedrock | Wire::Vertex) {
+        resp
+    } else {
+        resp.header("retry-after", retry_after.to_string())
+    }
 }
 
 fn openai_dimension(d: Dimension) -> &'static str {

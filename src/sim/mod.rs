@@ -1,5 +1,5 @@
-//! A fault-injecting simulator of the Anthropic Messages API (and an OpenAI-compatible
-//! chat completions face), over real HTTP on loopback.
+//! A fault-injecting simulator of the Anthropic Messages API, and of Claude on AWS Bedrock and
+//! Google Vertex AI (and an OpenAI-compatible chat completions face), over real HTTP on loopback.
 //!
 //! Point any client at it (seawall, the official SDKs, curl) to see how an agent behaves
 //! through rate limits, 529 overloads, resets, hangs, cut-off bodies and streams that break
@@ -36,6 +36,12 @@
 //! | `POST /v1/messages` | JSON, or SSE with `"stream": true` |
 //! | `POST /v1/messages/count_tokens` | `{"input_tokens": N}`; never faulted, rate-limited or delayed |
 //! | `POST /v1/chat/completions` | OpenAI shape, non-streaming only (`stream: true` gets a 400 saying so) |
+//! | `POST /model/{modelId}/invoke` | Bedrock `InvokeModel`: the Messages answer, `x-amzn-RequestId`, `x-amzn-bedrock-{input,output}-token-count` |
+//! | `POST /model/{modelId}/invoke-with-response-stream` | Bedrock's stream: `application/vnd.amazon.eventstream` frames (below) |
+//! | `POST /model/{modelId}/count-tokens` | Bedrock `CountTokens` of `input.invokeModel.body` (base64): `{"inputTokens": N}` |
+//! | `POST /v1/projects/{p}/locations/{r}/publishers/anthropic/models/{model}:rawPredict` | Vertex: the Messages answer |
+//! | `POST .../models/{model}:streamRawPredict` | Vertex: SSE, as `/v1/messages` streams |
+//! | `POST .../models/count-tokens:rawPredict` | Vertex's counter (the body names the model): `{"input_tokens": N}` |
 //! | `POST /_sim/reset` | clock, sequence numbers, log, counts and buckets back to zero |
 //! | `PUT /_sim/scenario` | replace the scenario live (TOML if the content-type mentions `toml`, else JSON); keeps the clock |
 //! | `GET /_sim/log` | the log, a JSON array of [`LogEntry`] |
@@ -44,9 +50,45 @@
 //! `Authorization: Bearer` (the chat completions face reads Bearer only). `anthropic-version`
 //! is not required (the real API requires it).
 //!
+//! # Wires
+//!
+//! One engine serves every wire: a request is routed, then authenticated, validated, faulted,
+//! limited and answered by the same steps, and only the shapes differ. A scenario model is named
+//! by the body's `model` on the Anthropic and OpenAI wires and by the (percent-decoded) path on
+//! Bedrock and Vertex, so a Bedrock id such as `us.anthropic.claude-sonnet-4-5-20250929-v1:0`
+//! is a model name like any other. A model is reachable over every wire, with the same faults,
+//! limits and counts whichever one a request comes by, unless its `wires` list restricts it
+//! (`wires = ["bedrock"]`: the other wires get a 404), which is how one scenario gives the
+//! same model separate capacity on two platforms (two entries, two names).
+//!
+//! - **Bedrock.** Credentials: an `Authorization: AWS4-HMAC-SHA256 Credential=AKID/...,
+//!   Signature=...` header and `x-amz-date` (else 403 `MissingAuthenticationTokenException` /
+//!   `IncompleteSignatureException`); the signature is not verified (the simulator stands in
+//!   for capacity, not for authentication); `keys` and `revoked_keys` hold access key ids
+//!   (unknown: `UnrecognizedClientException`, revoked: `ExpiredTokenException`). Body: no
+//!   `model`, no `stream`, `anthropic_version: "bedrock-2023-05-31"` (else 400
+//!   `ValidationException`). Errors: the status Bedrock sends, `x-amzn-ErrorType` and
+//!   `{"message"}`, never a `retry-after`: 429 `ThrottlingException` (also the limiter's
+//!   refusals), 503 `ServiceUnavailableException` (for 503 and 529), 500
+//!   `InternalServerException`, 400 `ValidationException`, 404 `ResourceNotFoundException`
+//!   (an unknown model), 408 `ModelTimeoutException` (for 408 and 504). Streams: one frame per
+//!   Anthropic event, `:message-type: event`, `:event-type: chunk`, payload `{"bytes": base64 of
+//!   the event JSON}`; `message_stop` carries `amazon-bedrock-invocationMetrics`; a
+//!   `mid_stream_error` is an `exception` frame whose `:exception-type` follows its status
+//!   (429 `throttlingException`, 503 `serviceUnavailableException`, 529 and others
+//!   `modelStreamErrorException`).
+//! - **Vertex.** Credentials: `Authorization: Bearer <any non-empty token>` (else 401 in
+//!   Google's shape, `UNAUTHENTICATED`). Body: no `model` (the path names it; the counter's body
+//!   does), `anthropic_version: "vertex-2023-10-16"`; `stream` may be sent, the method decides.
+//!   Errors: the platform's in Google's shape `{"error": {"code", "message", "status"}}`, no
+//!   `retry-after` (429 `RESOURCE_EXHAUSTED`, 503 `UNAVAILABLE`, 500 `INTERNAL`, 504
+//!   `DEADLINE_EXCEEDED`, 401, 403, 404), the model's own in Anthropic's shape, as Vertex passes
+//!   them through (529 `overloaded_error`, 400 `invalid_request_error`); streams and their
+//!   errors are the Anthropic API's SSE.
+//!
 //! # Order of checks
 //!
-//! Authentication (401), body validation (400), model (404), then the model's faults in order,
+//! Authentication (401; Bedrock 403), body validation (400), model (404), then the model's faults in order,
 //! then the rate limits (429), then the answer. `status`, `reset` and `hang` faults answer
 //! before the limits are consulted and take nothing from them; `slow_first_byte`, `truncated`
 //! and `mid_stream_error` change how the admitted answer (or the 429) is delivered.
@@ -98,7 +140,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 pub use scenario::{
-    Fault, FaultKind, ModelSpec, RateLimits, Scenario, ScenarioError, MAX_OUTPUT_TOKENS,
+    Fault, FaultKind, ModelSpec, RateLimits, Scenario, ScenarioError, Wire, MAX_OUTPUT_TOKENS,
 };
 pub use server::{MAX_BODY, MAX_HEAD};
 

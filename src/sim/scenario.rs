@@ -125,6 +125,40 @@ pub struct ModelSpec {
     /// What goes wrong, checked in order: the first that applies wins.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub faults: Vec<Fault>,
+    /// The wires this model is served on, e.g. `["bedrock"]` for a Bedrock model id. Default:
+    /// every wire (the same faults and limits whichever one a request comes by). Over any other
+    /// wire the name is unknown (`404`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wires: Option<Vec<Wire>>,
+}
+
+/// The APIs the simulator speaks. A model is named by the body's `model` on the Anthropic and
+/// OpenAI wires, by the URL path on Bedrock and Vertex.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Wire {
+    /// The Messages API: `/v1/messages`, `/v1/messages/count_tokens`.
+    Anthropic,
+    /// OpenAI-compatible chat completions: `/v1/chat/completions`.
+    OpenAi,
+    /// AWS Bedrock Runtime: `/model/{id}/invoke`, `/invoke-with-response-stream`,
+    /// `/count-tokens`.
+    Bedrock,
+    /// Google Vertex AI: `.../publishers/anthropic/models/{model}:rawPredict`,
+    /// `:streamRawPredict`, `count-tokens:rawPredict`.
+    Vertex,
+}
+
+impl Wire {
+    /// The name used in scenarios.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Wire::Anthropic => "anthropic",
+            Wire::OpenAi => "openai",
+            Wire::Bedrock => "bedrock",
+            Wire::Vertex => "vertex",
+        }
+    }
 }
 
 fn default_output_tokens() -> u32 {
@@ -143,7 +177,13 @@ impl ModelSpec {
             output_tokens: default_output_tokens(),
             limits: None,
             faults: Vec::new(),
+            wires: None,
         }
+    }
+
+    /// Whether requests over `wire` reach this model.
+    pub fn serves(&self, wire: Wire) -> bool {
+        self.wires.as_ref().is_none_or(|w| w.contains(&wire))
     }
 }
 
@@ -416,6 +456,11 @@ impl Scenario {
         self.models.iter().find(|m| m.name == name)
     }
 
+    /// The model named `name`, if served on `wire`.
+    pub fn model_on(&self, name: &str, wire: Wire) -> Option<&ModelSpec> {
+        self.model(name).filter(|m| m.serves(wire))
+    }
+
     /// The limits in force for `model`: its own, else the scenario's; `None` when unlimited.
     pub fn limits_for(&self, model: &ModelSpec) -> Option<RateLimits> {
         model.limits.or(self.limits).filter(|l| !l.is_unlimited())
@@ -528,6 +573,13 @@ fn check_model(path: &str, model: &ModelSpec) -> Result<(), ScenarioError> {
     }
     if let Some(limits) = &model.limits {
         check_limits(&format!("{path}.limits"), limits)?;
+    }
+    if model.wires.as_ref().is_some_and(Vec::is_empty) {
+        return Err(ScenarioError::invalid(
+            format!("{path}.wires"),
+            "the list is empty, so no request could reach the model: name at least one of \
+             \"anthropic\", \"openai\", \"bedrock\", \"vertex\", or leave `wires` out for all",
+        ));
     }
     for (j, fault) in model.faults.iter().enumerate() {
         check_fault(&format!("{path}.faults[{j}]"), fault)?;
@@ -794,6 +846,22 @@ retry_after = 2.5
         assert!(!err.to_string().contains("aaaa"), "{err}");
         let ok = Scenario::from_toml(GOOD).unwrap();
         assert!(!format!("{ok:?}").contains("aaaa"));
+    }
+
+    #[test]
+    fn wires_restrict_a_model_and_an_empty_list_is_refused() {
+        let s = Scenario::from_toml("[[models]]\nname = \"m\"\nwires = [\"bedrock\"]\n").unwrap();
+        assert!(s.models[0].serves(Wire::Bedrock));
+        assert!(!s.models[0].serves(Wire::Anthropic));
+        assert!(s.model_on("m", Wire::Vertex).is_none());
+        assert!(ModelSpec::new("x").serves(Wire::OpenAi));
+        let err = Scenario::from_toml("[[models]]\nname = \"m\"\nwires = []\n").unwrap_err();
+        assert_eq!(err.key(), Some("models[0].wires"), "{err}");
+        let err =
+            Scenario::from_toml("[[models]]\nname = \"m\"\nwires = [\"azure\"]\n").unwrap_err();
+        assert!(err.to_string().contains("azure"), "{err}");
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains(r#""wires":["bedrock"]"#), "{json}");
     }
 
     #[test]

@@ -9,8 +9,9 @@
 //! - a request head of at most 64 KiB (else `431`), a `Content-Length` body of at most 32 MiB
 //!   (else `413` in the API's error shape); chunked request bodies get `411`;
 //!   `Expect: 100-continue` is answered;
-//! - JSON with `Content-Length`, SSE with `Transfer-Encoding: chunked` (close-delimited for
-//!   HTTP/1.0), `TCP_NODELAY` so each event leaves when written.
+//! - JSON with `Content-Length`, streams (SSE, Bedrock's event-stream frames) with
+//!   `Transfer-Encoding: chunked` (close-delimited for HTTP/1.0), `TCP_NODELAY` so each event
+//!   leaves when written.
 //!
 //! Every connection task also watches the stop signal, so shutdown closes hanging sockets too.
 
@@ -190,7 +191,7 @@ async fn serve(mut stream: TcpStream, engine: &Engine) {
                 let close = truncate
                     || response.close
                     || !keep_alive
-                    || (http10 && matches!(response.body, Body::Sse(_)));
+                    || (http10 && matches!(response.body, Body::Stream { .. }));
                 let result = if close {
                     finish(&mut stream, &response, truncate, http10).await
                 } else {
@@ -425,33 +426,36 @@ async fn write_body(
             out.extend_from_slice(&bytes[..end]);
             stream.write_all(&out).await
         }
-        Body::Sse(events) => {
+        Body::Stream {
+            content_type,
+            parts,
+        } => {
             let framing = if http10 {
                 Framing::UntilClose
             } else {
                 Framing::Chunked
             };
             let chunked = framing == Framing::Chunked;
-            let mut out = head_bytes(response, "text/event-stream; charset=utf-8", framing, close);
+            let mut out = head_bytes(response, content_type, framing, close);
             if truncate {
-                let full: String = events.iter().map(|e| e.text.as_str()).collect();
+                let full: Vec<u8> = parts.iter().flat_map(|p| p.bytes.iter().copied()).collect();
                 if chunked {
                     // Promise the whole chunk, deliver half of it.
                     out.extend_from_slice(format!("{:x}\r\n", full.len()).as_bytes());
                 }
-                out.extend_from_slice(&full.as_bytes()[..full.len() / 2]);
+                out.extend_from_slice(&full[..full.len() / 2]);
                 return stream.write_all(&out).await;
             }
-            for event in events {
-                if !event.wait.is_zero() {
-                    // Send what is ready, then pause: events without a wait share one write.
+            for part in parts {
+                if !part.wait.is_zero() {
+                    // Send what is ready, then pause: parts without a wait share one write.
                     if !out.is_empty() {
                         stream.write_all(&out).await?;
                         out.clear();
                     }
-                    tokio::time::sleep(event.wait).await;
+                    tokio::time::sleep(part.wait).await;
                 }
-                push_chunk(&mut out, event.text.as_bytes(), chunked);
+                push_chunk(&mut out, &part.bytes, chunked);
             }
             if chunked {
                 out.extend_from_slice(b"0\r\n\r\n");

@@ -1,8 +1,10 @@
 //! The bytes the simulator answers with: Messages API and OpenAI-compatible bodies, error
-//! shapes, SSE events and rate-limit headers. Pure functions; no I/O, no state.
+//! shapes (the Anthropic API's, OpenAI's, Bedrock's and Google's), SSE events, Bedrock's
+//! event-stream frames and rate-limit headers. Pure functions; no I/O, no state.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
 use serde_json::{json, Value};
 
 use super::limiter::{Dimension, Remaining};
@@ -183,19 +185,35 @@ fn to_usize(n: u64) -> usize {
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
-/// One server-sent event and the pause before it.
+/// One part of a streamed body and the pause before it: an SSE event's text, or an AWS
+/// event-stream frame.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(crate) struct SseEvent {
-    /// Time to wait before sending this event.
+pub(crate) struct Part {
+    /// Time to wait before sending this part.
     pub wait: Duration,
-    /// `event: NAME\ndata: JSON\n\n`.
-    pub text: String,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
 }
 
-fn event(wait: Duration, name: &str, data: &Value) -> SseEvent {
-    SseEvent {
+/// One Anthropic stream event, before it is put on a wire.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct StreamEvent {
+    /// Time to wait before sending this event.
+    pub wait: Duration,
+    /// The SSE event name (`message_start`, ..., `error`).
+    pub name: &'static str,
+    /// The event's JSON.
+    pub data: Value,
+    /// For the `error` event that ends a broken stream: the status it stands for.
+    pub error_status: Option<u16>,
+}
+
+fn event(wait: Duration, name: &'static str, data: Value) -> StreamEvent {
+    StreamEvent {
         wait,
-        text: format!("event: {name}\ndata: {data}\n\n"),
+        name,
+        data,
+        error_status: None,
     }
 }
 
@@ -205,6 +223,9 @@ pub(crate) struct StreamError {
     pub after_deltas: u64,
     /// Pause before the error event.
     pub wait: Duration,
+    /// The status the error stands for (its type on the Anthropic wire, its exception on
+    /// Bedrock's).
+    pub status: u16,
     /// The error payload (the Messages API error object).
     pub body: Value,
 }
@@ -224,13 +245,13 @@ pub(crate) struct StreamSpec<'a> {
 /// `ping`, one `content_block_delta` per word (spaced by the delta interval),
 /// `content_block_stop`, `message_delta`, `message_stop`. With an error, `event: error` takes
 /// the place of everything after the first `after_deltas` deltas.
-pub(crate) fn stream_events(spec: &StreamSpec<'_>) -> Vec<SseEvent> {
+pub(crate) fn stream_events(spec: &StreamSpec<'_>) -> Vec<StreamEvent> {
     let zero = Duration::ZERO;
     let mut out = vec![
         event(
             zero,
             "message_start",
-            &json!({"type": "message_start", "message": {
+            json!({"type": "message_start", "message": {
                 "id": spec.id,
                 "type": "message",
                 "role": "assistant",
@@ -244,10 +265,10 @@ pub(crate) fn stream_events(spec: &StreamSpec<'_>) -> Vec<SseEvent> {
         event(
             zero,
             "content_block_start",
-            &json!({"type": "content_block_start", "index": 0,
+            json!({"type": "content_block_start", "index": 0,
                     "content_block": {"type": "text", "text": ""}}),
         ),
-        event(zero, "ping", &json!({"type": "ping"})),
+        event(zero, "ping", json!({"type": "ping"})),
     ];
     let deltas = match &spec.error {
         Some(e) => e.after_deltas.min(spec.output_tokens),
@@ -257,32 +278,218 @@ pub(crate) fn stream_events(spec: &StreamSpec<'_>) -> Vec<SseEvent> {
         out.push(event(
             spec.delta_interval,
             "content_block_delta",
-            &json!({"type": "content_block_delta", "index": 0,
+            json!({"type": "content_block_delta", "index": 0,
                     "delta": {"type": "text_delta", "text": delta_text(i)}}),
         ));
     }
     if let Some(e) = &spec.error {
-        out.push(event(e.wait, "error", &e.body));
+        out.push(StreamEvent {
+            wait: e.wait,
+            name: "error",
+            data: e.body.clone(),
+            error_status: Some(e.status),
+        });
         return out;
     }
     out.push(event(
         zero,
         "content_block_stop",
-        &json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_stop", "index": 0}),
     ));
     out.push(event(
         zero,
         "message_delta",
-        &json!({"type": "message_delta",
+        json!({"type": "message_delta",
                 "delta": {"stop_reason": spec.stop_reason, "stop_sequence": null},
                 "usage": {"output_tokens": spec.output_tokens}}),
     ));
-    out.push(event(
-        zero,
-        "message_stop",
-        &json!({"type": "message_stop"}),
-    ));
+    out.push(event(zero, "message_stop", json!({"type": "message_stop"})));
     out
+}
+
+/// The events as server-sent events: `event: NAME\ndata: JSON\n\n` each (the Anthropic API's
+/// and Vertex's `streamRawPredict` wire).
+pub(crate) fn sse(events: Vec<StreamEvent>) -> Vec<Part> {
+    events
+        .into_iter()
+        .map(|e| Part {
+            wait: e.wait,
+            bytes: format!("event: {}\ndata: {}\n\n", e.name, e.data).into_bytes(),
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bedrock
+
+/// What Bedrock's `message_stop` chunk reports in `amazon-bedrock-invocationMetrics`.
+pub(crate) struct InvocationMetrics {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Time to the whole answer, in milliseconds.
+    pub invocation_ms: u64,
+    /// Time to the first byte, in milliseconds.
+    pub first_byte_ms: u64,
+}
+
+/// The events as Bedrock's `InvokeModelWithResponseStream` sends them: one AWS event-stream
+/// frame per event (`:message-type: event`, `:event-type: chunk`, payload
+/// `{"bytes": "<base64 of the event JSON>"}`), `message_stop` carrying
+/// `amazon-bedrock-invocationMetrics`; the `error` event of a broken stream becomes an
+/// `exception` frame ([`bedrock_stream_exception`]).
+pub(crate) fn event_stream(events: Vec<StreamEvent>, metrics: &InvocationMetrics) -> Vec<Part> {
+    events
+        .into_iter()
+        .map(|mut e| {
+            let bytes = if let Some(status) = e.error_status {
+                let message = e.data["error"]["message"].as_str().unwrap_or("").to_owned();
+                let (kind, payload) = bedrock_stream_exception(status, &message);
+                frame(&[(":exception-type", kind)], "exception", &payload)
+            } else {
+                if e.name == "message_stop" {
+                    e.data["amazon-bedrock-invocationMetrics"] = json!({
+                        "inputTokenCount": metrics.input_tokens,
+                        "outputTokenCount": metrics.output_tokens,
+                        "invocationLatency": metrics.invocation_ms,
+                        "firstByteLatency": metrics.first_byte_ms,
+                    });
+                }
+                let encoded = base64::engine::general_purpose::STANDARD.encode(e.data.to_string());
+                let payload = json!({ "bytes": encoded });
+                frame(&[(":event-type", "chunk")], "event", &payload)
+            };
+            Part {
+                wait: e.wait,
+                bytes,
+            }
+        })
+        .collect()
+}
+
+/// One event-stream frame: `:message-type`, the given headers, `:content-type:
+/// application/json` and the JSON payload, with its prelude and CRCs.
+fn frame(
+    headers: &[(&'static str, &'static str)],
+    message_type: &'static str,
+    payload: &Value,
+) -> Vec<u8> {
+    use aws_smithy_types::event_stream::{Header, HeaderValue, Message};
+    let mut message = Message::new(payload.to_string().into_bytes());
+    for (name, value) in headers {
+        message = message.add_header(Header::new(*name, HeaderValue::String((*value).into())));
+    }
+    let message = message
+        .add_header(Header::new(
+            ":content-type",
+            HeaderValue::String("application/json".into()),
+        ))
+        .add_header(Header::new(
+            ":message-type",
+            HeaderValue::String(message_type.into()),
+        ));
+    let mut out = Vec::new();
+    // Writing fails only for headers or payloads beyond the format's limits (names of 255
+    // bytes, 16 MiB frames): the simulator writes neither. An empty frame would be a broken
+    // stream, which the client reports.
+    if aws_smithy_eventstream::frame::write_message_to(&message, &mut out).is_err() {
+        out.clear();
+    }
+    out
+}
+
+/// The `:exception-type` and payload of an in-stream failure that stands for `status`:
+/// 429 `throttlingException`, 503 `serviceUnavailableException`, 408/504
+/// `modelTimeoutException`, 400 `validationException`, 500 `internalServerException`, anything
+/// else (the model's own failure, such as an overload) `modelStreamErrorException` with the
+/// original status.
+pub(crate) fn bedrock_stream_exception(status: u16, message: &str) -> (&'static str, Value) {
+    let kind = match status {
+        429 => "throttlingException",
+        503 => "serviceUnavailableException",
+        408 | 504 => "modelTimeoutException",
+        400 => "validationException",
+        500 => "internalServerException",
+        _ => "modelStreamErrorException",
+    };
+    let payload = if kind == "modelStreamErrorException" {
+        json!({"message": message, "originalStatusCode": status, "originalMessage": message})
+    } else {
+        json!({ "message": message })
+    };
+    (kind, payload)
+}
+
+/// A Bedrock error: the HTTP status Bedrock sends for an error that stands for `status`, the
+/// exception (`x-amzn-ErrorType`, before its `:`) and the body `{"message": ...}`.
+///
+/// | stands for | Bedrock sends |
+/// |---|---|
+/// | 400, 413, 422 | 400 `ValidationException` |
+/// | 401 | 403 `UnrecognizedClientException` |
+/// | 403 | 403 `AccessDeniedException` |
+/// | 404 | 404 `ResourceNotFoundException` |
+/// | 408, 504 | 408 `ModelTimeoutException` |
+/// | 424 | 424 `ModelErrorException` |
+/// | 429 | 429 `ThrottlingException` |
+/// | 500, 502 | 500 `InternalServerException` |
+/// | 503, 529 | 503 `ServiceUnavailableException` |
+/// | other 4xx / 5xx | the status, `ValidationException` / `InternalServerException` |
+pub(crate) fn bedrock_error(status: u16, message: &str) -> (u16, &'static str, Value) {
+    let (sent, kind) = match status {
+        400 | 413 | 422 => (400, "ValidationException"),
+        401 => (403, "UnrecognizedClientException"),
+        403 => (403, "AccessDeniedException"),
+        404 => (404, "ResourceNotFoundException"),
+        408 | 504 => (408, "ModelTimeoutException"),
+        424 => (424, "ModelErrorException"),
+        429 => (429, "ThrottlingException"),
+        500 | 502 => (500, "InternalServerException"),
+        503 | 529 => (503, "ServiceUnavailableException"),
+        s if s < 500 => (s, "ValidationException"),
+        s => (s, "InternalServerException"),
+    };
+    (sent, kind, json!({ "message": message }))
+}
+
+/// The `x-amzn-ErrorType` value of exception `kind`, as Bedrock writes it.
+pub(crate) fn bedrock_error_type(kind: &str) -> String {
+    format!("{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/")
+}
+
+/// A default message of a Bedrock status fault or refusal.
+pub(crate) fn bedrock_default_message(status: u16) -> String {
+    match status {
+        429 => "Too many requests, please wait before trying again. (simulated)".to_owned(),
+        503 | 529 => "Bedrock is unable to process your request. (simulated)".to_owned(),
+        500 => "The server encountered an internal error. (simulated)".to_owned(),
+        s => default_message(s),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Vertex AI
+
+/// Google's status name for the platform errors Vertex answers itself: 400
+/// `INVALID_ARGUMENT`, 401 `UNAUTHENTICATED`, 403 `PERMISSION_DENIED`, 404 `NOT_FOUND`, 429
+/// `RESOURCE_EXHAUSTED`, 500 `INTERNAL`, 503 `UNAVAILABLE`, 504 `DEADLINE_EXCEEDED`. Other
+/// statuses (a 529 overload, the model's own 4xx) come from the model and keep Anthropic's
+/// shape, which Vertex passes through.
+pub(crate) fn google_status(status: u16) -> Option<&'static str> {
+    Some(match status {
+        401 => "UNAUTHENTICATED",
+        403 => "PERMISSION_DENIED",
+        404 => "NOT_FOUND",
+        429 => "RESOURCE_EXHAUSTED",
+        500 => "INTERNAL",
+        503 => "UNAVAILABLE",
+        504 => "DEADLINE_EXCEEDED",
+        _ => return None,
+    })
+}
+
+/// Google's error shape: `{"error": {"code", "message", "status"}}`.
+pub(crate) fn google_error(code: u16, status: &str, message: &str) -> Value {
+    json!({"error": {"code": code, "message": message, "status": status}})
 }
 
 /// The most restrictive of the token dimensions: the one with the fewest tokens left.
