@@ -265,7 +265,7 @@ pub(crate) async fn openai_errors(
     }
     let (mut parts, body) = response.into_parts();
     let Ok(bytes) = axum::body::to_bytes(body, MAX_ERROR_BODY).await else {
-        let mut r = openai_error(
+        return openai_error(
             StatusCode::BAD_GATEWAY,
             "the error answer was too large to pass on",
             "server_error",
@@ -273,8 +273,6 @@ pub(crate) async fn openai_errors(
             None,
             &state.ids.next(),
         );
-        *r.status_mut() = StatusCode::BAD_GATEWAY;
-        return r;
     };
     let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
     let rewritten = match &parsed {

@@ -705,9 +705,8 @@ pub fn completion(body: &[u8], model: &str, created: u64) -> Result<Vec<u8>, ser
     let usage = answer.usage.unwrap_or_default();
     let cached = usage.cache_read_input_tokens.unwrap_or(0);
     let prompt = usage.input_tokens + cached + usage.cache_creation_input_tokens.unwrap_or(0);
-    let id = answer.id.as_deref().unwrap_or("");
     let out = Completion {
-        id: format!("chatcmpl-{}", id.strip_prefix("msg_").unwrap_or(id)),
+        id: chat_id(answer.id.as_deref().unwrap_or("")),
         object: "chat.completion",
         created,
         model,
@@ -735,9 +734,11 @@ pub fn completion(body: &[u8], model: &str, created: u64) -> Result<Vec<u8>, ser
 }
 
 /// `chatcmpl-` and the message's id, so a completion can be matched to the upstream's logs.
-fn completion_id(message: &Value) -> String {
-    let id = message.get("id").and_then(Value::as_str).unwrap_or("");
-    format!("chatcmpl-{}", id.strip_prefix("msg_").unwrap_or(id))
+fn chat_id(message_id: &str) -> String {
+    format!(
+        "chatcmpl-{}",
+        message_id.strip_prefix("msg_").unwrap_or(message_id)
+    )
 }
 
 /// Messages stream events as `chat.completion.chunk` payloads (each one `data:` line), for the
@@ -800,8 +801,8 @@ impl Chunks {
         match event.event.as_str() {
             "message_start" => {
                 let message = data.get("message");
-                if let Some(id) = message.map(completion_id) {
-                    self.id = id;
+                if let Some(m) = message {
+                    self.id = chat_id(m.get("id").and_then(Value::as_str).unwrap_or(""));
                 }
                 self.take_usage(message.and_then(|m| m.get("usage")));
                 vec![self.chunk(json!({"role": "assistant", "content": ""}), None)]

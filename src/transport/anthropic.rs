@@ -40,8 +40,8 @@ use seawall_actors::upstream::{
 use tokio::sync::mpsc;
 
 use super::http::{
-    base_endpoint, body_error, capture_headers, http_client, is_event_stream, merge_betas, pump,
-    send_error, send_whole, StreamLog, IDEMPOTENCY_KEY, STREAM_CHANNEL,
+    base_endpoint, capture_headers, http_client, is_event_stream, merge_betas, pump, read_rest,
+    send_head, send_whole, StreamLog, IDEMPOTENCY_KEY, STREAM_CHANNEL,
 };
 pub use super::TransportSetupError;
 use crate::secret::{ApiKey, Redactor};
@@ -366,19 +366,17 @@ impl AnthropicUpstream {
         if !streaming {
             // An error (or a 2xx that is not a stream) is read in full, still within the budget:
             // it is a plain answer, and the core classifies it like one.
-            let body = match tokio::time::timeout_at(deadline, response.bytes()).await {
-                Ok(body) => body.map_err(|e| body_error(&e, budget)),
-                Err(_) => Err(TransportError::Timeout(budget)),
-            };
-            let body = body.inspect_err(|err| {
-                tracing::debug!(
-                    model = %attempt.model,
-                    key = %key,
-                    status,
-                    error = %err,
-                    "anthropic stream failed reading the body"
-                );
-            })?;
+            let body = read_rest(response, deadline, budget)
+                .await
+                .inspect_err(|err| {
+                    tracing::debug!(
+                        model = %attempt.model,
+                        key = %key,
+                        status,
+                        error = %err,
+                        "anthropic stream failed reading the body"
+                    );
+                })?;
             return Ok(StreamResponse {
                 status,
                 headers,
@@ -409,10 +407,7 @@ impl AnthropicUpstream {
     ) -> Result<reqwest::Response, TransportError> {
         // No reqwest timeout here: it would cover the body too and cut a healthy long stream.
         let request = self.request(&self.endpoint, attempt)?;
-        match tokio::time::timeout_at(deadline, request.send()).await {
-            Ok(response) => response.map_err(|e| send_error(&e, attempt.timeout)),
-            Err(_) => Err(TransportError::Timeout(attempt.timeout)),
-        }
+        send_head(request, deadline, attempt.timeout).await
     }
 }
 

@@ -139,7 +139,7 @@ impl CredentialCache {
                 Ok(c)
             }
             Err(e) => {
-                let why = NoCredentials(error_chain(&e));
+                let why = NoCredentials(super::http::chain(&e));
                 match current.as_ref() {
                     Some(c) if fresh(c, now, Duration::ZERO) => {
                         tracing::warn!(error = %why, "AWS credentials refresh failed: using the current ones until they expire");
@@ -170,21 +170,6 @@ pub(crate) fn same(a: &Credentials, b: &Credentials) -> bool {
 
 fn fresh(c: &Credentials, now: SystemTime, margin: Duration) -> bool {
     c.expiry().is_none_or(|at| at > now + margin)
-}
-
-/// An error and its sources, `": "`-separated.
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !out.ends_with(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        source = s.source();
-    }
-    out
 }
 
 /// aws-config's default credentials chain for `region`, over its own HTTP client (rustls on

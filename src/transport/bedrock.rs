@@ -40,7 +40,7 @@ use tokio::sync::mpsc;
 
 use super::aws::{AwsCredentials, CredentialCache, SharedCache};
 use super::http::{
-    base_endpoint, body_error, capture_headers, http_client, merge_betas, send_error,
+    base_endpoint, capture_headers, http_client, merge_betas, read_rest, send_head,
     stream_body_error, STREAM_CHANNEL,
 };
 pub use super::TransportSetupError;
@@ -268,19 +268,13 @@ impl BedrockUpstream {
                 Err(e) => return Ok(Head::Answer(credentials_error(&e.to_string(), None))),
             };
             let request = self.signed(&url, body, accept, &creds)?;
-            let response = match tokio::time::timeout_at(deadline, request.send()).await {
-                Ok(r) => r.map_err(|e| send_error(&e, attempt.timeout))?,
-                Err(_) => return Err(TransportError::Timeout(attempt.timeout)),
-            };
+            let response = send_head(request, deadline, attempt.timeout).await?;
             let status = response.status().as_u16();
             if (200..300).contains(&status) {
                 return Ok(Head::Live(response));
             }
             let headers = capture_headers(response.headers());
-            let raw = match tokio::time::timeout_at(deadline, response.bytes()).await {
-                Ok(b) => b.map_err(|e| body_error(&e, attempt.timeout))?,
-                Err(_) => return Err(TransportError::Timeout(attempt.timeout)),
-            };
+            let raw = read_rest(response, deadline, attempt.timeout).await?;
             let kind = error_type(&headers, &raw);
             if CREDENTIAL_ERRORS.contains(&kind.as_str()) {
                 self.credentials.invalidate(&creds).await;
@@ -341,10 +335,7 @@ impl BedrockUpstream {
             Head::Live(response) => {
                 let status = response.status().as_u16();
                 let headers = with_request_id(capture_headers(response.headers()));
-                let raw = match tokio::time::timeout_at(deadline, response.bytes()).await {
-                    Ok(b) => b.map_err(|e| body_error(&e, attempt.timeout))?,
-                    Err(_) => return Err(TransportError::Timeout(attempt.timeout)),
-                };
+                let raw = read_rest(response, deadline, attempt.timeout).await?;
                 Ok(UpstreamResponse {
                     status,
                     body: with_usage(raw, &headers),
@@ -394,10 +385,7 @@ impl BedrockUpstream {
             .is_some_and(|t| t.trim().eq_ignore_ascii_case(EVENT_STREAM));
         if !framed {
             // A 2xx that is not a stream: a plain answer, classified like one.
-            let raw = match tokio::time::timeout_at(deadline, response.bytes()).await {
-                Ok(b) => b.map_err(|e| body_error(&e, attempt.timeout))?,
-                Err(_) => return Err(TransportError::Timeout(attempt.timeout)),
-            };
+            let raw = read_rest(response, deadline, attempt.timeout).await?;
             return Ok(StreamResponse {
                 status,
                 headers,
@@ -437,10 +425,7 @@ impl BedrockUpstream {
             Head::Answer(r) => return Err(TransportError::Status(r.status)),
             Head::Live(response) => response,
         };
-        let raw = match tokio::time::timeout_at(deadline, response.bytes()).await {
-            Ok(b) => b.map_err(|e| body_error(&e, attempt.timeout))?,
-            Err(_) => return Err(TransportError::Timeout(attempt.timeout)),
-        };
+        let raw = read_rest(response, deadline, attempt.timeout).await?;
         serde_json::from_slice::<Value>(&raw)
             .ok()
             .and_then(|v| v.get("inputTokens").and_then(Value::as_u64))

@@ -5,7 +5,6 @@
 //! broke.
 
 use std::borrow::Cow;
-use std::error::Error as _;
 use std::time::{Duration, Instant};
 
 use reqwest::header::{HeaderName, CONTENT_TYPE};
@@ -124,6 +123,32 @@ pub(crate) async fn send_whole(
     })
 }
 
+/// Send `request` and wait for the response head until `deadline`. No reqwest timeout: it
+/// would cover a stream's body too and cut a healthy long stream.
+pub(crate) async fn send_head(
+    request: reqwest::RequestBuilder,
+    deadline: tokio::time::Instant,
+    budget: Duration,
+) -> Result<reqwest::Response, TransportError> {
+    match tokio::time::timeout_at(deadline, request.send()).await {
+        Ok(response) => response.map_err(|e| send_error(&e, budget)),
+        Err(_) => Err(TransportError::Timeout(budget)),
+    }
+}
+
+/// The whole body of an answer read in full (an error, or a 2xx that is no stream), still
+/// within the attempt's `deadline`.
+pub(crate) async fn read_rest(
+    response: reqwest::Response,
+    deadline: tokio::time::Instant,
+    budget: Duration,
+) -> Result<bytes::Bytes, TransportError> {
+    match tokio::time::timeout_at(deadline, response.bytes()).await {
+        Ok(body) => body.map_err(|e| body_error(&e, budget)),
+        Err(_) => Err(TransportError::Timeout(budget)),
+    }
+}
+
 /// Map an error from `send()` (before the response head arrived).
 pub(crate) fn send_error(err: &reqwest::Error, budget: Duration) -> TransportError {
     // Connect first: a `connect_timeout` is both, and "could not connect" is the truer story
@@ -185,7 +210,7 @@ fn is_reset(err: &reqwest::Error) -> bool {
 }
 
 /// An error and its sources, `": "`-separated. reqwest errors carry the URL, never headers.
-pub(crate) fn chain(err: &reqwest::Error) -> String {
+pub(crate) fn chain(err: &dyn std::error::Error) -> String {
     let mut out = err.to_string();
     let mut source = err.source();
     while let Some(s) = source {

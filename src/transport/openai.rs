@@ -96,7 +96,7 @@ use tokio::sync::mpsc;
 
 use super::anthropic;
 use super::http::{
-    body_error, capture_headers, http_client, is_event_stream, send_error, send_whole,
+    capture_headers, http_client, is_event_stream, read_rest, send_head, send_whole,
     stream_body_error, IDEMPOTENCY_KEY, STREAM_CHANNEL,
 };
 pub use super::TransportSetupError;
@@ -392,11 +392,7 @@ impl OpenAiUpstream {
         let deadline = tokio::time::Instant::now() + budget;
         let key = self.key_label(attempt.key);
         let (request, translated) = self.request(&attempt)?;
-        // No reqwest timeout: it would cover the body too and cut a healthy long stream.
-        let response = match tokio::time::timeout_at(deadline, request.send()).await {
-            Ok(r) => r.map_err(|e| send_error(&e, budget))?,
-            Err(_) => return Err(TransportError::Timeout(budget)),
-        };
+        let response = send_head(request, deadline, budget).await?;
         let status = response.status().as_u16();
         let raw = capture_headers(response.headers());
         let streaming = response.status().is_success() && is_event_stream(response.headers());
@@ -410,10 +406,7 @@ impl OpenAiUpstream {
             "openai stream answered"
         );
         if !streaming {
-            let body = match tokio::time::timeout_at(deadline, response.bytes()).await {
-                Ok(body) => body.map_err(|e| body_error(&e, budget))?,
-                Err(_) => return Err(TransportError::Timeout(budget)),
-            };
+            let body = read_rest(response, deadline, budget).await?;
             let answer = self.answer(status, &raw, body, &translated.model, &translated.dropped);
             return Ok(StreamResponse {
                 status: answer.status,
@@ -421,7 +414,7 @@ impl OpenAiUpstream {
                 body: StreamBody::Complete(answer.body),
             });
         }
-        let headers = stream_headers(&raw, &translated.dropped);
+        let headers = translated_headers(&raw, &[], &translated.dropped);
         let (tx, rx) = mpsc::channel(STREAM_CHANNEL);
         let events = from_chat::Events::new(&translated.model);
         tokio::spawn(pump(response, tx, budget, events, self.redactor.clone()));
@@ -624,12 +617,6 @@ fn translated_headers(raw: &Headers, replaced: &[&str], dropped: &Dropped) -> He
         headers.insert(DROPPED_HEADER, dropped.header());
     }
     headers
-}
-
-/// The head of a committed stream: the provider's headers with seawall's additions, and the
-/// event-stream content type the core and the gateway expect.
-fn stream_headers(raw: &Headers, dropped: &Dropped) -> Headers {
-    translated_headers(raw, &[], dropped)
 }
 
 fn translate_response(

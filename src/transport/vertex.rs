@@ -37,8 +37,8 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, OnceCell};
 
 use super::http::{
-    base_endpoint, body_error, capture_headers, http_client, is_event_stream, merge_betas, pump,
-    send_error, send_whole, StreamLog, STREAM_CHANNEL,
+    base_endpoint, capture_headers, http_client, is_event_stream, merge_betas, pump, read_rest,
+    send_head, send_whole, StreamLog, STREAM_CHANNEL,
 };
 pub use super::TransportSetupError;
 use crate::secret::Redactor;
@@ -330,17 +330,11 @@ impl VertexUpstream {
                 }
                 Err(_) => return Err(TransportError::Timeout(budget)),
             };
-        let response = match tokio::time::timeout_at(deadline, request.send()).await {
-            Ok(r) => r.map_err(|e| send_error(&e, budget))?,
-            Err(_) => return Err(TransportError::Timeout(budget)),
-        };
+        let response = send_head(request, deadline, budget).await?;
         let status = response.status().as_u16();
         let headers = capture_headers(response.headers());
         if !(response.status().is_success() && is_event_stream(response.headers())) {
-            let raw = match tokio::time::timeout_at(deadline, response.bytes()).await {
-                Ok(b) => b.map_err(|e| body_error(&e, budget))?,
-                Err(_) => return Err(TransportError::Timeout(budget)),
-            };
+            let raw = read_rest(response, deadline, budget).await?;
             let answer = if (200..300).contains(&status) {
                 UpstreamResponse {
                     status,
